@@ -1,0 +1,354 @@
+//! The batching engine: a dedicated thread that owns the model and its device, and serves
+//! every request with continuous batching.
+//!
+//! Clients hold an [`EngineHandle`]: [`EngineHandle::submit`] queues a validated request and
+//! returns its [`EventStream`]. Each step the engine drops cancelled sequences, admits
+//! waiting ones while the sequence limit and the KV-cache budget allow, runs one batched
+//! forward (decode tokens plus prefill chunks, see [`scheduler`]) and samples one token for
+//! every sequence whose prompt is fully cached. Finished sequences leave at once and free
+//! their cache. The thread never blocks the async runtime: events go out over unbounded
+//! channels and the thread sleeps on its command channel when idle.
+
+pub mod api;
+mod scheduler;
+mod sequence;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+pub use api::*;
+pub use scheduler::{SequenceView, plan_step};
+
+use crate::error::{ModelError, Result};
+use crate::kv_cache::{KV_BLOCK_TOKENS, SequenceCache};
+use crate::llama::{ForwardChunk, Transformer};
+use crate::model::{LoadOptions, ModelLoader};
+use crate::tokenizer::Tokenizer;
+use sequence::{Pending, Progress, Sequence};
+
+/// Limits of the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Sequences decoded together in one batch.
+    pub max_num_seqs: usize,
+    /// Requests that may wait for a slot; beyond that `submit` answers `Overloaded`.
+    pub max_queue: usize,
+    /// Prompt tokens prefilled per step (the chunk size of chunked prefill).
+    pub max_prefill_tokens: usize,
+    /// KV-cache positions all sequences together may hold.
+    pub kv_cache_tokens: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { max_num_seqs: 16, max_queue: 256, max_prefill_tokens: 512, kv_cache_tokens: 65_536 }
+    }
+}
+
+/// State shared between the engine thread and its handles.
+#[derive(Default)]
+struct Shared {
+    ready: AtomicBool,
+    stopped: AtomicBool,
+    load_error: Mutex<Option<String>>,
+    waiting: AtomicUsize,
+    running: AtomicUsize,
+    /// KV positions allocated, for `kv_cache_usage`.
+    kv_allocated: AtomicUsize,
+    steps: AtomicU64,
+}
+
+enum Command {
+    Submit(Pending),
+    Shutdown,
+}
+
+/// A cloneable handle to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: std_mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    config: EngineConfig,
+    context_length: usize,
+}
+
+/// Starts engines.
+pub struct Engine;
+
+impl Engine {
+    /// Spawns the engine thread, which loads the weights and then serves. Returns at once;
+    /// [`EngineHandle::is_ready`] turns true when loading is done.
+    pub fn spawn(
+        loader: ModelLoader,
+        options: LoadOptions,
+        config: EngineConfig,
+        progress: Box<dyn FnMut(usize, usize) + Send>,
+    ) -> EngineHandle {
+        let (commands, receiver) = std_mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let handle = EngineHandle {
+            commands,
+            shared: shared.clone(),
+            config,
+            context_length: loader.info().context_length,
+        };
+        let tokenizer = loader.info().tokenizer.clone();
+        let spawned = std::thread::Builder::new().name("stellarchat-engine".into()).spawn(move || {
+            let mut progress = progress;
+            // CubeCL keeps one stream per OS thread: the model is built on the thread that runs it.
+            match loader.load(&options, &mut *progress) {
+                Ok(model) => {
+                    shared.ready.store(true, Ordering::Release);
+                    EngineLoop::new(model, tokenizer, config, shared.clone(), receiver).run();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "loading the model failed");
+                    if let Ok(mut slot) = shared.load_error.lock() {
+                        *slot = Some(e.to_string());
+                    }
+                }
+            }
+            shared.stopped.store(true, Ordering::Release);
+            shared.ready.store(false, Ordering::Release);
+        });
+        if let Err(e) = spawned {
+            handle.shared.stopped.store(true, Ordering::Release);
+            if let Ok(mut slot) = handle.shared.load_error.lock() {
+                *slot = Some(format!("cannot start the engine thread: {e}"));
+            }
+        }
+        handle
+    }
+}
+
+impl EngineHandle {
+    /// Queues a request. Errors: `Overloaded` when the queue is full, `ContextLengthExceeded`
+    /// when the prompt leaves no room to generate, `NotReady` while loading,
+    /// `EngineStopped` after shutdown or a failed load.
+    pub fn submit(&self, request: GenerateRequest) -> Result<EventStream> {
+        if self.shared.stopped.load(Ordering::Acquire) {
+            return Err(ModelError::EngineStopped);
+        }
+        if !self.shared.ready.load(Ordering::Acquire) {
+            return Err(ModelError::NotReady);
+        }
+        if request.prompt_ids.is_empty() {
+            return Err(ModelError::InvalidRequest("the prompt is empty".into()));
+        }
+        if request.max_tokens == 0 {
+            return Err(ModelError::InvalidRequest("max_tokens must be at least 1".into()));
+        }
+        if request.prompt_ids.len() >= self.context_length {
+            return Err(ModelError::ContextLengthExceeded {
+                prompt_tokens: request.prompt_ids.len(),
+                max_tokens: request.max_tokens,
+                context_length: self.context_length,
+            });
+        }
+        if self.shared.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_queue {
+            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(ModelError::Overloaded(format!("{} requests are already waiting", self.config.max_queue)));
+        }
+        let (sender, events) = mpsc::unbounded_channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let pending = Pending { request, events: sender, cancelled: cancelled.clone(), submitted: Instant::now() };
+        if self.commands.send(Command::Submit(pending)).is_err() {
+            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(ModelError::EngineStopped);
+        }
+        Ok(EventStream { events, cancelled })
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let allocated = self.shared.kv_allocated.load(Ordering::Relaxed);
+        EngineStats {
+            running: self.shared.running.load(Ordering::Relaxed),
+            waiting: self.shared.waiting.load(Ordering::Relaxed),
+            kv_cache_usage: allocated as f64 / self.config.kv_cache_tokens.max(1) as f64,
+            steps: self.shared.steps.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Acquire)
+    }
+
+    pub fn load_error(&self) -> Option<String> {
+        self.shared.load_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    pub fn config(&self) -> EngineConfig {
+        self.config
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    /// Stops the engine: running and waiting requests end with `EngineStopped`.
+    pub fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown);
+    }
+}
+
+struct EngineLoop {
+    model: Transformer,
+    tokenizer: Arc<Tokenizer>,
+    config: EngineConfig,
+    shared: Arc<Shared>,
+    commands: std_mpsc::Receiver<Command>,
+    waiting: VecDeque<Pending>,
+    running: Vec<Sequence>,
+}
+
+impl EngineLoop {
+    fn new(
+        model: Transformer,
+        tokenizer: Arc<Tokenizer>,
+        config: EngineConfig,
+        shared: Arc<Shared>,
+        commands: std_mpsc::Receiver<Command>,
+    ) -> Self {
+        EngineLoop { model, tokenizer, config, shared, commands, waiting: VecDeque::new(), running: Vec::new() }
+    }
+
+    fn run(mut self) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match self.commands.recv() {
+                    Ok(command) => {
+                        if !self.handle(command) {
+                            break;
+                        }
+                    }
+                    Err(_) => break, // every handle is gone
+                }
+            }
+            let mut open = true;
+            while let Ok(command) = self.commands.try_recv() {
+                open &= self.handle(command);
+            }
+            if !open {
+                break;
+            }
+            self.drop_cancelled();
+            self.admit();
+            if !self.running.is_empty() {
+                self.step();
+            }
+            self.publish();
+        }
+        for pending in self.waiting.drain(..) {
+            let _ = pending.events.send(GenerationEvent::Error(ModelError::EngineStopped));
+        }
+        for mut seq in self.running.drain(..) {
+            seq.fail(ModelError::EngineStopped);
+        }
+        self.shared.waiting.store(0, Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// Returns false on shutdown.
+    fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::Submit(pending) => {
+                self.waiting.push_back(pending);
+                true
+            }
+            Command::Shutdown => false,
+        }
+    }
+
+    fn drop_cancelled(&mut self) {
+        let before = self.waiting.len();
+        self.waiting.retain(|p| !p.is_cancelled());
+        let gone = before - self.waiting.len();
+        if gone > 0 {
+            self.shared.waiting.fetch_sub(gone, Ordering::AcqRel);
+        }
+        // Dropping a sequence drops its cache tensors: the memory is freed here.
+        self.running.retain(|s| !s.is_cancelled());
+    }
+
+    fn reserved(&self) -> usize {
+        self.running.iter().map(|s| s.reserved_tokens).sum()
+    }
+
+    fn admit(&mut self) {
+        let context = self.model.config().context_length;
+        while self.running.len() < self.config.max_num_seqs {
+            let Some(front) = self.waiting.front() else { break };
+            let want = (front.request.prompt_ids.len() + front.request.max_tokens).min(context);
+            let want = SequenceCache::blocks_for(want) * KV_BLOCK_TOKENS;
+            let want = want.min(self.config.kv_cache_tokens);
+            // An empty engine always admits, so one request larger than the budget still runs.
+            if !self.running.is_empty() && self.reserved() + want > self.config.kv_cache_tokens {
+                break;
+            }
+            let Some(pending) = self.waiting.pop_front() else { break };
+            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            let cache = self.model.new_cache();
+            self.running.push(Sequence::start(pending, cache, &self.tokenizer, want));
+        }
+    }
+
+    fn step(&mut self) {
+        let views: Vec<SequenceView> =
+            self.running.iter().map(|s| SequenceView { cached: s.cache.len(), known: s.tokens.len() }).collect();
+        let plan = plan_step(&views, self.config.max_prefill_tokens);
+        let scheduled: Vec<usize> = plan.iter().enumerate().filter(|(_, &n)| n > 0).map(|(i, _)| i).collect();
+
+        let mut chunks: Vec<ForwardChunk> = self
+            .running
+            .iter_mut()
+            .zip(&plan)
+            .filter(|(_, n)| **n > 0)
+            .map(|(seq, &n)| {
+                let start = seq.cache.len();
+                let Sequence { cache, tokens, .. } = seq;
+                ForwardChunk { cache, tokens: &tokens[start..start + n], all_logits: false }
+            })
+            .collect();
+        let result = self.model.forward(&mut chunks);
+        drop(chunks);
+        self.shared.steps.fetch_add(1, Ordering::Relaxed);
+
+        let mut finished = vec![false; self.running.len()];
+        match result {
+            Ok(logits) => {
+                for (row, &i) in scheduled.iter().enumerate() {
+                    let seq = &mut self.running[i];
+                    if seq.cache.len() < seq.tokens.len() {
+                        continue; // mid-prefill: nothing to sample yet
+                    }
+                    if let Progress::Finished = seq.accept_logits(logits.last_row(row), &self.tokenizer) {
+                        finished[i] = true;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "forward step failed");
+                for &i in &scheduled {
+                    self.running[i].fail(ModelError::Internal(format!("forward step failed: {}", e.kind())));
+                    finished[i] = true;
+                }
+            }
+        }
+        let mut index = 0;
+        self.running.retain(|_| {
+            let keep = !finished[index];
+            index += 1;
+            keep
+        });
+    }
+
+    fn publish(&self) {
+        self.shared.running.store(self.running.len(), Ordering::Relaxed);
+        let allocated = self.running.iter().map(|s| s.cache.capacity()).sum();
+        self.shared.kv_allocated.store(allocated, Ordering::Relaxed);
+    }
+}

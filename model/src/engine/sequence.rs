@@ -1,0 +1,148 @@
+//! One request inside the engine: its cache, sampler, detokenizer and stop conditions, and
+//! the channel its events go out on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::api::{FinishReason, GenerateRequest, GenerationEvent, Timings, TokenLogprob, Usage};
+use crate::error::ModelError;
+use crate::kv_cache::SequenceCache;
+use crate::sampler::Sampler;
+use crate::stop::{StopOutcome, StopStrings};
+use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+
+/// A request as submitted, before the scheduler admits it.
+pub(crate) struct Pending {
+    pub request: GenerateRequest,
+    pub events: mpsc::UnboundedSender<GenerationEvent>,
+    pub cancelled: Arc<AtomicBool>,
+    pub submitted: Instant,
+}
+
+impl Pending {
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed) || self.events.is_closed()
+    }
+}
+
+pub(crate) struct Sequence {
+    pub cache: SequenceCache,
+    /// Prompt then generated tokens; `cache.len()` of them have been fed to the model.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// KV positions this sequence may grow to (its share of the budget).
+    pub reserved_tokens: usize,
+    max_tokens: usize,
+    sampler: Sampler,
+    decoder: IncrementalDecoder,
+    stops: StopStrings,
+    stop_token_ids: Vec<u32>,
+    logprobs: Option<usize>,
+    events: mpsc::UnboundedSender<GenerationEvent>,
+    cancelled: Arc<AtomicBool>,
+    timings: Timings,
+}
+
+/// What happened after a token was sampled.
+pub(crate) enum Progress {
+    Continue,
+    Finished,
+}
+
+impl Sequence {
+    pub fn start(pending: Pending, cache: SequenceCache, tokenizer: &Tokenizer, reserved_tokens: usize) -> Sequence {
+        let Pending { request, events, cancelled, submitted } = pending;
+        let mut stop_token_ids = request.stop_token_ids.clone();
+        if !request.ignore_eos {
+            stop_token_ids.extend_from_slice(tokenizer.stop_ids());
+        }
+        let now = Instant::now();
+        Sequence {
+            sampler: Sampler::new(request.sampling.clone(), &request.prompt_ids),
+            decoder: IncrementalDecoder::new(request.skip_special_tokens),
+            stops: StopStrings::new(request.stop_strings.clone()),
+            prompt_len: request.prompt_ids.len(),
+            tokens: request.prompt_ids,
+            max_tokens: request.max_tokens,
+            logprobs: request.logprobs,
+            stop_token_ids,
+            reserved_tokens,
+            cache,
+            events,
+            cancelled,
+            timings: Timings { submitted, scheduled: Some(now), first_token: None, finished: now },
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed) || self.events.is_closed()
+    }
+
+    pub fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// Samples the next token from `logits` and reports it.
+    pub fn accept_logits(&mut self, logits: &[f32], tokenizer: &Tokenizer) -> Progress {
+        let mut row = logits.to_vec();
+        let sampled = self.sampler.sample(&mut row, self.logprobs);
+        self.timings.first_token.get_or_insert_with(Instant::now);
+        let id = sampled.id;
+        self.tokens.push(id);
+        let logprob = self.logprobs.map(|_| TokenLogprob { logprob: sampled.logprob, top: sampled.top_logprobs });
+
+        if self.stop_token_ids.contains(&id) {
+            self.send(GenerationEvent::Token { id, text: String::new(), logprob });
+            return self.finish(FinishReason::Stop, tokenizer);
+        }
+        let piece = match self.decoder.push(tokenizer, id) {
+            Ok(piece) => piece,
+            Err(e) => return self.fail(e),
+        };
+        match self.stops.push(&piece) {
+            StopOutcome::Continue { emit } => self.send(GenerationEvent::Token { id, text: emit, logprob }),
+            StopOutcome::Stopped { emit, .. } => {
+                self.send(GenerationEvent::Token { id, text: emit, logprob });
+                return self.finish_with_text(FinishReason::Stop, String::new());
+            }
+        }
+        if self.generated() >= self.max_tokens || self.tokens.len() >= self.cache.max_len() {
+            return self.finish(FinishReason::Length, tokenizer);
+        }
+        Progress::Continue
+    }
+
+    fn finish(&mut self, reason: FinishReason, _tokenizer: &Tokenizer) -> Progress {
+        // Text held back by the detokenizer or for a possible stop string is released now,
+        // unless it completes a stop string after all.
+        let tail = self.decoder.finish();
+        let text = match self.stops.push(&tail) {
+            StopOutcome::Continue { mut emit } => {
+                emit.push_str(&self.stops.flush());
+                emit
+            }
+            StopOutcome::Stopped { emit, .. } => emit,
+        };
+        self.finish_with_text(reason, text)
+    }
+
+    fn finish_with_text(&mut self, reason: FinishReason, text: String) -> Progress {
+        self.timings.finished = Instant::now();
+        let usage = Usage { prompt_tokens: self.prompt_len, completion_tokens: self.generated(), cached_prompt_tokens: 0 };
+        self.send(GenerationEvent::Finished { reason, usage, text, timings: self.timings });
+        Progress::Finished
+    }
+
+    pub fn fail(&mut self, error: ModelError) -> Progress {
+        self.send(GenerationEvent::Error(error));
+        Progress::Finished
+    }
+
+    fn send(&self, event: GenerationEvent) {
+        // A closed channel means the client left; the next step drops the sequence.
+        let _ = self.events.send(event);
+    }
+}

@@ -1,0 +1,99 @@
+//! The model crate's one error type. Every fallible operation in `stellarchat-model`
+//! returns [`ModelError`]; its [`ModelError::kind`] is a stable string that the server uses
+//! for metrics labels and maps to an HTTP status in exactly one place.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong below the HTTP layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error("{path} is not a GGUF file (magic {magic:#010x}, expected \"GGUF\")")]
+    BadMagic { path: PathBuf, magic: u32 },
+
+    #[error("unsupported GGUF version {0} (supported: 2, 3)")]
+    UnsupportedVersion(u32),
+
+    #[error("GGUF file is truncated or corrupt while reading {what}")]
+    Truncated { what: String },
+
+    #[error("GGUF metadata key `{key}`: {problem}")]
+    Metadata { key: String, problem: String },
+
+    #[error("tensor `{tensor}`: {problem}")]
+    Tensor { tensor: String, problem: String },
+
+    #[error("tensor `{tensor}` has quantization type {ggml_type}, which is not supported")]
+    UnsupportedQuantization { tensor: String, ggml_type: String },
+
+    #[error("unsupported model architecture `{0}` (supported: llama, qwen2)")]
+    UnsupportedArchitecture(String),
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+
+    #[error("device `{requested}` is not available: {reason}")]
+    DeviceUnavailable { requested: String, reason: String },
+
+    #[error("dtype {dtype} is not supported on device {device}")]
+    UnsupportedDtype { dtype: String, device: String },
+
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
+    #[error("prompt of {prompt_tokens} tokens plus {max_tokens} new tokens exceeds the context length of {context_length}")]
+    ContextLengthExceeded { prompt_tokens: usize, max_tokens: usize, context_length: usize },
+
+    #[error("the engine is overloaded: {0}")]
+    Overloaded(String),
+
+    #[error("the engine has shut down")]
+    EngineStopped,
+
+    #[error("the model is still loading")]
+    NotReady,
+
+    #[error("internal model error: {0}")]
+    Internal(String),
+}
+
+impl ModelError {
+    /// A stable, low-cardinality name for this error, used as a metrics label and mapped
+    /// by the server to the OpenAI `error.type`/status.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ModelError::Io { .. } => "io",
+            ModelError::BadMagic { .. } | ModelError::UnsupportedVersion(_) | ModelError::Truncated { .. } => {
+                "invalid_model_file"
+            }
+            ModelError::Metadata { .. } | ModelError::Tensor { .. } => "invalid_model_file",
+            ModelError::UnsupportedQuantization { .. } => "unsupported_quantization",
+            ModelError::UnsupportedArchitecture(_) => "unsupported_architecture",
+            ModelError::Tokenizer(_) => "tokenizer",
+            ModelError::ChatTemplate(_) => "chat_template",
+            ModelError::DeviceUnavailable { .. } => "device_unavailable",
+            ModelError::UnsupportedDtype { .. } => "unsupported_dtype",
+            ModelError::InvalidRequest(_) => "invalid_request",
+            ModelError::ContextLengthExceeded { .. } => "context_length_exceeded",
+            ModelError::Overloaded(_) => "overloaded",
+            ModelError::EngineStopped => "engine_stopped",
+            ModelError::NotReady => "not_ready",
+            ModelError::Internal(_) => "internal",
+        }
+    }
+
+    pub(crate) fn metadata(key: &str, problem: impl Into<String>) -> Self {
+        ModelError::Metadata { key: key.to_string(), problem: problem.into() }
+    }
+
+    pub(crate) fn tensor(tensor: &str, problem: impl Into<String>) -> Self {
+        ModelError::Tensor { tensor: tensor.to_string(), problem: problem.into() }
+    }
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -1,0 +1,123 @@
+//! A model as the rest of the program sees it: where it comes from (a GGUF file or a
+//! synthetic preset), what it says about itself ([`ModelInfo`]: name, tokenizer, chat
+//! template, context length), and how its weights are put on a device.
+//!
+//! Opening is quick (metadata, tokenizer, template); [`ModelLoader::load`] does the heavy
+//! part and is meant to run on the engine thread.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::chat_template::ChatTemplate;
+use crate::config::ModelConfig;
+use crate::device::{DeviceSpec, Precision};
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
+use crate::llama::Transformer;
+use crate::synthetic::{SyntheticPreset, SyntheticWeights};
+use crate::tokenizer::Tokenizer;
+use crate::weights::WeightSource;
+
+/// What the server and CLI need to know about a model.
+pub struct ModelInfo {
+    /// A name for `/v1/models`: the file stem, or `synthetic-<preset>`.
+    pub name: String,
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat_template: Option<ChatTemplate>,
+    pub context_length: usize,
+    pub config: ModelConfig,
+}
+
+/// Where to run the model and in which float type.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    pub device: DeviceSpec,
+    pub precision: Precision,
+}
+
+impl Default for DeviceSpec {
+    fn default() -> Self {
+        DeviceSpec::Flex
+    }
+}
+
+enum Source {
+    Gguf(GgufFile),
+    Synthetic(SyntheticWeights),
+}
+
+/// An opened model whose weights are not loaded yet.
+pub struct ModelLoader {
+    source: Source,
+    info: Arc<ModelInfo>,
+}
+
+/// Seed of `synthetic:<preset>` models unless `synthetic:<preset>:<seed>` says otherwise.
+pub const SYNTHETIC_SEED: u64 = 42;
+
+impl ModelLoader {
+    /// `spec`: a path to a `.gguf` file, or `synthetic:<preset>[:<seed>]`.
+    pub fn open(spec: &str) -> Result<ModelLoader> {
+        if let Some(rest) = spec.strip_prefix("synthetic:") {
+            let (preset_name, seed) = match rest.split_once(':') {
+                Some((p, s)) => {
+                    let seed = s.parse().map_err(|_| ModelError::InvalidRequest(format!("bad synthetic seed `{s}`")))?;
+                    (p, seed)
+                }
+                None => (rest, SYNTHETIC_SEED),
+            };
+            let preset: SyntheticPreset = preset_name.parse()?;
+            let config = preset.config();
+            let tokenizer = Tokenizer::synthetic(config.vocab_size)?;
+            let chat_template = Some(ChatTemplate::new(
+                crate::chat_template::CHATML_TEMPLATE,
+                tokenizer.bos_token_text().unwrap_or_default(),
+                tokenizer.eos_token_text().unwrap_or_default(),
+            )?);
+            let info = ModelInfo {
+                name: format!("synthetic-{preset_name}"),
+                tokenizer: Arc::new(tokenizer),
+                chat_template,
+                context_length: config.context_length,
+                config: config.clone(),
+            };
+            return Ok(ModelLoader { source: Source::Synthetic(SyntheticWeights::new(config, seed)), info: Arc::new(info) });
+        }
+        Self::open_gguf(Path::new(spec))
+    }
+
+    fn open_gguf(path: &Path) -> Result<ModelLoader> {
+        let file = GgufFile::open(path)?;
+        let config = ModelConfig::from_gguf(&file.metadata)?;
+        let tokenizer = Tokenizer::from_gguf(&file.metadata)?;
+        let chat_template = ChatTemplate::from_gguf(&file.metadata, &tokenizer)?;
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+        let info = ModelInfo {
+            name,
+            tokenizer: Arc::new(tokenizer),
+            chat_template,
+            context_length: config.context_length,
+            config,
+        };
+        Ok(ModelLoader { source: Source::Gguf(file), info: Arc::new(info) })
+    }
+
+    pub fn info(&self) -> Arc<ModelInfo> {
+        self.info.clone()
+    }
+
+    /// Opens the device and builds the transformer on it. `progress(done, total)`.
+    pub fn load(&self, options: &LoadOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<Transformer> {
+        let (spec, why) = options.device.resolve_auto();
+        if options.device == DeviceSpec::Auto {
+            tracing::info!(device = %spec, reason = %why, "device chosen automatically");
+        }
+        let device = spec.open()?;
+        options.precision.check_supported(&device, spec)?;
+        let source: &dyn WeightSource = match &self.source {
+            Source::Gguf(file) => file,
+            Source::Synthetic(weights) => weights,
+        };
+        Transformer::load(self.info.config.clone(), source, spec, &device, options.precision.float_dtype(), progress)
+    }
+}

@@ -1,0 +1,7 @@
+//! The command-line subcommands that use the model without the HTTP server.
+
+pub mod generate;
+pub mod tokenize;
+
+/// The model file `just weights` fetches, relative to the repository root.
+pub const DEFAULT_MODEL_PATH: &str = "weights/SmolLM2-135M-Instruct.Q4_1.gguf";
