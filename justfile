@@ -25,4 +25,5 @@ serve *ARGS: weights build
 
 # Every test: unit, golden, black-box API tests and the OpenAI SDK tests.
 test: weights
+    cargo build -p stellarchat --features {{features}}
     cargo test --workspace --features stellarchat/{{replace(features, ",", ",stellarchat/")}} --no-fail-fast

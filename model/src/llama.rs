@@ -266,7 +266,7 @@ impl Transformer {
         let logits = if self.dtype == FloatDType::F32 { logits } else { logits.cast(FloatDType::F32) };
         let data = logits
             .into_data()
-            .into_vec::<f32>()
+            .try_into_vec::<f32>()
             .map_err(|e| ModelError::Internal(format!("reading logits back: {e:?}")))?;
         Ok(Logits { data, vocab: c.vocab_size, chunk_starts })
     }

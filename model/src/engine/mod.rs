@@ -300,7 +300,7 @@ impl EngineLoop {
         let views: Vec<SequenceView> =
             self.running.iter().map(|s| SequenceView { cached: s.cache.len(), known: s.tokens.len() }).collect();
         let plan = plan_step(&views, self.config.max_prefill_tokens);
-        let scheduled: Vec<usize> = plan.iter().enumerate().filter(|(_, &n)| n > 0).map(|(i, _)| i).collect();
+        let scheduled: Vec<usize> = plan.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, _)| i).collect();
 
         let mut chunks: Vec<ForwardChunk> = self
             .running

@@ -5,7 +5,7 @@
 //! into floats with [`dequantize`] (or keeps the blocks quantized). Every malformed input is
 //! a typed [`ModelError`] that names the field or tensor, never a panic.
 
-mod dequant;
+pub mod dequant;
 mod metadata;
 mod types;
 
@@ -24,6 +24,8 @@ const DEFAULT_ALIGNMENT: usize = 32;
 const MAX_STRING_BYTES: u64 = 1 << 30;
 const MAX_ARRAY_ITEMS: u64 = 1 << 28;
 const MAX_DIMS: u32 = 8;
+/// Arrays of arrays recurse; a crafted file must not be able to overflow the stack.
+const MAX_ARRAY_DEPTH: u32 = 16;
 
 /// One entry of the tensor directory.
 #[derive(Debug, Clone)]
@@ -81,7 +83,7 @@ impl GgufFile {
     }
 
     fn parse(path: PathBuf, map: memmap2::Mmap) -> Result<GgufFile> {
-        let mut r = Reader { bytes: &map, pos: 0 };
+        let mut r = Reader { bytes: &map, pos: 0, depth: 0 };
         let magic = r.u32("magic")?;
         if magic != GGUF_MAGIC {
             return Err(ModelError::BadMagic { path, magic });
@@ -113,6 +115,9 @@ impl GgufFile {
             let dims = (0..n_dims)
                 .map(|_| r.u64(&name).and_then(|d| to_usize(d, &name)))
                 .collect::<Result<Vec<_>>>()?;
+            if dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_none() {
+                return Err(ModelError::tensor(&name, format!("element count of {dims:?} overflows")));
+            }
             let ggml_type = GgmlType::from_id(r.u32(&name)?);
             let offset = to_usize(r.u64(&name)?, &name)?;
             by_name.insert(name.clone(), tensors.len());
@@ -125,8 +130,9 @@ impl GgufFile {
         }
         let data_start = r.pos.div_ceil(alignment) * alignment;
         let file = GgufFile { path, version, metadata, tensors, by_name, data_start, map };
-        // Validate every tensor's extent now, so later reads cannot go out of bounds.
-        for info in &file.tensors {
+        // Validate every tensor's extent now, so later reads cannot go out of bounds. A type we
+        // cannot size (a newer quantization) fails when that tensor is read, not at open.
+        for info in file.tensors.iter().filter(|t| t.ggml_type.block_layout().is_some()) {
             file.extent(info)?;
         }
         Ok(file)
@@ -167,6 +173,9 @@ impl GgufFile {
     fn extent(&self, info: &TensorInfo) -> Result<(usize, usize)> {
         let size = info.ggml_type.byte_size(info.n_elements()).ok_or_else(|| match info.ggml_type.block_layout() {
             None => ModelError::UnsupportedQuantization { tensor: info.name.clone(), ggml_type: info.ggml_type.to_string() },
+            Some((block, _)) if info.n_elements().is_multiple_of(block) => {
+                ModelError::Truncated { what: format!("the data of tensor `{}`", info.name) }
+            }
             Some((block, _)) => ModelError::tensor(
                 &info.name,
                 format!("{} elements is not a multiple of the {} block size {block}", info.n_elements(), info.ggml_type),
@@ -189,6 +198,8 @@ fn to_usize(v: u64, what: &str) -> Result<usize> {
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// How many arrays the value being read is nested in.
+    depth: u32,
 }
 
 impl Reader<'_> {
@@ -240,11 +251,16 @@ impl Reader<'_> {
                 if n > MAX_ARRAY_ITEMS || item_type == 9 && n > 1 << 16 {
                     return Err(ModelError::metadata(key, format!("array of {n} items is too large")));
                 }
+                if self.depth >= MAX_ARRAY_DEPTH {
+                    return Err(ModelError::metadata(key, "arrays nested too deeply"));
+                }
                 let n = to_usize(n, key)?;
                 let mut items = Vec::with_capacity(n.min(1 << 20));
+                self.depth += 1;
                 for _ in 0..n {
                     items.push(self.value(item_type, key)?);
                 }
+                self.depth -= 1;
                 MetadataValue::Array(items)
             }
             10 => MetadataValue::U64(self.u64(key)?),

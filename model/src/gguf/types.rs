@@ -80,10 +80,14 @@ impl GgmlType {
         })
     }
 
-    /// Bytes taken by `n_elements` of this type, if `n_elements` fills whole blocks.
+    /// Bytes taken by `n_elements` of this type, if `n_elements` fills whole blocks (and the
+    /// size fits in a `usize`).
     pub fn byte_size(self, n_elements: usize) -> Option<usize> {
         let (block, bytes) = self.block_layout()?;
-        (n_elements % block == 0).then(|| n_elements / block * bytes)
+        if !n_elements.is_multiple_of(block) {
+            return None;
+        }
+        (n_elements / block).checked_mul(bytes)
     }
 }
 

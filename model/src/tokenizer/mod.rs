@@ -1,0 +1,242 @@
+//! Text ↔ token ids, with the same ids llama.cpp gives for the same model.
+//!
+//! [`Tokenizer`] wraps a Hugging Face `tokenizers::Tokenizer`, built either from a GGUF
+//! file's `tokenizer.ggml.*` metadata ([`Tokenizer::from_gguf`], see `gguf_vocab`) or from a
+//! `tokenizer.json` ([`Tokenizer::from_json_file`]). It knows the model's special ids (BOS,
+//! EOS, the end-of-generation set) and whether prompts start with BOS.
+//! [`IncrementalDecoder`] turns a stream of generated ids into UTF-8 text pieces.
+
+mod gguf_vocab;
+mod hf_json;
+mod incremental;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use incremental::IncrementalDecoder;
+
+use crate::error::{ModelError, Result};
+use crate::gguf::Metadata;
+
+/// Token texts that end generation, as in llama.cpp's vocabulary loader (which matches
+/// them by text because converters do not always record eot/eom ids).
+const END_OF_GENERATION_TEXTS: &[&str] =
+    &["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>", "<end_of_turn>", "<|end|>"];
+
+/// A model's tokenizer. Cheap to clone (the tables are shared) and usable from many threads.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Splits special tokens out of the text before tokenizing (chat prompts).
+    parsing: tokenizers::Tokenizer,
+    /// Treats special-token text as ordinary text (user content, completions prompts).
+    /// `encode_special_tokens` is a setting of the tokenizer, not of a call, so each mode
+    /// gets its own configured copy rather than a mutex around one.
+    plain: tokenizers::Tokenizer,
+    /// Raw token texts by id (byte-level or `▁` form, as stored in the vocabulary).
+    tokens: Vec<String>,
+    special: HashSet<u32>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    add_bos: bool,
+    stop_ids: Vec<u32>,
+}
+
+/// The ids and flags a source (GGUF or `tokenizer.json`) supplies next to the tokenizer.
+struct Specials {
+    bos: Option<u32>,
+    eos: Option<u32>,
+    add_bos: bool,
+    /// Further end-of-generation ids (eot, eom, generation_config's eos list).
+    extra_stop: Vec<u32>,
+}
+
+impl fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("bos", &self.inner.bos)
+            .field("eos", &self.inner.eos)
+            .field("add_bos", &self.inner.add_bos)
+            .field("stop_ids", &self.inner.stop_ids)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer described by a GGUF file's metadata (`tokenizer.ggml.model`
+    /// `gpt2` or `llama`). An unknown model or pre-tokenizer is a [`ModelError::Tokenizer`].
+    pub fn from_gguf(metadata: &Metadata) -> Result<Tokenizer> {
+        let built = gguf_vocab::build(metadata)?;
+        let n_tokens = built.tokens.len();
+        // llama.cpp ignores (with a warning) ids that are out of range or not integers.
+        let id = |key: &str| {
+            metadata
+                .get(key)
+                .and_then(|v| v.as_u64())
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|&v| (v as usize) < n_tokens)
+        };
+        let in_range = |v: u32| ((v as usize) < n_tokens).then_some(v);
+        let (default_bos, default_eos) = match built.default_bos_eos {
+            Some((b, e)) => (in_range(b), in_range(e)),
+            None => (None, None),
+        };
+        let bos = id("tokenizer.ggml.bos_token_id").or(default_bos);
+        let eos = id("tokenizer.ggml.eos_token_id").or(default_eos);
+        let add_bos = metadata.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(built.add_bos_default);
+        if add_bos && bos.is_none() {
+            return Err(ModelError::Tokenizer(
+                "tokenizer.ggml.add_bos_token is true, but there is no valid tokenizer.ggml.bos_token_id".into(),
+            ));
+        }
+        let extra_stop =
+            ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"].into_iter().filter_map(id).collect();
+        Ok(Self::assemble(built.tokenizer, built.tokens, Specials { bos, eos, add_bos, extra_stop }))
+    }
+
+    /// The tokenizer of a synthetic (random-weight) model with `vocab_size` ids: one token
+    /// per byte, plus ChatML's control tokens when the vocabulary has room (see
+    /// `gguf_vocab::synthetic_metadata`).
+    pub fn synthetic(vocab_size: usize) -> Result<Tokenizer> {
+        Self::from_gguf(&gguf_vocab::synthetic_metadata(vocab_size)?)
+    }
+
+    /// Loads a Hugging Face `tokenizer.json`. BOS/EOS and `add_bos_token` come from a
+    /// sibling `tokenizer_config.json` when there is one (else from the post-processor and
+    /// well-known token texts); a sibling `generation_config.json` adds its `eos_token_id`s
+    /// to the stop ids.
+    pub fn from_json_file(path: &Path) -> Result<Tokenizer> {
+        let (tokenizer, specials) = hf_json::load(path)?;
+        let tokens = hf_json::token_texts(&tokenizer);
+        Ok(Self::assemble(tokenizer, tokens, specials))
+    }
+
+    fn assemble(mut tokenizer: tokenizers::Tokenizer, tokens: Vec<String>, specials: Specials) -> Tokenizer {
+        tokenizer.set_encode_special_tokens(false);
+        let mut plain = tokenizer.clone();
+        plain.set_encode_special_tokens(true);
+
+        let special: HashSet<u32> =
+            tokenizer.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id).collect();
+        let by_text = tokens
+            .iter()
+            .zip(0u32..)
+            .filter(|(text, _)| END_OF_GENERATION_TEXTS.contains(&text.as_str()))
+            .map(|(_, id)| id);
+        let mut stop_ids: Vec<u32> = specials.eos.into_iter().chain(specials.extra_stop).chain(by_text).collect();
+        stop_ids.retain(|&id| (id as usize) < tokens.len());
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+
+        let inner = Inner {
+            parsing: tokenizer,
+            plain,
+            tokens,
+            special,
+            bos: specials.bos,
+            eos: specials.eos,
+            add_bos: specials.add_bos,
+            stop_ids,
+        };
+        Tokenizer { inner: Arc::new(inner) }
+    }
+
+    /// Token ids of `text`; never adds BOS. With `parse_special`, special-token text such as
+    /// `<|im_start|>` becomes its special id; without, it is tokenized as ordinary text.
+    pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        let tokenizer = if parse_special { &self.inner.parsing } else { &self.inner.plain };
+        let encoding = tokenizer
+            .encode_fast(text, false)
+            .map_err(|e| ModelError::Tokenizer(format!("cannot encode text: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Token ids of a rendered prompt: special tokens parsed, and BOS prepended when the
+    /// model wants one and the prompt does not already start with it.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode(text, true)?;
+        if let (true, Some(bos)) = (self.inner.add_bos, self.inner.bos)
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
+        Ok(ids)
+    }
+
+    /// The text of `ids`. With `skip_special`, control tokens (BOS, `<|im_end|>`, …) are left
+    /// out. Bytes that do not form valid UTF-8 come out as U+FFFD.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.inner.tokens.len()) {
+            return Err(ModelError::Tokenizer(format!(
+                "token id {bad} is out of range for a vocabulary of {}",
+                self.inner.tokens.len()
+            )));
+        }
+        self.inner
+            .parsing
+            .decode(ids, skip_special)
+            .map_err(|e| ModelError::Tokenizer(format!("cannot decode tokens: {e}")))
+    }
+
+    /// Number of token ids (the largest id + 1).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.tokens.len()
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.inner.bos
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        self.inner.eos
+    }
+
+    /// Whether prompts should start with BOS (see [`Tokenizer::encode_prompt`]).
+    pub fn add_bos(&self) -> bool {
+        self.inner.add_bos
+    }
+
+    /// The ids that end generation: EOS, EOT, EOM, and the tokens whose text marks the end
+    /// of a turn (`<|im_end|>`, `<|eot_id|>`, …), sorted.
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.inner.stop_ids
+    }
+
+    pub fn is_stop(&self, id: u32) -> bool {
+        self.inner.stop_ids.binary_search(&id).is_ok()
+    }
+
+    /// The raw vocabulary text of a token (byte-level BPE pieces look like `Ġworld`).
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.inner.tokens.get(id as usize).map(String::as_str).filter(|t| !t.is_empty())
+    }
+
+    /// The id of a token given its raw vocabulary text.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.inner.parsing.token_to_id(text)
+    }
+
+    /// BOS as text, for chat templates (`bos_token`).
+    pub fn bos_token_text(&self) -> Option<&str> {
+        self.inner.bos.and_then(|id| self.token_text(id))
+    }
+
+    /// EOS as text, for chat templates (`eos_token`).
+    pub fn eos_token_text(&self) -> Option<&str> {
+        self.inner.eos.and_then(|id| self.token_text(id))
+    }
+
+    /// Whether `id` is a special (control) token, which `decode(.., skip_special = true)`
+    /// leaves out.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner.special.contains(&id)
+    }
+}

@@ -1,0 +1,186 @@
+//! `stellarchat serve` flags. Every flag also reads `STELLARCHAT_<FLAG>` from the
+//! environment, so a container is configured by environment alone. Lists (`--api-key`,
+//! `--cors-origin`) take the flag repeatedly, or a comma-separated environment variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use stellarchat_model::device::{DeviceSpec, Precision};
+use stellarchat_model::engine::EngineConfig;
+
+/// The default model: fetched into `weights/` by `just weights`.
+pub const DEFAULT_MODEL: &str = "weights/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Serve the OpenAI-compatible API over HTTP, SSE and WebSocket.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// A GGUF file, or `synthetic:<preset>` (random weights, for tests and benchmarks).
+    #[arg(long, env = "STELLARCHAT_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+
+    /// The model id clients send and `/v1/models` lists (default: the file stem).
+    #[arg(long, env = "STELLARCHAT_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+
+    /// Backend: flex, ndarray, wgpu[:adapter], vulkan, metal, cuda[:N], rocm[:N], auto.
+    #[arg(long, env = "STELLARCHAT_DEVICE", default_value = "flex", value_parser = parse_device)]
+    pub device: DeviceSpec,
+
+    /// Float type of weights and activations: f32, f16, bf16.
+    #[arg(long, env = "STELLARCHAT_DTYPE", default_value = "f32", value_parser = parse_dtype)]
+    pub dtype: Precision,
+
+    #[arg(long, env = "STELLARCHAT_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// 0 picks a free port; the bound address is printed as `listening on http://HOST:PORT`.
+    #[arg(long, env = "STELLARCHAT_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// An accepted API key (Bearer); repeatable. Without any key the API is open.
+    #[arg(long = "api-key", env = "STELLARCHAT_API_KEY", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+
+    /// A file of API keys, one per line (`#` starts a comment).
+    #[arg(long, env = "STELLARCHAT_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// An origin allowed by CORS (`*` for any); repeatable. Without any, no CORS headers.
+    #[arg(long = "cors-origin", env = "STELLARCHAT_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Context window to enforce (default and maximum: the model's).
+    #[arg(long, env = "STELLARCHAT_MAX_MODEL_LEN")]
+    pub max_model_len: Option<usize>,
+
+    /// Largest `max_tokens` a request may ask for (also the default when it asks none).
+    #[arg(long, env = "STELLARCHAT_MAX_TOKENS_LIMIT", default_value_t = 4096)]
+    pub max_tokens_limit: usize,
+
+    /// Largest `n` (choices per request).
+    #[arg(long, env = "STELLARCHAT_MAX_N", default_value_t = 8)]
+    pub max_n: usize,
+
+    /// Largest request body; larger ones get 413.
+    #[arg(long, env = "STELLARCHAT_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    #[arg(long, env = "STELLARCHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log prompts and completions (off: logs carry counts only).
+    #[arg(long, env = "STELLARCHAT_LOG_CONTENT")]
+    pub log_content: bool,
+
+    /// Sequences decoded together in one batch.
+    #[arg(long, env = "STELLARCHAT_MAX_NUM_SEQS", default_value_t = EngineConfig::default().max_num_seqs)]
+    pub max_num_seqs: usize,
+
+    /// Requests that may wait for a slot; beyond it the server answers 429.
+    #[arg(long, env = "STELLARCHAT_MAX_QUEUE", default_value_t = EngineConfig::default().max_queue)]
+    pub max_queue: usize,
+
+    /// Prompt tokens prefilled per engine step (chunked prefill).
+    #[arg(long, env = "STELLARCHAT_MAX_PREFILL_TOKENS", default_value_t = EngineConfig::default().max_prefill_tokens)]
+    pub max_prefill_tokens: usize,
+
+    /// KV-cache positions shared by all sequences.
+    #[arg(long, env = "STELLARCHAT_KV_CACHE_TOKENS", default_value_t = EngineConfig::default().kv_cache_tokens)]
+    pub kv_cache_tokens: usize,
+
+    /// Seconds running streams may take to finish after SIGTERM/SIGINT before they are cut.
+    #[arg(long, env = "STELLARCHAT_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+
+    /// Seconds between `: keep-alive` comments on an idle SSE stream.
+    #[arg(long, env = "STELLARCHAT_SSE_KEEPALIVE", default_value_t = 15)]
+    pub sse_keepalive: u64,
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    s.parse().map_err(|e: stellarchat_model::ModelError| e.to_string())
+}
+
+fn parse_dtype(s: &str) -> Result<Precision, String> {
+    s.parse().map_err(|e: stellarchat_model::ModelError| e.to_string())
+}
+
+impl ServeArgs {
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            max_num_seqs: self.max_num_seqs.max(1),
+            max_queue: self.max_queue,
+            max_prefill_tokens: self.max_prefill_tokens.max(1),
+            kv_cache_tokens: self.kv_cache_tokens.max(1),
+        }
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout)
+    }
+
+    /// `--api-key` values plus the keys of `--api-key-file`; empty lines and `#` comments
+    /// are skipped.
+    pub fn load_api_keys(&self) -> std::io::Result<Vec<String>> {
+        let mut keys: Vec<String> = self.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+        if let Some(path) = &self.api_key_file {
+            let text = std::fs::read_to_string(path)?;
+            keys.extend(
+                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string),
+            );
+        }
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let cli = Cli::try_parse_from(["stellarchat"]).expect("defaults parse");
+        let a = cli.serve;
+        assert_eq!(a.model, DEFAULT_MODEL);
+        assert_eq!(a.host, "127.0.0.1");
+        assert_eq!(a.port, 8080);
+        assert_eq!(a.device, DeviceSpec::Flex);
+        assert_eq!(a.dtype, Precision::F32);
+        assert!(!a.log_content);
+        assert_eq!(a.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn repeatable_flags() {
+        let cli = Cli::try_parse_from([
+            "stellarchat",
+            "--api-key",
+            "a",
+            "--api-key",
+            "b",
+            "--cors-origin",
+            "http://x",
+            "--port",
+            "0",
+        ])
+        .expect("parse");
+        assert_eq!(cli.serve.api_keys, vec!["a", "b"]);
+        assert_eq!(cli.serve.cors_origins, vec!["http://x"]);
+        assert_eq!(cli.serve.port, 0);
+    }
+}

@@ -1,0 +1,72 @@
+//! `POST /tokenize` and `POST /detokenize`, in vLLM's shapes.
+
+use salvo::oapi::endpoint;
+use salvo::prelude::*;
+
+use super::read_body;
+use crate::serve::error::ApiError;
+use crate::serve::prompt::render_chat;
+use crate::serve::protocol::{DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse};
+use crate::serve::state::AppState;
+use crate::serve::validate::{parse_json, validate_messages};
+
+fn check_model(state: &AppState, model: &Option<String>) -> Result<(), ApiError> {
+    match model {
+        Some(m) if *m != state.served_model_name => Err(ApiError::ModelNotFound(m.clone())),
+        _ => Ok(()),
+    }
+}
+
+/// Tokenizes `prompt`, or `messages` rendered with the chat template.
+#[endpoint(tags("tokenize"), request_body = TokenizeRequest, responses((status_code = 200, body = TokenizeResponse)))]
+pub async fn tokenize(req: &mut Request, depot: &mut Depot) -> Result<Json<TokenizeResponse>, ApiError> {
+    let state = AppState::from_depot(depot)?;
+    let body = read_body(req, state.max_body_bytes).await?;
+    let request: TokenizeRequest = parse_json(&body)?;
+    check_model(&state, &request.model)?;
+    let tokenizer = &state.model.tokenizer;
+    let tokens = match (&request.prompt, &request.messages) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid("messages", "Give either `prompt` or `messages`, not both."));
+        }
+        (Some(prompt), None) => {
+            if request.add_special_tokens.unwrap_or(true) {
+                tokenizer.encode_prompt(prompt)?
+            } else {
+                tokenizer.encode(prompt, true)?
+            }
+        }
+        (None, Some(messages)) => {
+            let messages = validate_messages(messages)?;
+            let text = render_chat(&state.model, &messages, request.add_generation_prompt.unwrap_or(true))?;
+            tokenizer.encode_prompt(&text)?
+        }
+        (None, None) => return Err(ApiError::invalid("prompt", "Missing required parameter: 'prompt' or 'messages'.")),
+    };
+    let token_strs = request
+        .return_token_strs
+        .unwrap_or(false)
+        .then(|| tokens.iter().map(|&t| tokenizer.decode(&[t], false).unwrap_or_default()).collect());
+    Ok(Json(TokenizeResponse { count: tokens.len(), tokens, max_model_len: state.limits.max_model_len, token_strs }))
+}
+
+/// Turns token ids back into text (special tokens included).
+#[endpoint(tags("tokenize"), request_body = DetokenizeRequest, responses((status_code = 200, body = DetokenizeResponse)))]
+pub async fn detokenize(req: &mut Request, depot: &mut Depot) -> Result<Json<DetokenizeResponse>, ApiError> {
+    let state = AppState::from_depot(depot)?;
+    let body = read_body(req, state.max_body_bytes).await?;
+    let request: DetokenizeRequest = parse_json(&body)?;
+    check_model(&state, &request.model)?;
+    let vocab = state.limits.vocab_size;
+    let ids = request
+        .tokens
+        .iter()
+        .map(|&t| {
+            u32::try_from(t).ok().filter(|&t| (t as usize) < vocab).ok_or_else(|| {
+                ApiError::invalid("tokens", format!("Token id {t} is out of range (the vocabulary has {vocab} tokens)."))
+            })
+        })
+        .collect::<Result<Vec<u32>, _>>()?;
+    let prompt = state.model.tokenizer.decode(&ids, false)?;
+    Ok(Json(DetokenizeResponse { prompt }))
+}

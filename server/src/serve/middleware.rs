@@ -1,0 +1,254 @@
+//! Middleware ("hoops"): the access log (which also assigns the request id, injects the
+//! shared state and records the HTTP metrics), API-key auth, and CORS.
+//!
+//! One log line per request: for streams the [`RequestLog`] travels with the stream and
+//! is written when it ends (or the client goes away), so the line carries the real
+//! duration and token counts. Prompts, completions and keys are never logged unless
+//! `--log-content`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use salvo::cors::{AllowHeaders, AllowMethods, AllowOrigin, Cors, CorsHandler, ExposeHeaders};
+use salvo::http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use salvo::http::{Method, StatusCode};
+use salvo::prelude::*;
+use subtle::ConstantTimeEq;
+
+use super::error::{ApiError, ERROR_KIND_KEY};
+use super::routes;
+use super::state::AppState;
+
+pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of the current request (from `X-Request-Id`, or generated).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// A client's `X-Request-Id` is kept when it is short and printable; otherwise replaced.
+fn accept_request_id(value: Option<&HeaderValue>) -> Option<String> {
+    let s = value?.to_str().ok()?;
+    let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| s.to_string())
+}
+
+/// The record of one request, logged (and counted in the metrics) when dropped.
+pub struct RequestLog {
+    state: Arc<AppState>,
+    pub request_id: String,
+    method: String,
+    route: &'static str,
+    start: Instant,
+    pub status: u16,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub error_kind: Option<&'static str>,
+    /// Set by streams that ran to their end; a stream dropped before is a disconnect.
+    pub completed: bool,
+    is_stream: bool,
+    /// Only with `--log-content`.
+    pub prompt: Option<String>,
+    pub completion: Option<String>,
+}
+
+impl RequestLog {
+    pub fn new(state: Arc<AppState>, request_id: String, method: &str, route: &'static str) -> Self {
+        RequestLog {
+            state,
+            request_id,
+            method: method.to_string(),
+            route,
+            start: Instant::now(),
+            status: 200,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            error_kind: None,
+            completed: true,
+            is_stream: false,
+            prompt: None,
+            completion: None,
+        }
+    }
+
+    /// The log now belongs to a stream: it is written when the stream ends.
+    pub fn into_stream(mut self) -> Self {
+        self.is_stream = true;
+        self.completed = false;
+        self
+    }
+
+    pub fn log_content(&self) -> bool {
+        self.state.log_content
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let seconds = self.start.elapsed().as_secs_f64();
+        self.state.metrics.observe_request(self.route, self.status, seconds, self.error_kind);
+        let disconnected = self.is_stream && !self.completed;
+        let duration_ms = (seconds * 1000.0 * 10.0).round() / 10.0;
+        if self.state.log_content {
+            tracing::info!(
+                target: "stellarchat::access",
+                request_id = %self.request_id,
+                method = %self.method,
+                route = self.route,
+                status = self.status,
+                duration_ms,
+                prompt_tokens = self.prompt_tokens,
+                completion_tokens = self.completion_tokens,
+                error = self.error_kind.unwrap_or(""),
+                stream = self.is_stream,
+                disconnected,
+                prompt = self.prompt.as_deref().unwrap_or(""),
+                completion = self.completion.as_deref().unwrap_or(""),
+                "request"
+            );
+        } else {
+            tracing::info!(
+                target: "stellarchat::access",
+                request_id = %self.request_id,
+                method = %self.method,
+                route = self.route,
+                status = self.status,
+                duration_ms,
+                prompt_tokens = self.prompt_tokens,
+                completion_tokens = self.completion_tokens,
+                error = self.error_kind.unwrap_or(""),
+                stream = self.is_stream,
+                disconnected,
+                "request"
+            );
+        }
+    }
+}
+
+/// The outermost hoop: request id, state injection, and the request's log record.
+pub struct AccessLog {
+    pub state: Arc<AppState>,
+}
+
+#[async_trait]
+impl Handler for AccessLog {
+    async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+        let id = accept_request_id(req.headers().get(&REQUEST_ID_HEADER))
+            .unwrap_or_else(|| ulid::Ulid::generate().to_string().to_ascii_lowercase());
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            res.headers_mut().insert(REQUEST_ID_HEADER.clone(), value);
+        }
+        let route = routes::route_label(req.matched_path());
+        depot.insert_typed(self.state.clone());
+        depot.insert_typed(RequestId(id.clone()));
+        depot.insert_typed(RequestLog::new(self.state.clone(), id, req.method().as_str(), route));
+
+        ctrl.call_next(req, depot, res).await;
+
+        // Streams took their record with them; everything else is logged now.
+        if let Ok(mut log) = depot.remove_typed::<RequestLog>() {
+            let status = res.status_code.unwrap_or(StatusCode::NOT_FOUND);
+            log.status = status.as_u16();
+            log.error_kind = depot
+                .get::<&'static str>(ERROR_KIND_KEY)
+                .ok()
+                .copied()
+                .or_else(|| (status.is_client_error() || status.is_server_error()).then(|| kind_for_status(status)));
+        }
+    }
+}
+
+/// For errors rendered later by the catcher (unmatched routes, salvo's own errors).
+fn kind_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => ApiError::RouteNotFound(String::new()).kind(),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed.kind(),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit: 0 }.kind(),
+        s if s.is_client_error() => ApiError::invalid_no_param("").kind(),
+        _ => ApiError::Internal(String::new()).kind(),
+    }
+}
+
+/// `Authorization: Bearer <key>` against `--api-key`s, in constant time per key. Every
+/// key is compared (no early exit) so timing does not tell which one nearly matched.
+pub fn key_matches(presented: &[u8], keys: &[String]) -> bool {
+    let mut ok = subtle::Choice::from(0u8);
+    for key in keys {
+        ok |= presented.ct_eq(key.as_bytes());
+    }
+    bool::from(ok)
+}
+
+fn bearer(req: &Request) -> Option<&[u8]> {
+    let value = req.headers().get(AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
+}
+
+/// Guards `/v1/*`, `/tokenize`, `/detokenize`, `/v1/chat/ws`.
+pub struct ApiKeyAuth {
+    pub keys: Arc<Vec<String>>,
+}
+
+#[async_trait]
+impl Handler for ApiKeyAuth {
+    async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let ok = bearer(req).is_some_and(|presented| key_matches(presented, &self.keys));
+        if !ok {
+            let error = ApiError::InvalidApiKey;
+            depot.insert(ERROR_KIND_KEY, error.kind());
+            error.render_into(res);
+            ctrl.skip_rest();
+        }
+    }
+}
+
+/// CORS for the configured origins (`*` = any). `None` when no origin is configured.
+pub fn cors(origins: &[String]) -> Option<CorsHandler> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        Cors::new()
+            .allow_origin(allow_origin)
+            .allow_methods(AllowMethods::list([Method::GET, Method::POST, Method::OPTIONS]))
+            .allow_headers(AllowHeaders::list([
+                AUTHORIZATION,
+                salvo::http::header::CONTENT_TYPE,
+                REQUEST_ID_HEADER.clone(),
+            ]))
+            .expose_headers(ExposeHeaders::list([REQUEST_ID_HEADER.clone(), salvo::http::header::RETRY_AFTER]))
+            .max_age(600)
+            .into_handler(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_exactly() {
+        let keys = vec!["sk-one".to_string(), "sk-two".to_string()];
+        assert!(key_matches(b"sk-one", &keys));
+        assert!(key_matches(b"sk-two", &keys));
+        assert!(!key_matches(b"sk-on", &keys));
+        assert!(!key_matches(b"sk-one ", &keys));
+        assert!(!key_matches(b"", &keys));
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_sane() {
+        assert_eq!(accept_request_id(Some(&HeaderValue::from_static("abc-123"))), Some("abc-123".into()));
+        assert_eq!(accept_request_id(Some(&HeaderValue::from_static("has space"))), None);
+        assert_eq!(accept_request_id(Some(&HeaderValue::from_str(&"x".repeat(200)).unwrap())), None);
+        assert_eq!(accept_request_id(None), None);
+    }
+}

@@ -1,0 +1,240 @@
+//! `stellarchat serve`: the OpenAI-compatible API over HTTP, SSE and WebSocket, on salvo.
+//!
+//! Module map:
+//! - [`config`]: the flags ([`ServeArgs`]), each also from `STELLARCHAT_<FLAG>`.
+//! - [`routes`]: path constants, the router, the service (middleware, catcher, OpenAPI).
+//! - [`protocol`]: OpenAI's wire types (serde + `ToSchema`).
+//! - [`validate`]: pure request validation → typed valid requests.
+//! - [`prompt`]: chat template + tokenizer + context-length check.
+//! - [`generate`]: submitting to the engine and merging its event streams per choice.
+//! - [`handlers`]: one module per route family; [`sse`]: SSE framing; [`ws`]: WebSocket.
+//! - [`error`]: [`error::ApiError`] and the one place errors become HTTP.
+//! - [`middleware`]: access log + request id, API keys, CORS; [`metrics`]: Prometheus.
+//! - [`state`]: shared state and the graceful-shutdown [`state::Lifecycle`].
+//!
+//! Start-up order matters: the port is bound *before* the weights load (so `/health`
+//! answers and `/ready` says 503 while loading), and the bound address is printed on
+//! stdout as `listening on http://HOST:PORT` (tests start us on port 0 and read it).
+
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod handlers;
+pub mod metrics;
+pub mod middleware;
+pub mod prompt;
+pub mod protocol;
+pub mod routes;
+pub mod sse;
+pub mod state;
+pub mod validate;
+pub mod ws;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use salvo::conn::tcp::TcpAcceptor;
+use salvo::server::ServerHandle;
+use salvo::prelude::*;
+use stellarchat_model::ModelError;
+use stellarchat_model::engine::{Engine, EngineHandle};
+use stellarchat_model::model::{LoadOptions, ModelLoader};
+
+pub use config::{LogFormat, ServeArgs};
+use state::{AppState, Lifecycle};
+use validate::Limits;
+
+/// Why `serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the model: {0}")]
+    Model(#[from] ModelError),
+    #[error("loading the model failed: {0}")]
+    Load(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("cannot read the API key file: {0}")]
+    ApiKeyFile(std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("server: {0}")]
+    Server(std::io::Error),
+}
+
+/// Installs the global log subscriber (`RUST_LOG` overrides the `info` default). Logs go to
+/// stderr so stdout carries only the `listening on` line. A subscriber installed earlier
+/// by the caller wins.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Builds the shared state for a model and an engine (also used by in-process tests).
+pub fn build_state(
+    args: &ServeArgs,
+    info: Arc<stellarchat_model::model::ModelInfo>,
+    engine: EngineHandle,
+    api_keys: Vec<String>,
+) -> Result<Arc<AppState>, ServeError> {
+    let max_model_len = args.max_model_len.map_or(info.context_length, |m| m.clamp(1, info.context_length));
+    let limits = Limits {
+        max_model_len,
+        max_tokens_limit: args.max_tokens_limit.max(1),
+        max_n: args.max_n.max(1),
+        vocab_size: info.tokenizer.vocab_size(),
+    };
+    Ok(Arc::new(AppState {
+        engine,
+        served_model_name: args.served_model_name.clone().unwrap_or_else(|| info.name.clone()),
+        model: info,
+        limits,
+        api_keys,
+        metrics: metrics::Metrics::new()?,
+        log_content: args.log_content,
+        max_body_bytes: args.max_body_bytes,
+        sse_keepalive: Duration::from_secs(args.sse_keepalive.max(1)),
+        started: protocol::unix_now(),
+        lifecycle: Arc::new(Lifecycle::default()),
+    }))
+}
+
+/// Runs `stellarchat serve` until SIGTERM/SIGINT (then shuts down gracefully) or until
+/// the model fails to load.
+pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
+    init_logging(args.log_format);
+    let api_keys = args.load_api_keys().map_err(ServeError::ApiKeyFile)?;
+    // Opening parses metadata, tokenizer and template only: a bad path fails here, fast.
+    let loader = ModelLoader::open(&args.model)?;
+    let info = loader.info();
+
+    let addr = format!("{}:{}", args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
+    let bound = listener.local_addr().map_err(ServeError::Server)?;
+    let acceptor = TcpAcceptor::try_from(listener).map_err(ServeError::Server)?;
+
+    let options = LoadOptions { device: args.device, precision: args.dtype };
+    let load_started = Instant::now();
+    let mut last_reported = 0;
+    let progress = Box::new(move |done: usize, total: usize| {
+        let pct = if total == 0 { 100 } else { done * 100 / total };
+        if pct >= last_reported + 25 || (done == total && last_reported < 100) {
+            last_reported = pct;
+            tracing::info!(done, total, "loading weights: {pct}%");
+        }
+    });
+    let engine = Engine::spawn(loader, options, args.engine_config(), progress);
+    let state = build_state(&args, info, engine.clone(), api_keys)?;
+
+    tracing::info!(
+        model = %args.model,
+        served_model_name = %state.served_model_name,
+        device = %args.device,
+        dtype = %args.dtype,
+        max_model_len = state.limits.max_model_len,
+        api_keys = state.api_keys.len(),
+        "listening on http://{bound}"
+    );
+    // The parseable line for scripts and tests (stdout; logs are on stderr).
+    println!("listening on http://{bound}");
+    let _ = std::io::stdout().flush();
+
+    let server = Server::new(acceptor);
+    let handle = server.handle();
+    let service = routes::service(state.clone(), &args.cors_origins);
+    let mut serving = tokio::spawn(server.try_serve(service));
+
+    let load_failure = tokio::select! {
+        _ = shutdown_signal() => None,
+        failure = watch_loading(&engine, load_started) => failure,
+        result = &mut serving => {
+            // The accept loop ended on its own: nothing left to drain.
+            engine.shutdown();
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ServeError::Server(e)),
+                Err(e) => Err(ServeError::Server(std::io::Error::other(e))),
+            };
+        }
+    };
+    shutdown(&state, &handle, &mut serving, args.shutdown_timeout()).await;
+    engine.shutdown();
+    match load_failure {
+        Some(message) => Err(ServeError::Load(message)),
+        None => Ok(()),
+    }
+}
+
+/// Logs when the model is ready; returns the error if loading fails (which ends `serve`).
+async fn watch_loading(engine: &EngineHandle, started: Instant) -> Option<String> {
+    let mut ready_logged = false;
+    loop {
+        if let Some(error) = engine.load_error() {
+            tracing::error!(error = %error, "the model failed to load; shutting down");
+            return Some(error);
+        }
+        if !ready_logged && engine.is_ready() {
+            ready_logged = true;
+            tracing::info!(seconds = started.elapsed().as_secs_f64(), "model loaded; ready");
+        }
+        tokio::time::sleep(Duration::from_millis(if ready_logged { 1000 } else { 50 })).await;
+    }
+}
+
+/// Graceful shutdown: stop accepting and refuse new generations, let running ones finish
+/// for up to `timeout`, then cut them (SSE streams end with an error event, WebSockets
+/// close), and give connections a moment to flush before forcing them closed.
+async fn shutdown(
+    state: &AppState,
+    handle: &ServerHandle,
+    serving: &mut tokio::task::JoinHandle<std::io::Result<()>>,
+    timeout: Duration,
+) {
+    let running = state.lifecycle.active();
+    tracing::info!(running, timeout_s = timeout.as_secs(), "shutting down: draining running requests");
+    state.lifecycle.begin_drain();
+    handle.stop_graceful(None);
+    if !state.lifecycle.wait_idle(timeout).await {
+        tracing::warn!(running = state.lifecycle.active(), "shutdown timeout reached: cancelling running requests");
+    }
+    // Ends whatever still runs, and closes idle WebSockets (salvo does not track them).
+    state.lifecycle.cut();
+    if tokio::time::timeout(Duration::from_secs(2), &mut *serving).await.is_err() {
+        handle.stop_forceful();
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut *serving).await;
+    }
+    tracing::info!("server stopped");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

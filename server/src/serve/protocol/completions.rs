@@ -1,0 +1,128 @@
+//! `POST /v1/completions`, the legacy text completion API.
+
+use std::collections::BTreeMap;
+
+use salvo::oapi::ToSchema;
+use serde::{Deserialize, Serialize};
+
+use super::chat::UsageSlot;
+use super::common::{LogitBias, StopField, StreamOptions, UsageInfo};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionRequest {
+    pub model: String,
+    /// A string, a list of strings, a list of token ids, or a list of token-id lists.
+    pub prompt: PromptInput,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub n: Option<i64>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub stop: Option<StopField>,
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default)]
+    pub logit_bias: Option<LogitBias>,
+    /// Number of most likely alternatives per token, 0–5 (legacy semantics).
+    #[serde(default)]
+    pub logprobs: Option<i64>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// Accepted and ignored.
+    #[serde(default)]
+    pub user: Option<String>,
+
+    // Extensions (vLLM's names).
+    #[serde(default)]
+    pub top_k: Option<i64>,
+    #[serde(default)]
+    pub min_p: Option<f64>,
+    #[serde(default)]
+    pub repetition_penalty: Option<f64>,
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
+    #[serde(default)]
+    pub stop_token_ids: Option<Vec<i64>>,
+    #[serde(default)]
+    pub skip_special_tokens: Option<bool>,
+
+    // Understood, not supported.
+    /// Unsupported when true.
+    #[serde(default)]
+    pub echo: Option<bool>,
+    /// Unsupported unless equal to `n`.
+    #[serde(default)]
+    pub best_of: Option<i64>,
+    /// Unsupported.
+    #[serde(default)]
+    pub suffix: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PromptInput {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<i64>),
+    TokenBatches(Vec<Vec<i64>>),
+}
+
+impl Default for PromptInput {
+    fn default() -> Self {
+        PromptInput::Text(String::new())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CompletionResponse {
+    pub id: String,
+    /// Always `text_completion`.
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    pub usage: UsageInfo,
+    pub system_fingerprint: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CompletionChoice {
+    pub text: String,
+    pub index: usize,
+    pub logprobs: Option<CompletionLogprobs>,
+    pub finish_reason: Option<String>,
+}
+
+/// Legacy logprobs: parallel arrays.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    pub text_offset: Vec<usize>,
+}
+
+/// One SSE chunk of a streamed completion (same object type as the response).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CompletionChunk {
+    pub id: String,
+    /// Always `text_completion`.
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: Option<String>,
+    pub choices: Vec<CompletionChoice>,
+    #[serde(default, skip_serializing_if = "UsageSlot::is_absent")]
+    pub usage: UsageSlot,
+}

@@ -1,0 +1,21 @@
+//! The wire types of the API, shaped exactly as OpenAI's (and vLLM's for `/tokenize`),
+//! with serde for the wire and salvo-oapi's `ToSchema` so `/openapi.json` describes the
+//! real types.
+//!
+//! Requests deny unknown fields at the top level (OpenAI answers 400 "Unrecognized request
+//! argument supplied"); fields we understand but do not implement are declared as
+//! `Option<serde_json::Value>` so that validation can reject them by name.
+//!
+//! - [`common`]: errors, usage, stop/seed helpers, models, health, tokenize.
+//! - [`chat`]: `/v1/chat/completions` request, response and stream chunk.
+//! - [`completions`]: `/v1/completions`.
+//! - [`ws`]: the frames of `/v1/chat/ws`.
+
+pub mod chat;
+pub mod common;
+pub mod completions;
+pub mod ws;
+
+pub use chat::*;
+pub use common::*;
+pub use completions::*;

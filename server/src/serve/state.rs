@@ -1,0 +1,121 @@
+//! What every handler shares: the engine handle, the model's tokenizer and template, the
+//! limits, the metrics, and the [`Lifecycle`] that coordinates graceful shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use salvo::Depot;
+use stellarchat_model::engine::EngineHandle;
+use stellarchat_model::model::ModelInfo;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::error::ApiError;
+use super::metrics::Metrics;
+use super::validate::{Context, Limits};
+
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub model: Arc<ModelInfo>,
+    pub served_model_name: String,
+    pub limits: Limits,
+    /// Accepted API keys; empty = the API is open.
+    pub api_keys: Vec<String>,
+    pub metrics: Metrics,
+    pub log_content: bool,
+    pub max_body_bytes: usize,
+    pub sse_keepalive: Duration,
+    /// Unix seconds at start-up, for `created` in `/v1/models`.
+    pub started: u64,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+impl AppState {
+    pub fn validation_context(&self) -> Context<'_> {
+        Context { served_model_name: &self.served_model_name, limits: &self.limits }
+    }
+
+    /// The state the access-log hoop put into the depot.
+    pub fn from_depot(depot: &Depot) -> Result<Arc<AppState>, ApiError> {
+        depot
+            .get_typed::<Arc<AppState>>()
+            .cloned()
+            .map_err(|_| ApiError::Internal("application state missing from the depot".into()))
+    }
+
+    /// New generations are refused while loading and while shutting down.
+    pub fn check_accepting(&self) -> Result<(), ApiError> {
+        if self.lifecycle.is_draining() {
+            return Err(ApiError::ShuttingDown);
+        }
+        if !self.engine.is_ready() {
+            return Err(ApiError::NotReady);
+        }
+        Ok(())
+    }
+}
+
+/// Graceful shutdown, in two phases: *draining* (no new generations; running ones go on)
+/// and *cut* (running ones end now). Each generation holds an [`ActiveGuard`] so the
+/// server knows when draining is done.
+#[derive(Default)]
+pub struct Lifecycle {
+    draining: CancellationToken,
+    cut: CancellationToken,
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+impl Lifecycle {
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    pub fn begin_drain(&self) {
+        self.draining.cancel();
+    }
+
+    /// Fires when running generations must stop.
+    pub fn cut_token(&self) -> CancellationToken {
+        self.cut.clone()
+    }
+
+    pub fn cut(&self) {
+        self.cut.cancel();
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    pub fn enter(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(self.clone())
+    }
+
+    /// Waits until no generation runs, or `timeout` passes. Returns whether it drained.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.active() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+}
+
+/// Counts one running generation (HTTP or WebSocket) for [`Lifecycle::wait_idle`].
+pub struct ActiveGuard(Arc<Lifecycle>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,590 @@
+//! Validation: pure functions from a parsed request to a typed, valid one (TGI's approach).
+//!
+//! Nothing here touches the engine, the network or the clock, so every rule is unit-tested
+//! directly. Tokenizing and the context-length check come after, in [`resolve_max_tokens`],
+//! which is pure too (it takes the prompt length).
+//!
+//! Order of checks: body → JSON → unknown fields → model → unsupported fields → messages /
+//! prompt → sampling ranges. The first failure wins and names its `param`.
+
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::protocol::{
+    ChatCompletionRequest, ChatMessageIn, CompletionRequest, LogitBias, MessageContent, PromptInput, StopField,
+};
+
+/// Most stop strings a request may carry (OpenAI's limit).
+pub const MAX_STOP_STRINGS: usize = 4;
+/// Longest stop string, in bytes.
+pub const MAX_STOP_BYTES: usize = 1024;
+/// Most alternatives per token for `top_logprobs` / legacy `logprobs`.
+pub const MAX_TOP_LOGPROBS: i64 = 20;
+/// Most `logit_bias` entries (OpenAI's limit).
+pub const MAX_LOGIT_BIAS: usize = 300;
+/// Most extra stop token ids.
+pub const MAX_STOP_TOKEN_IDS: usize = 64;
+
+/// The limits validation enforces, from the command line and the model.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The context window: `--max-model-len`, at most the model's own.
+    pub max_model_len: usize,
+    /// Largest `max_tokens` a request may ask for, and the default when it asks nothing.
+    pub max_tokens_limit: usize,
+    /// Largest `n`.
+    pub max_n: usize,
+    /// Token ids must be below this (`logit_bias`, `stop_token_ids`, token prompts).
+    pub vocab_size: usize,
+}
+
+/// Who may be addressed and within which limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub served_model_name: &'a str,
+    pub limits: &'a Limits,
+}
+
+/// Everything about how to generate, shared by chat and completions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationSpec {
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    pub min_p: f32,
+    pub repetition_penalty: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub logit_bias: Vec<(u32, f32)>,
+    pub seed: Option<u64>,
+    /// `None`: as many as the context and `--max-tokens-limit` allow.
+    pub max_tokens: Option<usize>,
+    /// The request's name for the field, for error messages.
+    pub max_tokens_param: &'static str,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    pub skip_special_tokens: bool,
+    /// `Some(k)`: report logprobs with `k` alternatives.
+    pub logprobs: Option<usize>,
+    pub n: usize,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// A chat message role the chat template understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidChat {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub spec: GenerationSpec,
+}
+
+/// One prompt of a completion request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptSource {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidCompletion {
+    pub model: String,
+    pub prompts: Vec<PromptSource>,
+    pub spec: GenerationSpec,
+}
+
+/// Bytes → a typed request. Invalid UTF-8 and malformed JSON are 400 `invalid_json`;
+/// wrong types and missing fields are 400 naming the field's path (`messages[0].role`);
+/// unknown fields are 400 "Unrecognized request argument supplied".
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::InvalidJson("The request body is empty; expected a JSON object.".into()));
+    }
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(ApiError::InvalidJson(format!("The request body is not valid UTF-8 (at byte {}).", e.valid_up_to())));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => data_error(&path, &inner.to_string()),
+            _ => ApiError::InvalidJson(format!("We could not parse the JSON body of your request: {inner}")),
+        }
+    })?;
+    de.end().map_err(|e| ApiError::InvalidJson(format!("Trailing characters after the JSON body: {e}")))?;
+    Ok(value)
+}
+
+/// Turns serde's data errors into OpenAI-style messages with a `param`.
+fn data_error(path: &str, message: &str) -> ApiError {
+    let join = |name: &str| if path == "." || path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+    // serde's wording is stable: "unknown field `x`, expected …" / "missing field `x`".
+    let quoted = |prefix: &str| {
+        message.strip_prefix(prefix).and_then(|rest| rest.split('`').next()).map(str::to_string)
+    };
+    if let Some(name) = quoted("unknown field `") {
+        return ApiError::UnknownField(join(&name));
+    }
+    if let Some(name) = quoted("missing field `") {
+        let param = join(&name);
+        return ApiError::invalid(param.clone(), format!("Missing required parameter: '{param}'."));
+    }
+    // Strip serde_json's " at line L column C" suffix: the param already says where.
+    let detail = message.split(" at line ").next().unwrap_or(message);
+    if path == "." || path.is_empty() {
+        ApiError::invalid_no_param(format!("Invalid request body: {detail}"))
+    } else {
+        ApiError::invalid(path, format!("Invalid type or value for '{path}': {detail}"))
+    }
+}
+
+fn check_model(model: &str, ctx: &Context<'_>) -> Result<String, ApiError> {
+    if model == ctx.served_model_name {
+        Ok(model.to_string())
+    } else {
+        Err(ApiError::ModelNotFound(model.to_string()))
+    }
+}
+
+/// Set, in the sense of "asks for something": not null, not an empty list or object.
+fn is_set(v: &Option<serde_json::Value>) -> bool {
+    match v {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Array(a)) => !a.is_empty(),
+        Some(serde_json::Value::Object(o)) => !o.is_empty(),
+        Some(_) => true,
+    }
+}
+
+fn is_str(v: &Option<serde_json::Value>, allowed: &[&str]) -> bool {
+    matches!(v, Some(serde_json::Value::String(s)) if allowed.contains(&s.as_str()))
+}
+
+fn unsupported(param: &str, what: &str) -> ApiError {
+    ApiError::unsupported(param, format!("{what} is not supported by this server."))
+}
+
+pub fn validate_chat(req: ChatCompletionRequest, ctx: &Context<'_>) -> Result<ValidChat, ApiError> {
+    let model = check_model(&req.model, ctx)?;
+
+    if is_set(&req.tools) {
+        return Err(unsupported("tools", "Tool calling"));
+    }
+    if is_set(&req.tool_choice) && !is_str(&req.tool_choice, &["none", "auto"]) {
+        return Err(unsupported("tool_choice", "Tool calling"));
+    }
+    if is_set(&req.functions) {
+        return Err(unsupported("functions", "Function calling"));
+    }
+    if is_set(&req.function_call) && !is_str(&req.function_call, &["none", "auto"]) {
+        return Err(unsupported("function_call", "Function calling"));
+    }
+    if let Some(rf) = req.response_format.as_ref().filter(|v| !v.is_null()) {
+        if rf.get("type").and_then(|t| t.as_str()) != Some("text") {
+            return Err(unsupported("response_format", "A response_format other than {\"type\": \"text\"}"));
+        }
+    }
+    if let Some(m) = req.modalities.as_ref().filter(|v| !v.is_null()) {
+        if *m != serde_json::json!(["text"]) {
+            return Err(unsupported("modalities", "An output modality other than text"));
+        }
+    }
+    for (name, value) in [
+        ("audio", &req.audio),
+        ("prediction", &req.prediction),
+        ("reasoning_effort", &req.reasoning_effort),
+        ("web_search_options", &req.web_search_options),
+    ] {
+        if is_set(value) {
+            return Err(unsupported(name, &format!("`{name}`")));
+        }
+    }
+
+    let messages = validate_messages(&req.messages)?;
+
+    let (max_tokens, max_tokens_param) = match (req.max_completion_tokens, req.max_tokens) {
+        (Some(m), _) => (Some(m), "max_completion_tokens"),
+        (None, m) => (m, "max_tokens"),
+    };
+    if req.top_logprobs.is_some() && req.logprobs != Some(true) {
+        return Err(ApiError::invalid("top_logprobs", "`top_logprobs` requires `logprobs` to be true."));
+    }
+    let logprobs = match req.logprobs {
+        Some(true) => Some(check_top_logprobs("top_logprobs", req.top_logprobs.unwrap_or(0))?),
+        _ => None,
+    };
+    let spec = build_spec(
+        SpecFields {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            min_p: req.min_p,
+            repetition_penalty: req.repetition_penalty,
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            logit_bias: req.logit_bias,
+            seed: req.seed,
+            max_tokens,
+            max_tokens_param,
+            stop: req.stop,
+            stop_token_ids: req.stop_token_ids,
+            ignore_eos: req.ignore_eos,
+            skip_special_tokens: req.skip_special_tokens,
+            logprobs,
+            n: req.n,
+            stream: req.stream,
+            include_usage: req.stream_options.as_ref().map(|o| o.include_usage),
+        },
+        ctx,
+    )?;
+    Ok(ValidChat { model, messages, spec })
+}
+
+/// Messages → roles and plain text. Text parts are joined with a newline (as vLLM does).
+pub fn validate_messages(messages: &[ChatMessageIn]) -> Result<Vec<Message>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid("messages", "`messages` must contain at least one message."));
+    }
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let at = |field: &str| format!("messages[{i}].{field}");
+        let role = match m.role.as_str() {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" | "function" => return Err(unsupported(&at("role"), &format!("The `{}` role", m.role))),
+            other => {
+                return Err(ApiError::invalid(
+                    at("role"),
+                    format!(
+                        "Invalid value: '{other}'. Supported values are: 'system', 'developer', 'user' and 'assistant'."
+                    ),
+                ));
+            }
+        };
+        if is_set(&m.tool_calls) {
+            return Err(unsupported(&at("tool_calls"), "Tool calling"));
+        }
+        if m.tool_call_id.is_some() {
+            return Err(unsupported(&at("tool_call_id"), "Tool calling"));
+        }
+        if is_set(&m.function_call) {
+            return Err(unsupported(&at("function_call"), "Function calling"));
+        }
+        let content = match &m.content {
+            Some(MessageContent::Text(s)) => s.clone(),
+            Some(MessageContent::Parts(parts)) => {
+                let mut texts = Vec::with_capacity(parts.len());
+                for (j, part) in parts.iter().enumerate() {
+                    match (part.r#type.as_str(), &part.text) {
+                        ("text", Some(t)) => texts.push(t.as_str()),
+                        ("text", None) => {
+                            return Err(ApiError::invalid(
+                                format!("messages[{i}].content[{j}].text"),
+                                "A text content part needs a `text` string.",
+                            ));
+                        }
+                        (other, _) => {
+                            return Err(unsupported(
+                                &format!("messages[{i}].content[{j}].type"),
+                                &format!("Content of type `{other}`"),
+                            ));
+                        }
+                    }
+                }
+                texts.join("\n")
+            }
+            // OpenAI allows a null content only on assistant messages (with tool calls).
+            None if role == Role::Assistant => String::new(),
+            None => {
+                return Err(ApiError::invalid(at("content"), format!("Missing required parameter: '{}'.", at("content"))));
+            }
+        };
+        out.push(Message { role, content });
+    }
+    Ok(out)
+}
+
+pub fn validate_completion(req: CompletionRequest, ctx: &Context<'_>) -> Result<ValidCompletion, ApiError> {
+    let model = check_model(&req.model, ctx)?;
+    if req.echo == Some(true) {
+        return Err(unsupported("echo", "`echo`"));
+    }
+    if let Some(best_of) = req.best_of {
+        if best_of != req.n.unwrap_or(1) {
+            return Err(unsupported("best_of", "A `best_of` different from `n`"));
+        }
+    }
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(unsupported("suffix", "`suffix`"));
+    }
+    let vocab = ctx.limits.vocab_size;
+    let tokens = |ids: &[i64], param: &str| -> Result<Vec<u32>, ApiError> {
+        if ids.is_empty() {
+            return Err(ApiError::invalid(param, "A token prompt must not be empty."));
+        }
+        ids.iter().map(|&t| token_id(t, vocab, param)).collect()
+    };
+    let prompts = match req.prompt {
+        PromptInput::Text(s) => vec![PromptSource::Text(s)],
+        PromptInput::Texts(v) => v.into_iter().map(PromptSource::Text).collect(),
+        PromptInput::Tokens(ids) => vec![PromptSource::Tokens(tokens(&ids, "prompt")?)],
+        PromptInput::TokenBatches(batches) => batches
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| tokens(ids, &format!("prompt[{i}]")).map(PromptSource::Tokens))
+            .collect::<Result<_, _>>()?,
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::invalid("prompt", "`prompt` must not be an empty list."));
+    }
+    if prompts.iter().any(|p| matches!(p, PromptSource::Text(s) if s.is_empty())) {
+        return Err(ApiError::invalid("prompt", "`prompt` must not be empty."));
+    }
+    let logprobs = req.logprobs.map(|k| check_top_logprobs("logprobs", k)).transpose()?;
+    let n = req.n;
+    let spec = build_spec(
+        SpecFields {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            min_p: req.min_p,
+            repetition_penalty: req.repetition_penalty,
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            logit_bias: req.logit_bias,
+            seed: req.seed,
+            // The legacy API's default is 16 tokens.
+            max_tokens: Some(req.max_tokens.unwrap_or(16)),
+            max_tokens_param: "max_tokens",
+            stop: req.stop,
+            stop_token_ids: req.stop_token_ids,
+            ignore_eos: req.ignore_eos,
+            skip_special_tokens: req.skip_special_tokens,
+            logprobs,
+            n,
+            stream: req.stream,
+            include_usage: req.stream_options.as_ref().map(|o| o.include_usage),
+        },
+        ctx,
+    )?;
+    if prompts.len() * spec.n > ctx.limits.max_n {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!("At most {} choices (prompts × n) per request.", ctx.limits.max_n),
+        ));
+    }
+    Ok(ValidCompletion { model, prompts, spec })
+}
+
+fn check_top_logprobs(param: &str, k: i64) -> Result<usize, ApiError> {
+    if !(0..=MAX_TOP_LOGPROBS).contains(&k) {
+        return Err(ApiError::invalid(param, format!("`{param}` must be between 0 and {MAX_TOP_LOGPROBS}; got {k}.")));
+    }
+    Ok(k as usize)
+}
+
+fn token_id(t: i64, vocab: usize, param: &str) -> Result<u32, ApiError> {
+    if t < 0 || t as u64 >= vocab as u64 {
+        return Err(ApiError::invalid(param, format!("Token id {t} is out of range (the vocabulary has {vocab} tokens).")));
+    }
+    Ok(t as u32)
+}
+
+/// The sampling-related fields common to both request types, as they came in.
+struct SpecFields {
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    min_p: Option<f64>,
+    repetition_penalty: Option<f64>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    logit_bias: Option<LogitBias>,
+    seed: Option<i64>,
+    max_tokens: Option<i64>,
+    max_tokens_param: &'static str,
+    stop: Option<StopField>,
+    stop_token_ids: Option<Vec<i64>>,
+    ignore_eos: Option<bool>,
+    skip_special_tokens: Option<bool>,
+    logprobs: Option<usize>,
+    n: Option<i64>,
+    stream: Option<bool>,
+    /// `Some(..)` when `stream_options` was given.
+    include_usage: Option<Option<bool>>,
+}
+
+fn in_range(param: &str, v: f64, lo: f64, hi: f64, lo_open: bool) -> Result<f32, ApiError> {
+    let ok = if lo_open { v > lo && v <= hi } else { v >= lo && v <= hi };
+    if !ok || !v.is_finite() {
+        let interval = if lo_open { format!("greater than {lo} and at most {hi}") } else { format!("between {lo} and {hi}") };
+        return Err(ApiError::invalid(param, format!("`{param}` must be {interval}; got {v}.")));
+    }
+    Ok(v as f32)
+}
+
+fn build_spec(f: SpecFields, ctx: &Context<'_>) -> Result<GenerationSpec, ApiError> {
+    let limits = ctx.limits;
+    let temperature = in_range("temperature", f.temperature.unwrap_or(1.0), 0.0, 2.0, false)?;
+    let top_p = in_range("top_p", f.top_p.unwrap_or(1.0), 0.0, 1.0, true)?;
+    let top_k = match f.top_k.unwrap_or(0) {
+        // vLLM uses −1 for "off"; 0 means the same here.
+        -1 | 0 => 0,
+        k if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
+        k => return Err(ApiError::invalid("top_k", format!("`top_k` must be -1, 0 (off) or positive; got {k}."))),
+    };
+    let min_p = in_range("min_p", f.min_p.unwrap_or(0.0), 0.0, 1.0, false)?;
+    let repetition_penalty = in_range("repetition_penalty", f.repetition_penalty.unwrap_or(1.0), 0.0, 2.0, true)?;
+    let presence_penalty = in_range("presence_penalty", f.presence_penalty.unwrap_or(0.0), -2.0, 2.0, false)?;
+    let frequency_penalty = in_range("frequency_penalty", f.frequency_penalty.unwrap_or(0.0), -2.0, 2.0, false)?;
+
+    let mut logit_bias = Vec::new();
+    if let Some(map) = f.logit_bias {
+        if map.len() > MAX_LOGIT_BIAS {
+            return Err(ApiError::invalid("logit_bias", format!("At most {MAX_LOGIT_BIAS} entries in `logit_bias`.")));
+        }
+        for (key, bias) in map {
+            let param = format!("logit_bias.{key}");
+            let id: i64 = key
+                .trim()
+                .parse()
+                .map_err(|_| ApiError::invalid(param.clone(), format!("`logit_bias` keys must be token ids; got '{key}'.")))?;
+            let id = token_id(id, limits.vocab_size, &param)?;
+            let bias = in_range(&param, bias, -100.0, 100.0, false)?;
+            logit_bias.push((id, bias));
+        }
+    }
+
+    let n = f.n.unwrap_or(1);
+    if n < 1 || n as u64 > limits.max_n as u64 {
+        return Err(ApiError::invalid("n", format!("`n` must be between 1 and {}; got {n}.", limits.max_n)));
+    }
+
+    let max_tokens = match f.max_tokens {
+        None => None,
+        Some(m) if m < 1 => {
+            return Err(ApiError::invalid(f.max_tokens_param, format!("`{}` must be at least 1; got {m}.", f.max_tokens_param)));
+        }
+        Some(m) if m as u64 > limits.max_tokens_limit as u64 => {
+            return Err(ApiError::invalid(
+                f.max_tokens_param,
+                format!("`{}` must be at most {}; got {m}.", f.max_tokens_param, limits.max_tokens_limit),
+            ));
+        }
+        Some(m) => Some(m as usize),
+    };
+
+    let stop = f.stop.map(StopField::into_vec).unwrap_or_default();
+    if stop.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::invalid("stop", format!("At most {MAX_STOP_STRINGS} stop sequences; got {}.", stop.len())));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid("stop", "Stop sequences must not be empty."));
+    }
+    if stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid("stop", format!("Stop sequences must be at most {MAX_STOP_BYTES} bytes.")));
+    }
+
+    let stop_token_ids = f.stop_token_ids.unwrap_or_default();
+    if stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
+        return Err(ApiError::invalid("stop_token_ids", format!("At most {MAX_STOP_TOKEN_IDS} stop token ids.")));
+    }
+    let stop_token_ids =
+        stop_token_ids.iter().map(|&t| token_id(t, limits.vocab_size, "stop_token_ids")).collect::<Result<_, _>>()?;
+
+    let stream = f.stream.unwrap_or(false);
+    if f.include_usage.is_some() && !stream {
+        return Err(ApiError::invalid("stream_options", "`stream_options` is only allowed when `stream` is true."));
+    }
+
+    Ok(GenerationSpec {
+        temperature,
+        top_p,
+        top_k,
+        min_p,
+        repetition_penalty,
+        presence_penalty,
+        frequency_penalty,
+        logit_bias,
+        // OpenAI's seed is a signed integer; its bits are the seed.
+        seed: f.seed.map(|s| s as u64),
+        max_tokens,
+        max_tokens_param: f.max_tokens_param,
+        stop,
+        stop_token_ids,
+        ignore_eos: f.ignore_eos.unwrap_or(false),
+        skip_special_tokens: f.skip_special_tokens.unwrap_or(true),
+        logprobs: f.logprobs,
+        n: n as usize,
+        stream,
+        include_usage: f.include_usage.flatten().unwrap_or(false),
+    })
+}
+
+/// After tokenizing: how many tokens to generate. A prompt that leaves no room, or a
+/// `max_tokens` that does not fit beside it, is `context_length_exceeded`. Without
+/// `max_tokens`, the rest of the context up to `--max-tokens-limit`.
+pub fn resolve_max_tokens(
+    prompt_tokens: usize,
+    requested: Option<usize>,
+    limits: &Limits,
+    prompt_param: &str,
+) -> Result<usize, ApiError> {
+    let context = limits.max_model_len;
+    if prompt_tokens == 0 {
+        return Err(ApiError::invalid(prompt_param, "The prompt is empty."));
+    }
+    if prompt_tokens >= context {
+        return Err(ApiError::ContextLengthExceeded {
+            message: format!(
+                "This model's maximum context length is {context} tokens. However, your prompt resulted in \
+                 {prompt_tokens} tokens. Please reduce the length of the prompt."
+            ),
+            param: Some(prompt_param.to_string()),
+        });
+    }
+    match requested {
+        Some(k) if prompt_tokens + k > context => Err(ApiError::ContextLengthExceeded {
+            message: format!(
+                "This model's maximum context length is {context} tokens. However, you requested {} tokens \
+                 ({prompt_tokens} in the prompt, {k} in the completion). Please reduce the length of the prompt \
+                 or completion.",
+                prompt_tokens + k
+            ),
+            param: Some(prompt_param.to_string()),
+        }),
+        Some(k) => Ok(k),
+        None => Ok((context - prompt_tokens).min(limits.max_tokens_limit)),
+    }
+}
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;

@@ -1,0 +1,256 @@
+//! Validation rules, one by one: pure functions, no engine, no model.
+
+use serde_json::json;
+
+use super::*;
+use crate::serve::protocol::{ChatCompletionRequest, CompletionRequest};
+
+fn limits() -> Limits {
+    Limits { max_model_len: 100, max_tokens_limit: 50, max_n: 4, vocab_size: 1000 }
+}
+
+fn chat(body: serde_json::Value) -> Result<ValidChat, ApiError> {
+    let limits = limits();
+    let ctx = Context { served_model_name: "m", limits: &limits };
+    let req: ChatCompletionRequest = parse_json(body.to_string().as_bytes())?;
+    validate_chat(req, &ctx)
+}
+
+fn completion(body: serde_json::Value) -> Result<ValidCompletion, ApiError> {
+    let limits = limits();
+    let ctx = Context { served_model_name: "m", limits: &limits };
+    let req: CompletionRequest = parse_json(body.to_string().as_bytes())?;
+    validate_completion(req, &ctx)
+}
+
+fn base() -> serde_json::Value {
+    json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+}
+
+fn with(mut v: serde_json::Value, key: &str, value: serde_json::Value) -> serde_json::Value {
+    v[key] = value;
+    v
+}
+
+/// Status, kind and param of an error.
+fn err(r: Result<impl std::fmt::Debug, ApiError>) -> (u16, &'static str, Option<String>) {
+    let e = r.expect_err("expected an error");
+    (e.status().as_u16(), e.kind(), e.param())
+}
+
+#[test]
+fn a_minimal_request_gets_openai_defaults() {
+    let v = chat(base()).unwrap();
+    assert_eq!(v.model, "m");
+    assert_eq!(v.messages, vec![Message { role: Role::User, content: "hi".into() }]);
+    let s = v.spec;
+    assert_eq!((s.temperature, s.top_p, s.top_k, s.n), (1.0, 1.0, 0, 1));
+    assert_eq!(s.max_tokens, None);
+    assert!(!s.stream && !s.include_usage && s.skip_special_tokens && !s.ignore_eos);
+    assert_eq!(s.logprobs, None);
+}
+
+#[test]
+fn malformed_bodies_are_400_invalid_json() {
+    let limits = limits();
+    let _ = Context { served_model_name: "m", limits: &limits };
+    for body in [&b""[..], b"   ", b"{", b"{\"model\": }", b"\xff\xfe{}", b"{} trailing"] {
+        let e = parse_json::<ChatCompletionRequest>(body).unwrap_err();
+        assert_eq!((e.status().as_u16(), e.kind()), (400, "invalid_json"), "{:?}", String::from_utf8_lossy(body));
+    }
+}
+
+#[test]
+fn wrong_types_name_the_field() {
+    assert_eq!(err(chat(with(base(), "temperature", json!("hot")))), (400, "invalid_request", Some("temperature".into())));
+    let bad_role = json!({"model": "m", "messages": [{"role": 5, "content": "x"}]});
+    assert_eq!(err(chat(bad_role)).2, Some("messages[0].role".into()));
+    assert_eq!(err(chat(json!({"model": "m"}))), (400, "invalid_request", Some("messages".into())));
+    assert_eq!(err(chat(json!([1, 2]))).0, 400);
+}
+
+#[test]
+fn unknown_fields_are_rejected_by_name() {
+    assert_eq!(err(chat(with(base(), "frobnicate", json!(1)))), (400, "unknown_parameter", Some("frobnicate".into())));
+}
+
+#[test]
+fn unknown_model_is_404() {
+    let e = chat(with(base(), "model", json!("gpt-4"))).unwrap_err();
+    assert_eq!((e.status().as_u16(), e.code()), (404, Some("model_not_found")));
+    assert_eq!(e.param(), Some("model".into()));
+}
+
+#[test]
+fn messages_must_be_well_formed() {
+    assert_eq!(err(chat(with(base(), "messages", json!([])))).2, Some("messages".into()));
+    let unknown_role = with(base(), "messages", json!([{"role": "wizard", "content": "x"}]));
+    assert_eq!(err(chat(unknown_role)), (400, "invalid_request", Some("messages[0].role".into())));
+    let tool_role = with(base(), "messages", json!([{"role": "tool", "content": "x", "tool_call_id": "1"}]));
+    assert_eq!(err(chat(tool_role)), (400, "unsupported_parameter", Some("messages[0].role".into())));
+    let no_content = with(base(), "messages", json!([{"role": "user"}]));
+    assert_eq!(err(chat(no_content)).2, Some("messages[0].content".into()));
+    let image = with(base(), "messages", json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]));
+    assert_eq!(err(chat(image)), (400, "unsupported_parameter", Some("messages[0].content[0].type".into())));
+}
+
+#[test]
+fn content_parts_and_developer_role_are_understood() {
+    let parts = with(
+        base(),
+        "messages",
+        json!([
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": null, "refusal": null},
+        ]),
+    );
+    let v = chat(parts).unwrap();
+    assert_eq!(v.messages[0], Message { role: Role::System, content: "be brief".into() });
+    assert_eq!(v.messages[1].content, "a\nb");
+    assert_eq!(v.messages[2], Message { role: Role::Assistant, content: String::new() });
+}
+
+#[test]
+fn understood_but_unsupported_fields_are_400_naming_them() {
+    for (field, value) in [
+        ("tools", json!([{"type": "function", "function": {"name": "f"}}])),
+        ("tool_choice", json!({"type": "function", "function": {"name": "f"}})),
+        ("functions", json!([{"name": "f"}])),
+        ("response_format", json!({"type": "json_object"})),
+        ("audio", json!({"voice": "x"})),
+        ("modalities", json!(["text", "audio"])),
+    ] {
+        assert_eq!(err(chat(with(base(), field, value))), (400, "unsupported_parameter", Some(field.into())), "{field}");
+    }
+    // Their neutral values pass.
+    for (field, value) in
+        [("tools", json!([])), ("tool_choice", json!("none")), ("response_format", json!({"type": "text"}))]
+    {
+        assert!(chat(with(base(), field, value)).is_ok(), "{field}");
+    }
+}
+
+#[test]
+fn sampling_ranges() {
+    let bad = [
+        ("temperature", json!(2.5)),
+        ("temperature", json!(-0.1)),
+        ("top_p", json!(0)),
+        ("top_p", json!(1.5)),
+        ("n", json!(0)),
+        ("n", json!(5)),
+        ("max_tokens", json!(0)),
+        ("max_tokens", json!(51)),
+        ("max_completion_tokens", json!(-3)),
+        ("presence_penalty", json!(2.1)),
+        ("frequency_penalty", json!(-2.1)),
+        ("top_k", json!(-2)),
+        ("min_p", json!(1.5)),
+        ("repetition_penalty", json!(0)),
+    ];
+    for (field, value) in bad {
+        assert_eq!(err(chat(with(base(), field, value.clone()))), (400, "invalid_request", Some(field.into())), "{field}={value}");
+    }
+    let ok = [("temperature", json!(0)), ("temperature", json!(2)), ("top_p", json!(1)), ("n", json!(4)), ("max_tokens", json!(50)), ("top_k", json!(-1))];
+    for (field, value) in ok {
+        assert!(chat(with(base(), field, value.clone())).is_ok(), "{field}={value}");
+    }
+}
+
+#[test]
+fn stop_sequences() {
+    let v = chat(with(base(), "stop", json!("\n"))).unwrap();
+    assert_eq!(v.spec.stop, vec!["\n"]);
+    let v = chat(with(base(), "stop", json!(["a", "b", "c", "d"]))).unwrap();
+    assert_eq!(v.spec.stop.len(), 4);
+    assert_eq!(err(chat(with(base(), "stop", json!(["a", "b", "c", "d", "e"])))).2, Some("stop".into()));
+    assert_eq!(err(chat(with(base(), "stop", json!([""])))).2, Some("stop".into()));
+    assert_eq!(err(chat(with(base(), "stop", json!(3)))).2, Some("stop".into()));
+}
+
+#[test]
+fn logprobs_and_logit_bias() {
+    let v = chat(with(with(base(), "logprobs", json!(true)), "top_logprobs", json!(3))).unwrap();
+    assert_eq!(v.spec.logprobs, Some(3));
+    assert_eq!(chat(with(base(), "logprobs", json!(true))).unwrap().spec.logprobs, Some(0));
+    assert_eq!(err(chat(with(base(), "top_logprobs", json!(2)))).2, Some("top_logprobs".into()));
+    assert_eq!(err(chat(with(with(base(), "logprobs", json!(true)), "top_logprobs", json!(21)))).2, Some("top_logprobs".into()));
+    let v = chat(with(base(), "logit_bias", json!({"5": -100, "7": 2.5}))).unwrap();
+    assert_eq!(v.spec.logit_bias, vec![(5, -100.0), (7, 2.5)]);
+    assert_eq!(err(chat(with(base(), "logit_bias", json!({"x": 1})))).2, Some("logit_bias.x".into()));
+    assert_eq!(err(chat(with(base(), "logit_bias", json!({"5000": 1})))).2, Some("logit_bias.5000".into()));
+    assert_eq!(err(chat(with(base(), "logit_bias", json!({"5": 101})))).2, Some("logit_bias.5".into()));
+}
+
+#[test]
+fn stream_options_need_stream() {
+    let opts = json!({"include_usage": true});
+    assert_eq!(err(chat(with(base(), "stream_options", opts.clone()))).2, Some("stream_options".into()));
+    let v = chat(with(with(base(), "stream", json!(true)), "stream_options", opts)).unwrap();
+    assert!(v.spec.stream && v.spec.include_usage);
+}
+
+#[test]
+fn max_completion_tokens_wins_over_max_tokens() {
+    let v = chat(with(with(base(), "max_tokens", json!(5)), "max_completion_tokens", json!(7))).unwrap();
+    assert_eq!(v.spec.max_tokens, Some(7));
+    assert_eq!(v.spec.max_tokens_param, "max_completion_tokens");
+}
+
+#[test]
+fn seeds_are_signed_like_openai() {
+    assert_eq!(chat(with(base(), "seed", json!(-1))).unwrap().spec.seed, Some(u64::MAX));
+    assert_eq!(chat(with(base(), "seed", json!(42))).unwrap().spec.seed, Some(42));
+}
+
+#[test]
+fn completions_prompt_forms_and_unsupported_fields() {
+    let base = json!({"model": "m", "prompt": "Once"});
+    let v = completion(base.clone()).unwrap();
+    assert_eq!(v.prompts, vec![PromptSource::Text("Once".into())]);
+    assert_eq!(v.spec.max_tokens, Some(16), "the legacy default");
+    let v = completion(with(base.clone(), "prompt", json!([1, 2, 3]))).unwrap();
+    assert_eq!(v.prompts, vec![PromptSource::Tokens(vec![1, 2, 3])]);
+    let v = completion(with(base.clone(), "prompt", json!(["a", "b"]))).unwrap();
+    assert_eq!(v.prompts.len(), 2);
+    let v = completion(with(base.clone(), "prompt", json!([[1], [2, 3]]))).unwrap();
+    assert_eq!(v.prompts, vec![PromptSource::Tokens(vec![1]), PromptSource::Tokens(vec![2, 3])]);
+    assert_eq!(err(completion(with(base.clone(), "prompt", json!([5000])))).2, Some("prompt".into()));
+    assert_eq!(err(completion(with(base.clone(), "prompt", json!("")))).2, Some("prompt".into()));
+    assert_eq!(err(completion(with(base.clone(), "echo", json!(true)))), (400, "unsupported_parameter", Some("echo".into())));
+    assert_eq!(err(completion(with(base.clone(), "best_of", json!(3)))), (400, "unsupported_parameter", Some("best_of".into())));
+    assert_eq!(err(completion(with(base.clone(), "suffix", json!("x")))), (400, "unsupported_parameter", Some("suffix".into())));
+    assert!(completion(with(base.clone(), "echo", json!(false))).is_ok());
+    assert_eq!(err(completion(with(base.clone(), "logprobs", json!(21)))).2, Some("logprobs".into()));
+    assert_eq!(completion(with(base, "logprobs", json!(2))).unwrap().spec.logprobs, Some(2));
+}
+
+#[test]
+fn context_length() {
+    let l = limits();
+    assert_eq!(resolve_max_tokens(10, Some(20), &l, "messages").unwrap(), 20);
+    // No max_tokens: the rest of the context, capped by the limit.
+    assert_eq!(resolve_max_tokens(10, None, &l, "messages").unwrap(), 50);
+    assert_eq!(resolve_max_tokens(80, None, &l, "messages").unwrap(), 20);
+    let e = resolve_max_tokens(90, Some(20), &l, "messages").unwrap_err();
+    assert_eq!((e.status().as_u16(), e.code()), (400, Some("context_length_exceeded")));
+    assert_eq!(e.param(), Some("messages".into()));
+    let e = resolve_max_tokens(100, None, &l, "prompt").unwrap_err();
+    assert_eq!(e.kind(), "context_length_exceeded");
+    assert_eq!(resolve_max_tokens(0, None, &l, "prompt").unwrap_err().kind(), "invalid_request");
+}
+
+#[test]
+fn error_bodies_are_openai_shaped_and_internal_errors_do_not_leak() {
+    let body = serde_json::to_value(ApiError::invalid("temperature", "bad").to_body()).unwrap();
+    assert_eq!(body, json!({"error": {"message": "bad", "type": "invalid_request_error", "param": "temperature", "code": null}}));
+    let internal = ApiError::Internal("/secret/path exploded".into());
+    assert_eq!(internal.status().as_u16(), 500);
+    assert!(!internal.to_body().error.message.contains("secret"));
+    assert_eq!(ApiError::InvalidApiKey.to_body().error.code.as_deref(), Some("invalid_api_key"));
+    assert_eq!(ApiError::InvalidApiKey.status().as_u16(), 401);
+    assert_eq!(ApiError::Overloaded("x".into()).status().as_u16(), 429);
+    assert_eq!(ApiError::NotReady.status().as_u16(), 503);
+    assert_eq!(ApiError::PayloadTooLarge { limit: 1 }.status().as_u16(), 413);
+}

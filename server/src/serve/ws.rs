@@ -1,0 +1,303 @@
+//! `GET /v1/chat/ws`: chat completions over one WebSocket (protocol in DESIGN.md).
+//!
+//! One reader loop per socket parses client frames; each `chat.completion.create` runs in
+//! its own task, so several requests stream interleaved, each event tagged with the
+//! client's `id`. A `cancel` stops one request (it answers `chat.completion.done` with
+//! `cancelled: true`); closing the socket aborts them all, which drops their engine
+//! streams and so cancels the sequences. A malformed frame gets an `error` event and the
+//! socket stays usable. All writes go through one writer task, so frames never interleave.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use salvo::prelude::*;
+use salvo::websocket::{Message, WebSocket, WebSocketUpgrade};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::error::ApiError;
+use super::generate::{DriverEvent, Generation};
+use super::handlers::chat::ChatChunker;
+use super::middleware::{RequestId, RequestLog};
+use super::prompt::plan_chat;
+use super::protocol::ChatCompletionRequest;
+use super::protocol::ws::{TYPE_CANCEL, TYPE_CREATE, WsServerFrame};
+use super::routes;
+use super::state::AppState;
+use super::validate::validate_chat;
+
+/// Requests one socket may have in flight.
+pub const MAX_IN_FLIGHT: usize = 16;
+/// Frames queued for the writer before request tasks wait (back-pressure from a slow reader).
+const OUTBOX: usize = 256;
+
+/// Upgrades to a WebSocket (auth already checked by the router's hoop).
+#[handler]
+pub async fn chat_ws(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
+    let state = AppState::from_depot(depot)?;
+    let conn_id = depot.get_typed::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let upgrade = WebSocketUpgrade::new().max_message_size(state.max_body_bytes).max_frame_size(state.max_body_bytes);
+    if let Err(e) = upgrade.upgrade(req, res, move |ws| session(ws, state, conn_id)).await {
+        // A failed handshake is the client's error; the catcher renders salvo's brief.
+        res.render(e);
+    }
+    Ok(())
+}
+
+enum ClientFrame {
+    Create { id: String, request: Value },
+    Cancel { id: String },
+}
+
+/// Parses a client frame; on failure, the id (when one could be read) and the error.
+fn parse_frame(text: &str) -> Result<ClientFrame, (Option<String>, ApiError)> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| (None, ApiError::InvalidJson(format!("The frame is not valid JSON: {e}"))))?;
+    let Value::Object(mut obj) = value else {
+        return Err((None, ApiError::invalid_no_param("A frame must be a JSON object.")));
+    };
+    let id = match obj.remove("id") {
+        Some(Value::String(id)) if !id.is_empty() => id,
+        _ => return Err((None, ApiError::invalid("id", "Every frame needs a non-empty string `id`."))),
+    };
+    match obj.get("type").and_then(Value::as_str) {
+        Some(TYPE_CREATE) => match obj.remove("request") {
+            Some(Value::Object(mut request)) => {
+                // Over a WebSocket every request streams.
+                request.insert("stream".into(), Value::Bool(true));
+                Ok(ClientFrame::Create { id, request: Value::Object(request) })
+            }
+            _ => Err((Some(id), ApiError::invalid("request", "`request` must be a chat completion request object."))),
+        },
+        Some(TYPE_CANCEL) => Ok(ClientFrame::Cancel { id }),
+        other => Err((
+            Some(id),
+            ApiError::invalid(
+                "type",
+                format!("Unknown frame type {other:?}; expected \"{TYPE_CREATE}\" or \"{TYPE_CANCEL}\"."),
+            ),
+        )),
+    }
+}
+
+fn error_frame(id: Option<String>, error: &ApiError) -> WsServerFrame {
+    WsServerFrame::Error { id, error: error.to_body().error }
+}
+
+struct InFlight {
+    cancel: CancellationToken,
+    abort: AbortHandle,
+}
+
+async fn session(ws: WebSocket, state: Arc<AppState>, conn_id: String) {
+    state.metrics.websocket_connections.inc();
+    let (mut sink, mut stream) = ws.split();
+    let (outbox, mut outbox_rx) = mpsc::channel::<WsServerFrame>(OUTBOX);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = outbox_rx.recv().await {
+            let Ok(text) = serde_json::to_string(&frame) else { continue };
+            if sink.send(Message::text(text)).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let mut in_flight: HashMap<String, InFlight> = HashMap::new();
+    // Request tasks report their id here when they end.
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<String>();
+    let cut = state.lifecycle.cut_token();
+    let mut seq = 0u64;
+    loop {
+        let message = tokio::select! {
+            message = stream.next() => message,
+            Some(id) = ended_rx.recv() => {
+                in_flight.remove(&id);
+                continue;
+            }
+            _ = cut.cancelled() => break,
+        };
+        let message = match message {
+            Some(Ok(m)) => m,
+            // Closed or broken: stop everything.
+            _ => break,
+        };
+        if message.is_close() {
+            break;
+        }
+        if message.is_ping() || message.is_pong() {
+            continue;
+        }
+        let Ok(text) = message.as_str() else {
+            let e = ApiError::invalid_no_param("Frames must be JSON text frames.");
+            if outbox.send(error_frame(None, &e)).await.is_err() {
+                break;
+            }
+            continue;
+        };
+        match parse_frame(text) {
+            Err((id, e)) => {
+                if outbox.send(error_frame(id, &e)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(ClientFrame::Cancel { id }) => match in_flight.remove(&id) {
+                Some(request) => request.cancel.cancel(),
+                None => {
+                    let e = ApiError::invalid("id", format!("No request with id {id:?} is in flight."));
+                    if outbox.send(error_frame(Some(id), &e)).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            Ok(ClientFrame::Create { id, request }) => {
+                let refusal = if in_flight.contains_key(&id) {
+                    Some(ApiError::invalid("id", format!("A request with id {id:?} is already in flight.")))
+                } else if in_flight.len() >= MAX_IN_FLIGHT {
+                    Some(ApiError::Overloaded(format!("at most {MAX_IN_FLIGHT} requests in flight per socket")))
+                } else {
+                    None
+                };
+                if let Some(e) = refusal {
+                    if outbox.send(error_frame(Some(id), &e)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                seq += 1;
+                let cancel = CancellationToken::new();
+                let task = tokio::spawn(run_request(
+                    state.clone(),
+                    format!("{conn_id}.{seq}"),
+                    id.clone(),
+                    request,
+                    outbox.clone(),
+                    cancel.clone(),
+                    ended_tx.clone(),
+                ));
+                in_flight.insert(id, InFlight { cancel, abort: task.abort_handle() });
+            }
+        }
+    }
+    // Socket closed (or the server is cutting streams): abort every request; dropping their
+    // generations cancels the engine's sequences.
+    for (_, request) in in_flight.drain() {
+        request.abort.abort();
+    }
+    drop(outbox);
+    let _ = writer.await;
+    state.metrics.websocket_connections.dec();
+}
+
+/// One `chat.completion.create`: validate, generate, stream chunks, finish with `done`.
+async fn run_request(
+    state: Arc<AppState>,
+    log_id: String,
+    id: String,
+    request: Value,
+    outbox: mpsc::Sender<WsServerFrame>,
+    cancel: CancellationToken,
+    ended: mpsc::UnboundedSender<String>,
+) {
+    let mut log = RequestLog::new(state.clone(), log_id.clone(), "WS", routes::CHAT_WS).into_stream();
+    let outcome = stream_request(&state, &id, request, &outbox, &cancel, &mut log, &log_id).await;
+    if let Err(e) = outcome {
+        log.status = e.status().as_u16();
+        log.error_kind = Some(e.kind());
+        let _ = outbox.send(error_frame(Some(id.clone()), &e)).await;
+    }
+    log.completed = true;
+    let _ = ended.send(id);
+}
+
+async fn stream_request(
+    state: &Arc<AppState>,
+    id: &str,
+    request: Value,
+    outbox: &mpsc::Sender<WsServerFrame>,
+    cancel: &CancellationToken,
+    log: &mut RequestLog,
+    log_id: &str,
+) -> Result<(), ApiError> {
+    let request: ChatCompletionRequest = serde_json::to_vec(&request)
+        .map_err(|e| ApiError::Internal(e.to_string()))
+        .and_then(|bytes| super::validate::parse_json(&bytes))?;
+    let valid = validate_chat(request, &state.validation_context())?;
+    let (prompt_text, prompt) = plan_chat(&state.model, &state.limits, &valid.messages, &valid.spec)?;
+    let mut generation = Generation::start(state, &valid.spec, std::slice::from_ref(&prompt))?;
+    if log.log_content() {
+        log.prompt = Some(prompt_text);
+    }
+    log.prompt_tokens = prompt.ids.len();
+
+    let mut chunker = ChatChunker::new(format!("chatcmpl-{log_id}"), valid.model.clone(), valid.spec.include_usage);
+    chunker.choices = generation.choices();
+    let send = |frame: WsServerFrame| async move { outbox.send(frame).await.is_ok() };
+    for chunk in chunker.role_chunks() {
+        if !send(WsServerFrame::Chunk { id: id.to_string(), chunk }).await {
+            return Ok(());
+        }
+    }
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                let usage = generation.usage_so_far();
+                log.completion_tokens = usage.completion_tokens;
+                send(WsServerFrame::Done { id: id.to_string(), usage, cancelled: true }).await;
+                return Ok(());
+            }
+            event = generation.next() => event,
+        };
+        let Some(event) = event else { return Ok(()) };
+        if let DriverEvent::Error(e) = event {
+            return Err(e);
+        }
+        if let DriverEvent::Delta { text, .. } = &event {
+            if log.log_content() {
+                log.completion.get_or_insert_with(String::new).push_str(text);
+            }
+        }
+        for chunk in chunker.chunks(&event) {
+            if !send(WsServerFrame::Chunk { id: id.to_string(), chunk }).await {
+                return Ok(());
+            }
+        }
+        if let DriverEvent::Done(usage) = event {
+            log.completion_tokens = usage.completion_tokens;
+            send(WsServerFrame::Done { id: id.to_string(), usage, cancelled: false }).await;
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_parse_or_explain() {
+        assert!(matches!(
+            parse_frame(r#"{"type":"cancel","id":"a"}"#),
+            Ok(ClientFrame::Cancel { id }) if id == "a"
+        ));
+        match parse_frame(r#"{"type":"chat.completion.create","id":"b","request":{"model":"m"}}"#) {
+            Ok(ClientFrame::Create { id, request }) => {
+                assert_eq!(id, "b");
+                assert_eq!(request["stream"], Value::Bool(true));
+            }
+            _ => panic!("create frame"),
+        }
+        assert!(matches!(parse_frame("not json"), Err((None, ApiError::InvalidJson(_)))));
+        assert!(matches!(parse_frame("[1]"), Err((None, _))));
+        assert!(matches!(parse_frame(r#"{"type":"cancel"}"#), Err((None, _))));
+        assert!(matches!(parse_frame(r#"{"type":"nope","id":"c"}"#), Err((Some(id), _)) if id == "c"));
+        assert!(matches!(
+            parse_frame(r#"{"type":"chat.completion.create","id":"d","request":3}"#),
+            Err((Some(id), _)) if id == "d"
+        ));
+    }
+}
