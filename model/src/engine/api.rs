@@ -87,8 +87,9 @@ pub struct TokenLogprob {
 #[derive(Debug)]
 pub enum GenerationEvent {
     /// One generated token. `text` is the text it completes (may be empty while a multi-byte
-    /// character or a possible stop string is held back).
-    Token { id: u32, text: String, logprob: Option<TokenLogprob> },
+    /// character or a possible stop string is held back). `step` numbers the engine step
+    /// that produced it (the order of batching decisions, for tests and tracing).
+    Token { id: u32, text: String, logprob: Option<TokenLogprob>, step: u64 },
     /// Generation ended; `text` is any held-back text released at the end.
     Finished { reason: FinishReason, usage: Usage, text: String, timings: Timings },
     Error(ModelError),

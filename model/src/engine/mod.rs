@@ -55,7 +55,9 @@ struct Shared {
     ready: AtomicBool,
     stopped: AtomicBool,
     load_error: Mutex<Option<String>>,
-    waiting: AtomicUsize,
+    /// Requests accepted and not yet ended (waiting + running); bounded by
+    /// `max_num_seqs + max_queue` at submission.
+    in_flight: AtomicUsize,
     running: AtomicUsize,
     /// KV positions allocated, for `kv_cache_usage`.
     kv_allocated: AtomicUsize,
@@ -149,15 +151,19 @@ impl EngineHandle {
                 context_length: self.context_length,
             });
         }
-        if self.shared.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_queue {
-            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(ModelError::Overloaded(format!("{} requests are already waiting", self.config.max_queue)));
+        let capacity = self.config.max_num_seqs + self.config.max_queue;
+        if self.shared.in_flight.fetch_add(1, Ordering::AcqRel) >= capacity {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(ModelError::Overloaded(format!(
+                "{} requests are running and {} waiting, the configured maximum",
+                self.config.max_num_seqs, self.config.max_queue
+            )));
         }
         let (sender, events) = mpsc::unbounded_channel();
         let cancelled = Arc::new(AtomicBool::new(false));
         let pending = Pending { request, events: sender, cancelled: cancelled.clone(), submitted: Instant::now() };
         if self.commands.send(Command::Submit(pending)).is_err() {
-            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(ModelError::EngineStopped);
         }
         Ok(EventStream { events, cancelled })
@@ -165,9 +171,10 @@ impl EngineHandle {
 
     pub fn stats(&self) -> EngineStats {
         let allocated = self.shared.kv_allocated.load(Ordering::Relaxed);
+        let running = self.shared.running.load(Ordering::Relaxed);
         EngineStats {
-            running: self.shared.running.load(Ordering::Relaxed),
-            waiting: self.shared.waiting.load(Ordering::Relaxed),
+            running,
+            waiting: self.shared.in_flight.load(Ordering::Relaxed).saturating_sub(running),
             kv_cache_usage: allocated as f64 / self.config.kv_cache_tokens.max(1) as f64,
             steps: self.shared.steps.load(Ordering::Relaxed),
         }
@@ -248,7 +255,7 @@ impl EngineLoop {
         for mut seq in self.running.drain(..) {
             seq.fail(ModelError::EngineStopped);
         }
-        self.shared.waiting.store(0, Ordering::Relaxed);
+        self.shared.in_flight.store(0, Ordering::Relaxed);
         self.publish();
     }
 
@@ -264,14 +271,11 @@ impl EngineLoop {
     }
 
     fn drop_cancelled(&mut self) {
-        let before = self.waiting.len();
+        let before = self.waiting.len() + self.running.len();
         self.waiting.retain(|p| !p.is_cancelled());
-        let gone = before - self.waiting.len();
-        if gone > 0 {
-            self.shared.waiting.fetch_sub(gone, Ordering::AcqRel);
-        }
         // Dropping a sequence drops its cache tensors: the memory is freed here.
         self.running.retain(|s| !s.is_cancelled());
+        self.ended(before - self.waiting.len() - self.running.len());
     }
 
     fn reserved(&self) -> usize {
@@ -290,7 +294,6 @@ impl EngineLoop {
                 break;
             }
             let Some(pending) = self.waiting.pop_front() else { break };
-            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
             let cache = self.model.new_cache();
             self.running.push(Sequence::start(pending, cache, &self.tokenizer, want));
         }
@@ -315,7 +318,7 @@ impl EngineLoop {
             .collect();
         let result = self.model.forward(&mut chunks);
         drop(chunks);
-        self.shared.steps.fetch_add(1, Ordering::Relaxed);
+        let step = self.shared.steps.fetch_add(1, Ordering::Relaxed);
 
         let mut finished = vec![false; self.running.len()];
         match result {
@@ -325,7 +328,7 @@ impl EngineLoop {
                     if seq.cache.len() < seq.tokens.len() {
                         continue; // mid-prefill: nothing to sample yet
                     }
-                    if let Progress::Finished = seq.accept_logits(logits.last_row(row), &self.tokenizer) {
+                    if let Progress::Finished = seq.accept_logits(logits.last_row(row), &self.tokenizer, step) {
                         finished[i] = true;
                     }
                 }
@@ -344,6 +347,14 @@ impl EngineLoop {
             index += 1;
             keep
         });
+        self.ended(finished.iter().filter(|&&f| f).count());
+    }
+
+    /// `count` requests left the engine (finished, failed or cancelled).
+    fn ended(&self, count: usize) {
+        if count > 0 {
+            self.shared.in_flight.fetch_sub(count, Ordering::AcqRel);
+        }
     }
 
     fn publish(&self) {

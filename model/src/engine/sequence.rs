@@ -86,7 +86,7 @@ impl Sequence {
     }
 
     /// Samples the next token from `logits` and reports it.
-    pub fn accept_logits(&mut self, logits: &[f32], tokenizer: &Tokenizer) -> Progress {
+    pub fn accept_logits(&mut self, logits: &[f32], tokenizer: &Tokenizer, step: u64) -> Progress {
         let mut row = logits.to_vec();
         let sampled = self.sampler.sample(&mut row, self.logprobs);
         self.timings.first_token.get_or_insert_with(Instant::now);
@@ -95,7 +95,7 @@ impl Sequence {
         let logprob = self.logprobs.map(|_| TokenLogprob { logprob: sampled.logprob, top: sampled.top_logprobs });
 
         if self.stop_token_ids.contains(&id) {
-            self.send(GenerationEvent::Token { id, text: String::new(), logprob });
+            self.send(GenerationEvent::Token { id, text: String::new(), logprob, step });
             return self.finish(FinishReason::Stop, tokenizer);
         }
         let piece = match self.decoder.push(tokenizer, id) {
@@ -103,9 +103,9 @@ impl Sequence {
             Err(e) => return self.fail(e),
         };
         match self.stops.push(&piece) {
-            StopOutcome::Continue { emit } => self.send(GenerationEvent::Token { id, text: emit, logprob }),
+            StopOutcome::Continue { emit } => self.send(GenerationEvent::Token { id, text: emit, logprob, step }),
             StopOutcome::Stopped { emit, .. } => {
-                self.send(GenerationEvent::Token { id, text: emit, logprob });
+                self.send(GenerationEvent::Token { id, text: emit, logprob, step });
                 return self.finish_with_text(FinishReason::Stop, String::new());
             }
         }
