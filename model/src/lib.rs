@@ -19,6 +19,7 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod llama;
 pub mod model;
+pub mod quant_matmul;
 pub mod rope;
 pub mod sampler;
 pub mod stop;

@@ -16,7 +16,7 @@ use crate::device::DeviceSpec;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::SequenceCache;
 use crate::rope::Rope;
-use crate::weights::{EmbeddingTable, LinearWeight, WeightSource, expect_dims, transpose, upload};
+use crate::weights::{EmbeddingTable, LinearWeight, WeightFormat, WeightSource, expect_dims, transpose, upload};
 
 /// Root-mean-square normalisation, always computed in f32.
 #[derive(Debug, Clone)]
@@ -117,20 +117,36 @@ pub struct Transformer {
 
 impl Transformer {
     /// Builds the model from `source`. `progress(done, total)` is called after each tensor group.
+    /// `format`: [`WeightFormat::Auto`] keeps weights quantized on CPU backends at f32.
     pub fn load(
         config: ModelConfig,
         source: &dyn WeightSource,
         spec: DeviceSpec,
         device: &Device,
         dtype: FloatDType,
+        format: WeightFormat,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Transformer> {
         config.validate()?;
+        let quantized = match format {
+            WeightFormat::Dense => false,
+            WeightFormat::Auto => spec.is_cpu() && dtype == FloatDType::F32,
+            WeightFormat::Quantized if spec.is_cpu() && dtype == FloatDType::F32 => true,
+            WeightFormat::Quantized => {
+                return Err(ModelError::UnsupportedDtype {
+                    dtype: format!("quantized weights with {dtype:?} activations"),
+                    device: format!("{spec} (quantized weights need a CPU device and f32)"),
+                });
+            }
+        };
         let c = &config;
         let total = c.num_layers + 2;
         let embeddings = EmbeddingTable::load(source, "token_embd.weight", c.hidden_size, c.vocab_size)?;
+        let tied_quantized = if quantized && !source.contains("output.weight") { embeddings.to_quant_matrix()? } else { None };
         let output = if source.contains("output.weight") {
-            LinearWeight::load(source, "output", c.hidden_size, c.vocab_size, false, device, dtype)?
+            LinearWeight::load(source, "output", c.hidden_size, c.vocab_size, false, quantized, device, dtype)?
+        } else if let Some(matrix) = tied_quantized {
+            LinearWeight::Quantized { matrix: std::sync::Arc::new(matrix), bias: None }
         } else {
             // Tied embeddings: the output projection is the embedding table transposed.
             let table = embeddings.to_f32()?;
@@ -144,7 +160,8 @@ impl Transformer {
         let mut blocks = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = |name: &str| format!("blk.{i}.{name}");
-            let linear = |name: &str, d_in, d_out, bias| LinearWeight::load(source, &p(name), d_in, d_out, bias, device, dtype);
+            let linear =
+                |name: &str, d_in, d_out, bias| LinearWeight::load(source, &p(name), d_in, d_out, bias, quantized, device, dtype);
             let norm = |name: &str| RmsNorm::load(source, &p(name), c.hidden_size, c.rms_norm_eps, device);
             blocks.push(Block {
                 attn_norm: norm("attn_norm.weight")?,
@@ -241,15 +258,15 @@ impl Transformer {
 
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = block.attn_norm.forward(x.clone());
-            let q = self.rope.apply(block.q.forward(h.clone()).reshape([n, c.num_heads, c.head_dim]), &rope_tables);
-            let k = self.rope.apply(block.k.forward(h.clone()).reshape([n, c.num_kv_heads, c.head_dim]), &rope_tables);
-            let v: Tensor<3> = block.v.forward(h).reshape([n, c.num_kv_heads, c.head_dim]);
+            let q = self.rope.apply(block.q.forward(h.clone())?.reshape([n, c.num_heads, c.head_dim]), &rope_tables);
+            let k = self.rope.apply(block.k.forward(h.clone())?.reshape([n, c.num_kv_heads, c.head_dim]), &rope_tables);
+            let v: Tensor<3> = block.v.forward(h)?.reshape([n, c.num_kv_heads, c.head_dim]);
             let attended = self.attend(layer, chunks, q, k, v);
-            x = x + block.o.forward(attended);
+            x = x + block.o.forward(attended)?;
 
             let h = block.ffn_norm.forward(x.clone());
-            let gated = silu(block.gate.forward(h.clone())) * block.up.forward(h);
-            x = x + block.down.forward(gated);
+            let gated = silu(block.gate.forward(h.clone())?) * block.up.forward(h)?;
+            x = x + block.down.forward(gated)?;
         }
         for chunk in chunks.iter_mut() {
             chunk.cache.advance(chunk.tokens.len());
@@ -262,7 +279,7 @@ impl Transformer {
             let index: Vec<i64> = output_rows.iter().map(|&r| r as i64).collect();
             x.select(0, Tensor::<1, Int>::from_data(TensorData::new(index, [rows]), &self.device))
         };
-        let logits = self.output.forward(self.final_norm.forward(selected));
+        let logits = self.output.forward(self.final_norm.forward(selected))?;
         let logits = if self.dtype == FloatDType::F32 { logits } else { logits.cast(FloatDType::F32) };
         let data = logits
             .into_data()

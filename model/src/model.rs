@@ -16,7 +16,7 @@ use crate::gguf::GgufFile;
 use crate::llama::Transformer;
 use crate::synthetic::{SyntheticPreset, SyntheticWeights};
 use crate::tokenizer::Tokenizer;
-use crate::weights::WeightSource;
+use crate::weights::{WeightFormat, WeightSource};
 
 /// What the server and CLI need to know about a model.
 pub struct ModelInfo {
@@ -28,11 +28,12 @@ pub struct ModelInfo {
     pub config: ModelConfig,
 }
 
-/// Where to run the model and in which float type.
+/// Where to run the model, in which float type, and how weights are kept.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
     pub device: DeviceSpec,
     pub precision: Precision,
+    pub weights: WeightFormat,
 }
 
 impl Default for DeviceSpec {
@@ -118,6 +119,6 @@ impl ModelLoader {
             Source::Gguf(file) => file,
             Source::Synthetic(weights) => weights,
         };
-        Transformer::load(self.info.config.clone(), source, spec, &device, options.precision.float_dtype(), progress)
+        Transformer::load(self.info.config.clone(), source, spec, &device, options.precision.float_dtype(), options.weights, progress)
     }
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 use stellarchat_model::device::{DeviceSpec, Precision};
 use stellarchat_model::llama::{ForwardChunk, Transformer};
 use stellarchat_model::model::{LoadOptions, ModelLoader};
+use stellarchat_model::weights::WeightFormat;
 
 const LOGIT_TOLERANCE: f32 = 0.02;
 const EOS: u32 = 2;
@@ -32,9 +33,9 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }
 
-fn load(spec: DeviceSpec) -> Transformer {
+fn load(spec: DeviceSpec, weights: WeightFormat) -> Transformer {
     let loader = ModelLoader::open(model_path().to_str().expect("utf-8 path")).expect("open model");
-    loader.load(&LoadOptions { device: spec, precision: Precision::F32 }, &mut |_, _| {}).expect("load model")
+    loader.load(&LoadOptions { device: spec, precision: Precision::F32, weights }, &mut |_, _| {}).expect("load model")
 }
 
 fn argmax(row: &[f32]) -> u32 {
@@ -47,8 +48,8 @@ fn argmax(row: &[f32]) -> u32 {
     best as u32
 }
 
-fn check_device(spec: DeviceSpec) {
-    let model = load(spec);
+fn check_device(spec: DeviceSpec, weights: WeightFormat) {
+    let model = load(spec, weights);
     let vocab = model.config().vocab_size;
     for chat in golden()["chats"].as_array().expect("chats") {
         let name = chat["name"].as_str().expect("name");
@@ -81,17 +82,69 @@ fn check_device(spec: DeviceSpec) {
             generated.push(argmax(step.last_row(0)));
         }
         assert_eq!(generated, expected, "{spec} {name}: greedy continuation differs from the reference");
-        eprintln!("{spec} {name}: max logit error {worst:.4}, greedy equal ({} tokens)", expected.len());
+        eprintln!("{spec}/{weights} {name}: max logit error {worst:.4}, greedy equal ({} tokens)", expected.len());
     }
 }
 
 #[test]
 fn golden_logits_and_greedy_on_flex() {
-    check_device(DeviceSpec::Flex);
+    check_device(DeviceSpec::Flex, WeightFormat::Dense);
 }
 
 #[cfg(feature = "ndarray")]
 #[test]
 fn golden_logits_and_greedy_on_ndarray() {
-    check_device(DeviceSpec::NdArray);
+    check_device(DeviceSpec::NdArray, WeightFormat::Dense);
+}
+
+/// Weights kept in their Q4_1/Q8_0 blocks with f32 activations: the same function, so the
+/// same strict tolerance.
+#[test]
+fn golden_logits_and_greedy_on_flex_with_quantized_weights() {
+    check_device(DeviceSpec::Flex, WeightFormat::Quantized);
+}
+
+/// f16 weights and activations: the reference's looser tolerance for reduced precision.
+#[test]
+fn golden_top5_within_f16_tolerance_on_flex() {
+    let loader = ModelLoader::open(model_path().to_str().expect("utf-8 path")).expect("open model");
+    let model = loader
+        .load(&LoadOptions { device: DeviceSpec::Flex, precision: Precision::F16, weights: WeightFormat::Dense }, &mut |_, _| {})
+        .expect("load f16");
+    let vocab = model.config().vocab_size;
+    for chat in golden()["chats"].as_array().expect("chats") {
+        let name = chat["name"].as_str().expect("name");
+        let prompt = ids(&chat["ids"]);
+        let mut cache = model.new_cache();
+        let logits = model
+            .forward(&mut [ForwardChunk { cache: &mut cache, tokens: &prompt, all_logits: true }])
+            .expect("forward");
+        let rows = logits.chunk(0);
+        for (t, top5) in chat["reference_top5"].as_array().expect("top5").iter().enumerate() {
+            let top5 = top5.as_array().expect("pairs");
+            let row = &rows[t * vocab..(t + 1) * vocab];
+            for pair in top5 {
+                let id = pair[0].as_u64().expect("id") as usize;
+                let expected = pair[1].as_f64().expect("logit") as f32;
+                assert!((row[id] - expected).abs() <= 1.0, "f16 {name}: position {t} token {id}: {} vs {expected}", row[id]);
+            }
+            let lead = top5[0][1].as_f64().expect("top1") - top5[1][1].as_f64().expect("top2");
+            if lead > 0.5 {
+                assert_eq!(argmax(row) as u64, top5[0][0].as_u64().expect("id"), "f16 {name}: top-1 at position {t}");
+            }
+        }
+    }
+}
+
+/// wgpu on Mesa's lavapipe (software Vulkan): the same WGSL kernels a GPU runs. wgpu's
+/// default adapter selection skips software adapters, so the CPU adapter is named.
+#[cfg(feature = "wgpu")]
+#[test]
+fn golden_logits_and_greedy_on_wgpu_software_adapter() {
+    assert!(
+        std::path::Path::new("/usr/share/vulkan/icd.d/lvp_icd.x86_64.json").exists()
+            || std::env::var_os("VK_ICD_FILENAMES").is_some(),
+        "no software Vulkan driver: apt-get install mesa-vulkan-drivers"
+    );
+    check_device(DeviceSpec::Wgpu { adapter: stellarchat_model::device::WgpuAdapter::Cpu }, WeightFormat::Dense);
 }

@@ -5,20 +5,32 @@ use burn::tensor::FloatDType;
 use stellarchat_model::device::DeviceSpec;
 use stellarchat_model::llama::{ForwardChunk, Transformer};
 use stellarchat_model::synthetic::{SyntheticPreset, SyntheticWeights};
+use stellarchat_model::weights::WeightFormat;
 
-fn tiny_model(spec: DeviceSpec) -> Transformer {
+fn load(spec: DeviceSpec, dtype: FloatDType, format: WeightFormat) -> Transformer {
     let config = SyntheticPreset::Tiny.config();
     let weights = SyntheticWeights::new(config.clone(), 7);
     let device = spec.open().expect("device");
-    Transformer::load(config, &weights, spec, &device, FloatDType::F32, &mut |_, _| {}).expect("load")
+    Transformer::load(config, &weights, spec, &device, dtype, format, &mut |_, _| {}).expect("load")
 }
 
-fn specs() -> Vec<DeviceSpec> {
+fn tiny_model(spec: DeviceSpec) -> Transformer {
+    load(spec, FloatDType::F32, WeightFormat::Dense)
+}
+
+/// Every CPU backend compiled in, with both weight formats.
+fn models() -> Vec<(String, Transformer)> {
     let mut specs = vec![DeviceSpec::Flex];
     if cfg!(feature = "ndarray") {
         specs.push(DeviceSpec::NdArray);
     }
     specs
+        .into_iter()
+        .flat_map(|spec| {
+            [WeightFormat::Dense, WeightFormat::Quantized]
+                .map(|format| (format!("{spec}/{format}"), load(spec, FloatDType::F32, format)))
+        })
+        .collect()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -30,8 +42,7 @@ const PROMPT: [u32; 9] = [3, 17, 200, 45, 9, 128, 77, 1, 250];
 
 #[test]
 fn forward_returns_one_row_per_chunk_or_per_token() {
-    for spec in specs() {
-        let model = tiny_model(spec);
+    for (spec, model) in models() {
         let vocab = model.config().vocab_size;
         let mut cache = model.new_cache();
         let logits = model
@@ -48,8 +59,7 @@ fn forward_returns_one_row_per_chunk_or_per_token() {
 
 #[test]
 fn cached_incremental_decode_matches_full_forward() {
-    for spec in specs() {
-        let model = tiny_model(spec);
+    for (spec, model) in models() {
         let vocab = model.config().vocab_size;
         let mut full_cache = model.new_cache();
         let full = model
@@ -77,8 +87,7 @@ fn cached_incremental_decode_matches_full_forward() {
 
 #[test]
 fn batch_of_unequal_sequences_matches_each_alone() {
-    for spec in specs() {
-        let model = tiny_model(spec);
+    for (spec, model) in models() {
         let prompts: [&[u32]; 3] = [&PROMPT, &[42, 43], &[100, 101, 102, 103, 104]];
         let alone: Vec<Vec<f32>> = prompts
             .iter()
@@ -120,12 +129,34 @@ fn f16_forward_stays_close_to_f32() {
     let config = SyntheticPreset::Tiny.config();
     let weights = SyntheticWeights::new(config.clone(), 7);
     let device = DeviceSpec::Flex.open().expect("device");
-    let f32_model = Transformer::load(config.clone(), &weights, DeviceSpec::Flex, &device, FloatDType::F32, &mut |_, _| {}).expect("f32");
-    let f16_model = Transformer::load(config, &weights, DeviceSpec::Flex, &device, FloatDType::F16, &mut |_, _| {}).expect("f16");
+    let _ = (config, weights, device);
+    let f32_model = load(DeviceSpec::Flex, FloatDType::F32, WeightFormat::Dense);
+    let f16_model = load(DeviceSpec::Flex, FloatDType::F16, WeightFormat::Dense);
     let run = |m: &Transformer| {
         let mut cache = m.new_cache();
         m.forward(&mut [ForwardChunk { cache: &mut cache, tokens: &PROMPT, all_logits: false }]).expect("fwd").last_row(0).to_vec()
     };
     let diff = max_abs_diff(&run(&f32_model), &run(&f16_model));
     assert!(diff < 0.1, "f16 logits differ from f32 by {diff}");
+}
+
+#[test]
+fn quantized_and_dense_weights_give_the_same_logits() {
+    let dense = load(DeviceSpec::Flex, FloatDType::F32, WeightFormat::Dense);
+    let quantized = load(DeviceSpec::Flex, FloatDType::F32, WeightFormat::Quantized);
+    let run = |m: &Transformer| {
+        let mut cache = m.new_cache();
+        m.forward(&mut [ForwardChunk { cache: &mut cache, tokens: &PROMPT, all_logits: true }]).expect("fwd").chunk(0).to_vec()
+    };
+    let diff = max_abs_diff(&run(&dense), &run(&quantized));
+    assert!(diff < 1e-4, "quantized-format logits differ from dense by {diff}");
+}
+
+#[test]
+fn quantized_weights_with_f16_activations_are_refused_at_load() {
+    let config = SyntheticPreset::Tiny.config();
+    let weights = SyntheticWeights::new(config.clone(), 7);
+    let device = DeviceSpec::Flex.open().expect("device");
+    let result = Transformer::load(config, &weights, DeviceSpec::Flex, &device, FloatDType::F16, WeightFormat::Quantized, &mut |_, _| {});
+    assert!(result.is_err());
 }

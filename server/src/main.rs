@@ -5,6 +5,7 @@
 //! live in the `stellarchat-model` crate; this crate holds no tensors.
 
 mod commands;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -19,10 +20,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the OpenAI-compatible API over HTTP, SSE and WebSocket.
+    Serve(Box<serve::ServeArgs>),
     /// Generate text from a prompt or a chat, streaming it to stdout.
     Generate(commands::generate::GenerateArgs),
     /// Print the token ids of a text as a JSON array.
     Tokenize(commands::tokenize::TokenizeArgs),
+    /// Measure an OpenAI-compatible server (ours or another) with concurrent streaming clients.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn version_with_backends() -> &'static str {
@@ -33,8 +38,14 @@ fn version_with_backends() -> &'static str {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(Into::into)
+            .and_then(|runtime| runtime.block_on(serve::run(*args)).map_err(Into::into)),
         Command::Generate(args) => commands::generate::run(args).map_err(Into::into),
         Command::Tokenize(args) => commands::tokenize::run(args).map_err(Into::into),
+        Command::Bench(args) => commands::bench::run(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

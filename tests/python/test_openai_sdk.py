@@ -2,7 +2,7 @@
 
 Run: `.venv/bin/python -m pytest tests/python -q` (the justfile creates `.venv` and installs
 `openai` and `pytest`). The fixture starts `stellarchat serve --port 0` on the default model
-(binary: $STELLARCHAT_BIN or target/debug/stellarchat) and reads its address from stdout.
+(binary: $STELLARCHAT_BIN, else $CARGO_TARGET_DIR or target/, debug/stellarchat) and reads its address from stdout.
 """
 
 import asyncio
@@ -32,7 +32,10 @@ def golden_capital():
 
 @pytest.fixture(scope="session")
 def server():
-    binary = os.environ.get("STELLARCHAT_BIN") or str(ROOT / "target" / "debug" / "stellarchat")
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+    if not target.is_absolute():
+        target = ROOT / target
+    binary = os.environ.get("STELLARCHAT_BIN") or str(target / "debug" / "stellarchat")
     assert pathlib.Path(binary).exists(), f"{binary} is missing: cargo build -p stellarchat"
     assert MODEL_FILE.exists(), f"{MODEL_FILE} is missing: just weights"
     proc = subprocess.Popen(

@@ -200,9 +200,9 @@ pub fn client() -> reqwest::Client {
 
 /// The value of a sample line `name{labels} value` in Prometheus text.
 pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+    })
 }
 
 /// Splits an SSE body into frames (each without its trailing blank line). Panics on bytes

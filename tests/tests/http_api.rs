@@ -138,9 +138,12 @@ async fn sampling_controls_and_errors() {
     assert_eq!(a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"]);
 
     // n and logprobs.
-    let (_, body) =
-        post(&server, routes::CHAT_COMPLETIONS, &capital_request(json!({"n": 2, "max_tokens": 4, "logprobs": true, "top_logprobs": 2})))
-            .await;
+    let (_, body) = post(
+        &server,
+        routes::CHAT_COMPLETIONS,
+        &capital_request(json!({"n": 2, "max_tokens": 4, "logprobs": true, "top_logprobs": 2})),
+    )
+    .await;
     let choices = body["choices"].as_array().unwrap();
     assert_eq!(choices.len(), 2);
     let lp = choices[0]["logprobs"]["content"].as_array().unwrap();
@@ -155,9 +158,12 @@ async fn sampling_controls_and_errors() {
     assert_eq!(body["error"]["param"], "temperature");
     let (status, body) = post(&server, routes::CHAT_COMPLETIONS, &capital_request(json!({"model": "gpt-4o"}))).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("model_not_found")));
-    let (status, body) =
-        post(&server, routes::CHAT_COMPLETIONS, &capital_request(json!({"max_tokens": 10, "messages": [{"role": "user", "content": "hi ".repeat(9000)}]})))
-            .await;
+    let (status, body) = post(
+        &server,
+        routes::CHAT_COMPLETIONS,
+        &capital_request(json!({"max_tokens": 10, "messages": [{"role": "user", "content": "hi ".repeat(9000)}]})),
+    )
+    .await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("context_length_exceeded")), "{body}");
     let big = json!({"model": DEFAULT_MODEL_NAME, "messages": [{"role": "user", "content": "x".repeat(200_000)}]});
     let (status, body) = post(&server, routes::CHAT_COMPLETIONS, &big).await;
@@ -181,7 +187,8 @@ async fn sampling_controls_and_errors() {
     assert_eq!(status, 200);
     assert_eq!(out["tokens"], golden["ids"]);
     assert_eq!(out["count"], golden["ids"].as_array().unwrap().len());
-    let (_, out) = post(&server, routes::DETOKENIZE, &json!({"model": DEFAULT_MODEL_NAME, "tokens": golden["ids"]})).await;
+    let (_, out) =
+        post(&server, routes::DETOKENIZE, &json!({"model": DEFAULT_MODEL_NAME, "tokens": golden["ids"]})).await;
     assert_eq!(out["prompt"], golden["prompt"]);
 }
 
@@ -197,9 +204,19 @@ async fn metrics_count_what_was_done() {
     let (status, _) = post(&server, routes::CHAT_COMPLETIONS, &capital_request(json!({"top_p": 0}))).await;
     assert_eq!(status, 400);
     assert_eq!(server.metric(chat).await, Some(2.0));
-    assert_eq!(server.metric(r#"stellarchat:requests_total{route="/v1/chat/completions",status="400"}"#).await, Some(1.0));
+    assert_eq!(
+        server.metric(r#"stellarchat:requests_total{route="/v1/chat/completions",status="400"}"#).await,
+        Some(1.0)
+    );
     assert_eq!(server.metric("stellarchat:generation_tokens_total").await, Some(8.0));
     assert_eq!(server.metric(r#"stellarchat:request_success_total{finished_reason="length"}"#).await, Some(2.0));
+    // The engine updates its running count just after it sends the last event.
+    for _ in 0..100 {
+        if server.metric("stellarchat:num_requests_running").await == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(server.metric("stellarchat:num_requests_running").await, Some(0.0));
     assert_eq!(server.metric("stellarchat:time_to_first_token_seconds_count").await, Some(2.0));
     assert!(server.metric("stellarchat:prompt_tokens_total").await.unwrap() >= 2.0 * 37.0);

@@ -12,6 +12,7 @@ use stellarchat_model::device::{DeviceSpec, Precision};
 use stellarchat_model::engine::{Engine, EngineConfig, FinishReason, GenerateRequest, GenerationEvent};
 use stellarchat_model::model::{LoadOptions, ModelLoader};
 use stellarchat_model::sampler::SamplingParams;
+use stellarchat_model::weights::WeightFormat;
 
 #[derive(Args)]
 #[command(group = clap::ArgGroup::new("input").required(true).args(["prompt", "messages"]))]
@@ -25,6 +26,9 @@ pub struct GenerateArgs {
     /// f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: Precision,
+    /// auto (quantized blocks on CPU at f32), dense or quantized.
+    #[arg(long, default_value = "auto")]
+    weights: WeightFormat,
     /// Raw prompt text; special tokens in it are parsed.
     #[arg(long)]
     prompt: Option<String>,
@@ -101,7 +105,7 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
             tracing::info!("weights loaded");
         }
     });
-    let options = LoadOptions { device: args.device, precision: args.dtype };
+    let options = LoadOptions { device: args.device, precision: args.dtype, weights: args.weights };
     let engine = Engine::spawn(loader, options, EngineConfig::default(), progress);
     while !engine.is_ready() {
         if let Some(error) = engine.load_error() {

@@ -1,5 +1,6 @@
 //! The command-line subcommands that use the model without the HTTP server.
 
+pub mod bench;
 pub mod generate;
 pub mod tokenize;
 

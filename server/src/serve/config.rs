@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use stellarchat_model::device::{DeviceSpec, Precision};
 use stellarchat_model::engine::EngineConfig;
+use stellarchat_model::model::LoadOptions;
+use stellarchat_model::weights::WeightFormat;
 
 /// The default model: fetched into `weights/` by `just weights`.
 pub const DEFAULT_MODEL: &str = "weights/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -36,6 +38,10 @@ pub struct ServeArgs {
     /// Float type of weights and activations: f32, f16, bf16.
     #[arg(long, env = "STELLARCHAT_DTYPE", default_value = "f32", value_parser = parse_dtype)]
     pub dtype: Precision,
+
+    /// How linear weights are kept: auto (quantized blocks on CPU backends), dense, quantized.
+    #[arg(long, env = "STELLARCHAT_WEIGHTS", default_value = "auto", value_parser = parse_weights)]
+    pub weights: WeightFormat,
 
     #[arg(long, env = "STELLARCHAT_HOST", default_value = "127.0.0.1")]
     pub host: String,
@@ -108,11 +114,19 @@ fn parse_device(s: &str) -> Result<DeviceSpec, String> {
     s.parse().map_err(|e: stellarchat_model::ModelError| e.to_string())
 }
 
+fn parse_weights(s: &str) -> Result<WeightFormat, String> {
+    s.parse().map_err(|e: stellarchat_model::ModelError| e.to_string())
+}
+
 fn parse_dtype(s: &str) -> Result<Precision, String> {
     s.parse().map_err(|e: stellarchat_model::ModelError| e.to_string())
 }
 
 impl ServeArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions { device: self.device, precision: self.dtype, weights: self.weights }
+    }
+
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             max_num_seqs: self.max_num_seqs.max(1),
@@ -129,7 +143,8 @@ impl ServeArgs {
     /// `--api-key` values plus the keys of `--api-key-file`; empty lines and `#` comments
     /// are skipped.
     pub fn load_api_keys(&self) -> std::io::Result<Vec<String>> {
-        let mut keys: Vec<String> = self.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+        let mut keys: Vec<String> =
+            self.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
         if let Some(path) = &self.api_key_file {
             let text = std::fs::read_to_string(path)?;
             keys.extend(

@@ -94,7 +94,10 @@ impl ApiError {
     /// The HTTP status, from [`ApiError::kind`]. The only status table in the server.
     pub fn status(&self) -> StatusCode {
         match self.kind() {
-            "invalid_request" | "unsupported_parameter" | "unknown_parameter" | "invalid_json"
+            "invalid_request"
+            | "unsupported_parameter"
+            | "unknown_parameter"
+            | "invalid_json"
             | "context_length_exceeded" => StatusCode::BAD_REQUEST,
             "invalid_api_key" => StatusCode::UNAUTHORIZED,
             "model_not_found" | "route_not_found" => StatusCode::NOT_FOUND,
@@ -217,9 +220,9 @@ impl Handler for OpenAiCatcher {
             StatusCode::UNAUTHORIZED => ApiError::InvalidApiKey,
             StatusCode::TOO_MANY_REQUESTS => ApiError::Overloaded("too many requests".into()),
             StatusCode::SERVICE_UNAVAILABLE => ApiError::NotReady,
-            s if s.is_client_error() => ApiError::invalid_no_param(brief.unwrap_or_else(|| {
-                s.canonical_reason().unwrap_or("Bad request").to_string()
-            })),
+            s if s.is_client_error() => ApiError::invalid_no_param(
+                brief.unwrap_or_else(|| s.canonical_reason().unwrap_or("Bad request").to_string()),
+            ),
             s => ApiError::Internal(format!("unhandled status {s}")),
         };
         depot.insert(ERROR_KIND_KEY, error.kind());

@@ -182,17 +182,17 @@ impl Generation {
 
     fn on_event(&mut self, index: usize, event: GenerationEvent) {
         match event {
-            GenerationEvent::Token { id, text, logprob } => {
+            GenerationEvent::Token { id, text, logprob, .. } => {
                 self.tokens_seen += 1;
                 let now = Instant::now();
                 if let Some(last) = self.last_token_at[index].replace(now) {
                     self.state.metrics.inter_token_latency_seconds.observe(now.duration_since(last).as_secs_f64());
                 }
-                if self.want_logprobs {
-                    if let Some(lp) = logprob {
-                        let entry = self.logprob_token(id, &lp);
-                        self.pending_logprobs[index].push(entry);
-                    }
+                if self.want_logprobs
+                    && let Some(lp) = logprob
+                {
+                    let entry = self.logprob_token(id, &lp);
+                    self.pending_logprobs[index].push(entry);
                 }
                 // Empty text: held back (partial character or possible stop string); its
                 // logprobs ride with the next piece of text.
@@ -208,10 +208,10 @@ impl Generation {
                 }
                 self.queue.push_back(DriverEvent::Finish { index, reason });
                 self.usage.add_completion(usage.completion_tokens);
-                if self.first_of_prompt[index] {
-                    if let Some(details) = self.usage.prompt_tokens_details.as_mut() {
-                        details.cached_tokens += usage.cached_prompt_tokens;
-                    }
+                if self.first_of_prompt[index]
+                    && let Some(details) = self.usage.prompt_tokens_details.as_mut()
+                {
+                    details.cached_tokens += usage.cached_prompt_tokens;
                 }
                 self.state.metrics.observe_finished(
                     reason.as_str(),

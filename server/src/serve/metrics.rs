@@ -5,7 +5,7 @@
 //! [`EngineStats`] at scrape time so they can never drift from the engine's own count.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Gauge, Opts, Registry,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 use stellarchat_model::engine::{EngineStats, Timings};

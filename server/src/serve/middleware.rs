@@ -77,6 +77,11 @@ impl RequestLog {
         self
     }
 
+    /// The stream ran to its end (not a client disconnect).
+    pub fn mark_completed(&mut self) {
+        self.completed = true;
+    }
+
     pub fn log_content(&self) -> bool {
         self.state.log_content
     }
@@ -148,11 +153,10 @@ impl Handler for AccessLog {
         if let Ok(mut log) = depot.remove_typed::<RequestLog>() {
             let status = res.status_code.unwrap_or(StatusCode::NOT_FOUND);
             log.status = status.as_u16();
-            log.error_kind = depot
-                .get::<&'static str>(ERROR_KIND_KEY)
-                .ok()
-                .copied()
-                .or_else(|| (status.is_client_error() || status.is_server_error()).then(|| kind_for_status(status)));
+            log.error_kind =
+                depot.get::<&'static str>(ERROR_KIND_KEY).ok().copied().or_else(|| {
+                    (status.is_client_error() || status.is_server_error()).then(|| kind_for_status(status))
+                });
         }
     }
 }

@@ -35,11 +35,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use salvo::conn::tcp::TcpAcceptor;
-use salvo::server::ServerHandle;
 use salvo::prelude::*;
+use salvo::server::ServerHandle;
 use stellarchat_model::ModelError;
 use stellarchat_model::engine::{Engine, EngineHandle};
-use stellarchat_model::model::{LoadOptions, ModelLoader};
+use stellarchat_model::model::ModelLoader;
 
 pub use config::{LogFormat, ServeArgs};
 use state::{AppState, Lifecycle};
@@ -68,7 +68,9 @@ pub enum ServeError {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: files and log collectors get plain `key=value` text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -114,17 +116,16 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let info = loader.info();
 
     let addr = format!("{}:{}", args.host, args.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
+    let listener =
+        tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
     let bound = listener.local_addr().map_err(ServeError::Server)?;
     let acceptor = TcpAcceptor::try_from(listener).map_err(ServeError::Server)?;
 
-    let options = LoadOptions { device: args.device, precision: args.dtype };
+    let options = args.load_options();
     let load_started = Instant::now();
     let mut last_reported = 0;
     let progress = Box::new(move |done: usize, total: usize| {
-        let pct = if total == 0 { 100 } else { done * 100 / total };
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
         if pct >= last_reported + 25 || (done == total && last_reported < 100) {
             last_reported = pct;
             tracing::info!(done, total, "loading weights: {pct}%");
@@ -138,6 +139,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         served_model_name = %state.served_model_name,
         device = %args.device,
         dtype = %args.dtype,
+        weights = %args.weights,
         max_model_len = state.limits.max_model_len,
         api_keys = state.api_keys.len(),
         "listening on http://{bound}"

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use salvo::catcher::Catcher;
 use salvo::catch_panic::CatchPanic;
+use salvo::catcher::Catcher;
+use salvo::oapi::security::{Http, HttpAuthScheme};
 use salvo::oapi::swagger_ui::SwaggerUi;
 use salvo::oapi::{OpenApi, SecurityScheme};
-use salvo::oapi::security::{Http, HttpAuthScheme};
 use salvo::prelude::*;
 
 use super::error::OpenAiCatcher;
@@ -31,8 +31,20 @@ pub const OPENAPI: &str = "/openapi.json";
 pub const DOCS: &str = "/docs";
 
 /// Every route, for the metrics label.
-pub const ALL: &[&str] =
-    &[HEALTH, READY, MODELS, MODEL, CHAT_COMPLETIONS, COMPLETIONS, CHAT_WS, TOKENIZE, DETOKENIZE, METRICS, OPENAPI, DOCS];
+pub const ALL: &[&str] = &[
+    HEALTH,
+    READY,
+    MODELS,
+    MODEL,
+    CHAT_COMPLETIONS,
+    COMPLETIONS,
+    CHAT_WS,
+    TOKENIZE,
+    DETOKENIZE,
+    METRICS,
+    OPENAPI,
+    DOCS,
+];
 
 /// The label for a request's route: one of [`ALL`] or `unmatched` (never the raw path,
 /// which would make the label's cardinality unbounded).
@@ -79,9 +91,8 @@ pub fn router(state: &Arc<AppState>) -> Router {
 /// the service-level hoops: access log outermost, then CORS (on the service so that
 /// preflights, which match no route, are answered), then panic catching.
 pub fn service(state: Arc<AppState>, cors_origins: &[String]) -> Service {
-    let mut service = Service::new(router(&state))
-        .catcher(Catcher::new(OpenAiCatcher))
-        .hoop(AccessLog { state: state.clone() });
+    let mut service =
+        Service::new(router(&state)).catcher(Catcher::new(OpenAiCatcher)).hoop(AccessLog { state: state.clone() });
     if let Some(cors) = cors(cors_origins) {
         service = service.hoop(cors);
     }

@@ -71,7 +71,7 @@ pub fn respond<F: StreamFormat>(
             }
             if st.done {
                 // Dropping `st` writes the access-log line.
-                st.log.completed = true;
+                st.log.mark_completed();
                 return None;
             }
             let event = match tokio::time::timeout(st.keepalive, st.generation.next()).await {

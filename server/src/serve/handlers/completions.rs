@@ -13,8 +13,7 @@ use crate::serve::generate::{DriverEvent, Generation, LogprobToken};
 use crate::serve::middleware::{RequestId, RequestLog};
 use crate::serve::prompt::plan_completion;
 use crate::serve::protocol::{
-    CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageSlot,
-    unix_now,
+    CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageSlot, unix_now,
 };
 use crate::serve::sse::{self, StreamFormat, data_frame};
 use crate::serve::state::AppState;
@@ -59,7 +58,8 @@ pub async fn completions(req: &mut Request, depot: &mut Depot, res: &mut Respons
     };
 
     if valid.spec.stream {
-        let mut log = depot.remove_typed::<RequestLog>().map_err(|_| ApiError::Internal("request log missing".into()))?;
+        let mut log =
+            depot.remove_typed::<RequestLog>().map_err(|_| ApiError::Internal("request log missing".into()))?;
         if log.log_content() {
             log.prompt = Some(prompt_text());
         }

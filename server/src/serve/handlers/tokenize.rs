@@ -63,7 +63,10 @@ pub async fn detokenize(req: &mut Request, depot: &mut Depot) -> Result<Json<Det
         .iter()
         .map(|&t| {
             u32::try_from(t).ok().filter(|&t| (t as usize) < vocab).ok_or_else(|| {
-                ApiError::invalid("tokens", format!("Token id {t} is out of range (the vocabulary has {vocab} tokens)."))
+                ApiError::invalid(
+                    "tokens",
+                    format!("Token id {t} is out of range (the vocabulary has {vocab} tokens)."),
+                )
             })
         })
         .collect::<Result<Vec<u32>, _>>()?;

@@ -6,10 +6,10 @@
 //! argument supplied"); fields we understand but do not implement are declared as
 //! `Option<serde_json::Value>` so that validation can reject them by name.
 //!
-//! - [`common`]: errors, usage, stop/seed helpers, models, health, tokenize.
-//! - [`chat`]: `/v1/chat/completions` request, response and stream chunk.
-//! - [`completions`]: `/v1/completions`.
-//! - [`ws`]: the frames of `/v1/chat/ws`.
+//! - [`common`] — errors, usage, `stop`, models, health, tokenize.
+//! - [`chat`] — `/v1/chat/completions` request, response and stream chunk.
+//! - [`completions`] — `/v1/completions`.
+//! - [`ws`] — the frames of `/v1/chat/ws`.
 
 pub mod chat;
 pub mod common;

@@ -57,12 +57,17 @@ fn malformed_bodies_are_400_invalid_json() {
     for body in [&b""[..], b"   ", b"{", b"{\"model\": }", b"\xff\xfe{}", b"{} trailing"] {
         let e = parse_json::<ChatCompletionRequest>(body).unwrap_err();
         assert_eq!((e.status().as_u16(), e.kind()), (400, "invalid_json"), "{:?}", String::from_utf8_lossy(body));
+        // OpenAI sends no code for an unparsable body.
+        assert_eq!(e.code(), None);
     }
 }
 
 #[test]
 fn wrong_types_name_the_field() {
-    assert_eq!(err(chat(with(base(), "temperature", json!("hot")))), (400, "invalid_request", Some("temperature".into())));
+    assert_eq!(
+        err(chat(with(base(), "temperature", json!("hot")))),
+        (400, "invalid_request", Some("temperature".into()))
+    );
     let bad_role = json!({"model": "m", "messages": [{"role": 5, "content": "x"}]});
     assert_eq!(err(chat(bad_role)).2, Some("messages[0].role".into()));
     assert_eq!(err(chat(json!({"model": "m"}))), (400, "invalid_request", Some("messages".into())));
@@ -90,7 +95,11 @@ fn messages_must_be_well_formed() {
     assert_eq!(err(chat(tool_role)), (400, "unsupported_parameter", Some("messages[0].role".into())));
     let no_content = with(base(), "messages", json!([{"role": "user"}]));
     assert_eq!(err(chat(no_content)).2, Some("messages[0].content".into()));
-    let image = with(base(), "messages", json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]));
+    let image = with(
+        base(),
+        "messages",
+        json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+    );
     assert_eq!(err(chat(image)), (400, "unsupported_parameter", Some("messages[0].content[0].type".into())));
 }
 
@@ -121,7 +130,11 @@ fn understood_but_unsupported_fields_are_400_naming_them() {
         ("audio", json!({"voice": "x"})),
         ("modalities", json!(["text", "audio"])),
     ] {
-        assert_eq!(err(chat(with(base(), field, value))), (400, "unsupported_parameter", Some(field.into())), "{field}");
+        assert_eq!(
+            err(chat(with(base(), field, value))),
+            (400, "unsupported_parameter", Some(field.into())),
+            "{field}"
+        );
     }
     // Their neutral values pass.
     for (field, value) in
@@ -150,9 +163,20 @@ fn sampling_ranges() {
         ("repetition_penalty", json!(0)),
     ];
     for (field, value) in bad {
-        assert_eq!(err(chat(with(base(), field, value.clone()))), (400, "invalid_request", Some(field.into())), "{field}={value}");
+        assert_eq!(
+            err(chat(with(base(), field, value.clone()))),
+            (400, "invalid_request", Some(field.into())),
+            "{field}={value}"
+        );
     }
-    let ok = [("temperature", json!(0)), ("temperature", json!(2)), ("top_p", json!(1)), ("n", json!(4)), ("max_tokens", json!(50)), ("top_k", json!(-1))];
+    let ok = [
+        ("temperature", json!(0)),
+        ("temperature", json!(2)),
+        ("top_p", json!(1)),
+        ("n", json!(4)),
+        ("max_tokens", json!(50)),
+        ("top_k", json!(-1)),
+    ];
     for (field, value) in ok {
         assert!(chat(with(base(), field, value.clone())).is_ok(), "{field}={value}");
     }
@@ -175,7 +199,10 @@ fn logprobs_and_logit_bias() {
     assert_eq!(v.spec.logprobs, Some(3));
     assert_eq!(chat(with(base(), "logprobs", json!(true))).unwrap().spec.logprobs, Some(0));
     assert_eq!(err(chat(with(base(), "top_logprobs", json!(2)))).2, Some("top_logprobs".into()));
-    assert_eq!(err(chat(with(with(base(), "logprobs", json!(true)), "top_logprobs", json!(21)))).2, Some("top_logprobs".into()));
+    assert_eq!(
+        err(chat(with(with(base(), "logprobs", json!(true)), "top_logprobs", json!(21)))).2,
+        Some("top_logprobs".into())
+    );
     let v = chat(with(base(), "logit_bias", json!({"5": -100, "7": 2.5}))).unwrap();
     assert_eq!(v.spec.logit_bias, vec![(5, -100.0), (7, 2.5)]);
     assert_eq!(err(chat(with(base(), "logit_bias", json!({"x": 1})))).2, Some("logit_bias.x".into()));
@@ -218,9 +245,18 @@ fn completions_prompt_forms_and_unsupported_fields() {
     assert_eq!(v.prompts, vec![PromptSource::Tokens(vec![1]), PromptSource::Tokens(vec![2, 3])]);
     assert_eq!(err(completion(with(base.clone(), "prompt", json!([5000])))).2, Some("prompt".into()));
     assert_eq!(err(completion(with(base.clone(), "prompt", json!("")))).2, Some("prompt".into()));
-    assert_eq!(err(completion(with(base.clone(), "echo", json!(true)))), (400, "unsupported_parameter", Some("echo".into())));
-    assert_eq!(err(completion(with(base.clone(), "best_of", json!(3)))), (400, "unsupported_parameter", Some("best_of".into())));
-    assert_eq!(err(completion(with(base.clone(), "suffix", json!("x")))), (400, "unsupported_parameter", Some("suffix".into())));
+    assert_eq!(
+        err(completion(with(base.clone(), "echo", json!(true)))),
+        (400, "unsupported_parameter", Some("echo".into()))
+    );
+    assert_eq!(
+        err(completion(with(base.clone(), "best_of", json!(3)))),
+        (400, "unsupported_parameter", Some("best_of".into()))
+    );
+    assert_eq!(
+        err(completion(with(base.clone(), "suffix", json!("x")))),
+        (400, "unsupported_parameter", Some("suffix".into()))
+    );
     assert!(completion(with(base.clone(), "echo", json!(false))).is_ok());
     assert_eq!(err(completion(with(base.clone(), "logprobs", json!(21)))).2, Some("logprobs".into()));
     assert_eq!(completion(with(base, "logprobs", json!(2))).unwrap().spec.logprobs, Some(2));
@@ -244,7 +280,10 @@ fn context_length() {
 #[test]
 fn error_bodies_are_openai_shaped_and_internal_errors_do_not_leak() {
     let body = serde_json::to_value(ApiError::invalid("temperature", "bad").to_body()).unwrap();
-    assert_eq!(body, json!({"error": {"message": "bad", "type": "invalid_request_error", "param": "temperature", "code": null}}));
+    assert_eq!(
+        body,
+        json!({"error": {"message": "bad", "type": "invalid_request_error", "param": "temperature", "code": null}})
+    );
     let internal = ApiError::Internal("/secret/path exploded".into());
     assert_eq!(internal.status().as_u16(), 500);
     assert!(!internal.to_body().error.message.contains("secret"));

@@ -9,10 +9,12 @@
 
 use serde::de::DeserializeOwned;
 
+mod sampling;
+
+use sampling::{SpecFields, build_spec, check_top_logprobs, token_id};
+
 use super::error::ApiError;
-use super::protocol::{
-    ChatCompletionRequest, ChatMessageIn, CompletionRequest, LogitBias, MessageContent, PromptInput, StopField,
-};
+use super::protocol::{ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptInput};
 
 /// Most stop strings a request may carry (OpenAI's limit).
 pub const MAX_STOP_STRINGS: usize = 4;
@@ -126,8 +128,15 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         return Err(ApiError::InvalidJson("The request body is empty; expected a JSON object.".into()));
     }
     if let Err(e) = std::str::from_utf8(body) {
-        return Err(ApiError::InvalidJson(format!("The request body is not valid UTF-8 (at byte {}).", e.valid_up_to())));
+        return Err(ApiError::InvalidJson(format!(
+            "The request body is not valid UTF-8 (at byte {}).",
+            e.valid_up_to()
+        )));
     }
+    // Syntax first (cheaply, without building anything), so that a body like `{} junk` is
+    // reported as malformed JSON rather than as a missing field.
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map_err(|e| ApiError::InvalidJson(format!("We could not parse the JSON body of your request: {e}")))?;
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -145,11 +154,12 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 fn data_error(path: &str, message: &str) -> ApiError {
     let join = |name: &str| if path == "." || path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
     // serde's wording is stable: "unknown field `x`, expected …" / "missing field `x`".
-    let quoted = |prefix: &str| {
-        message.strip_prefix(prefix).and_then(|rest| rest.split('`').next()).map(str::to_string)
-    };
+    let quoted =
+        |prefix: &str| message.strip_prefix(prefix).and_then(|rest| rest.split('`').next()).map(str::to_string);
     if let Some(name) = quoted("unknown field `") {
-        return ApiError::UnknownField(join(&name));
+        // serde_path_to_error's path already ends with the unknown key.
+        let param = if path == name || path.ends_with(&format!(".{name}")) { path.to_string() } else { join(&name) };
+        return ApiError::UnknownField(param);
     }
     if let Some(name) = quoted("missing field `") {
         let param = join(&name);
@@ -165,11 +175,7 @@ fn data_error(path: &str, message: &str) -> ApiError {
 }
 
 fn check_model(model: &str, ctx: &Context<'_>) -> Result<String, ApiError> {
-    if model == ctx.served_model_name {
-        Ok(model.to_string())
-    } else {
-        Err(ApiError::ModelNotFound(model.to_string()))
-    }
+    if model == ctx.served_model_name { Ok(model.to_string()) } else { Err(ApiError::ModelNotFound(model.to_string())) }
 }
 
 /// Set, in the sense of "asks for something": not null, not an empty list or object.
@@ -205,15 +211,15 @@ pub fn validate_chat(req: ChatCompletionRequest, ctx: &Context<'_>) -> Result<Va
     if is_set(&req.function_call) && !is_str(&req.function_call, &["none", "auto"]) {
         return Err(unsupported("function_call", "Function calling"));
     }
-    if let Some(rf) = req.response_format.as_ref().filter(|v| !v.is_null()) {
-        if rf.get("type").and_then(|t| t.as_str()) != Some("text") {
-            return Err(unsupported("response_format", "A response_format other than {\"type\": \"text\"}"));
-        }
+    if let Some(rf) = req.response_format.as_ref().filter(|v| !v.is_null())
+        && rf.get("type").and_then(|t| t.as_str()) != Some("text")
+    {
+        return Err(unsupported("response_format", "A response_format other than {\"type\": \"text\"}"));
     }
-    if let Some(m) = req.modalities.as_ref().filter(|v| !v.is_null()) {
-        if *m != serde_json::json!(["text"]) {
-            return Err(unsupported("modalities", "An output modality other than text"));
-        }
+    if let Some(m) = req.modalities.as_ref().filter(|v| !v.is_null())
+        && *m != serde_json::json!(["text"])
+    {
+        return Err(unsupported("modalities", "An output modality other than text"));
     }
     for (name, value) in [
         ("audio", &req.audio),
@@ -323,7 +329,10 @@ pub fn validate_messages(messages: &[ChatMessageIn]) -> Result<Vec<Message>, Api
             // OpenAI allows a null content only on assistant messages (with tool calls).
             None if role == Role::Assistant => String::new(),
             None => {
-                return Err(ApiError::invalid(at("content"), format!("Missing required parameter: '{}'.", at("content"))));
+                return Err(ApiError::invalid(
+                    at("content"),
+                    format!("Missing required parameter: '{}'.", at("content")),
+                ));
             }
         };
         out.push(Message { role, content });
@@ -336,10 +345,10 @@ pub fn validate_completion(req: CompletionRequest, ctx: &Context<'_>) -> Result<
     if req.echo == Some(true) {
         return Err(unsupported("echo", "`echo`"));
     }
-    if let Some(best_of) = req.best_of {
-        if best_of != req.n.unwrap_or(1) {
-            return Err(unsupported("best_of", "A `best_of` different from `n`"));
-        }
+    if let Some(best_of) = req.best_of
+        && best_of != req.n.unwrap_or(1)
+    {
+        return Err(unsupported("best_of", "A `best_of` different from `n`"));
     }
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(unsupported("suffix", "`suffix`"));
@@ -403,151 +412,6 @@ pub fn validate_completion(req: CompletionRequest, ctx: &Context<'_>) -> Result<
     Ok(ValidCompletion { model, prompts, spec })
 }
 
-fn check_top_logprobs(param: &str, k: i64) -> Result<usize, ApiError> {
-    if !(0..=MAX_TOP_LOGPROBS).contains(&k) {
-        return Err(ApiError::invalid(param, format!("`{param}` must be between 0 and {MAX_TOP_LOGPROBS}; got {k}.")));
-    }
-    Ok(k as usize)
-}
-
-fn token_id(t: i64, vocab: usize, param: &str) -> Result<u32, ApiError> {
-    if t < 0 || t as u64 >= vocab as u64 {
-        return Err(ApiError::invalid(param, format!("Token id {t} is out of range (the vocabulary has {vocab} tokens).")));
-    }
-    Ok(t as u32)
-}
-
-/// The sampling-related fields common to both request types, as they came in.
-struct SpecFields {
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    top_k: Option<i64>,
-    min_p: Option<f64>,
-    repetition_penalty: Option<f64>,
-    presence_penalty: Option<f64>,
-    frequency_penalty: Option<f64>,
-    logit_bias: Option<LogitBias>,
-    seed: Option<i64>,
-    max_tokens: Option<i64>,
-    max_tokens_param: &'static str,
-    stop: Option<StopField>,
-    stop_token_ids: Option<Vec<i64>>,
-    ignore_eos: Option<bool>,
-    skip_special_tokens: Option<bool>,
-    logprobs: Option<usize>,
-    n: Option<i64>,
-    stream: Option<bool>,
-    /// `Some(..)` when `stream_options` was given.
-    include_usage: Option<Option<bool>>,
-}
-
-fn in_range(param: &str, v: f64, lo: f64, hi: f64, lo_open: bool) -> Result<f32, ApiError> {
-    let ok = if lo_open { v > lo && v <= hi } else { v >= lo && v <= hi };
-    if !ok || !v.is_finite() {
-        let interval = if lo_open { format!("greater than {lo} and at most {hi}") } else { format!("between {lo} and {hi}") };
-        return Err(ApiError::invalid(param, format!("`{param}` must be {interval}; got {v}.")));
-    }
-    Ok(v as f32)
-}
-
-fn build_spec(f: SpecFields, ctx: &Context<'_>) -> Result<GenerationSpec, ApiError> {
-    let limits = ctx.limits;
-    let temperature = in_range("temperature", f.temperature.unwrap_or(1.0), 0.0, 2.0, false)?;
-    let top_p = in_range("top_p", f.top_p.unwrap_or(1.0), 0.0, 1.0, true)?;
-    let top_k = match f.top_k.unwrap_or(0) {
-        // vLLM uses −1 for "off"; 0 means the same here.
-        -1 | 0 => 0,
-        k if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
-        k => return Err(ApiError::invalid("top_k", format!("`top_k` must be -1, 0 (off) or positive; got {k}."))),
-    };
-    let min_p = in_range("min_p", f.min_p.unwrap_or(0.0), 0.0, 1.0, false)?;
-    let repetition_penalty = in_range("repetition_penalty", f.repetition_penalty.unwrap_or(1.0), 0.0, 2.0, true)?;
-    let presence_penalty = in_range("presence_penalty", f.presence_penalty.unwrap_or(0.0), -2.0, 2.0, false)?;
-    let frequency_penalty = in_range("frequency_penalty", f.frequency_penalty.unwrap_or(0.0), -2.0, 2.0, false)?;
-
-    let mut logit_bias = Vec::new();
-    if let Some(map) = f.logit_bias {
-        if map.len() > MAX_LOGIT_BIAS {
-            return Err(ApiError::invalid("logit_bias", format!("At most {MAX_LOGIT_BIAS} entries in `logit_bias`.")));
-        }
-        for (key, bias) in map {
-            let param = format!("logit_bias.{key}");
-            let id: i64 = key
-                .trim()
-                .parse()
-                .map_err(|_| ApiError::invalid(param.clone(), format!("`logit_bias` keys must be token ids; got '{key}'.")))?;
-            let id = token_id(id, limits.vocab_size, &param)?;
-            let bias = in_range(&param, bias, -100.0, 100.0, false)?;
-            logit_bias.push((id, bias));
-        }
-    }
-
-    let n = f.n.unwrap_or(1);
-    if n < 1 || n as u64 > limits.max_n as u64 {
-        return Err(ApiError::invalid("n", format!("`n` must be between 1 and {}; got {n}.", limits.max_n)));
-    }
-
-    let max_tokens = match f.max_tokens {
-        None => None,
-        Some(m) if m < 1 => {
-            return Err(ApiError::invalid(f.max_tokens_param, format!("`{}` must be at least 1; got {m}.", f.max_tokens_param)));
-        }
-        Some(m) if m as u64 > limits.max_tokens_limit as u64 => {
-            return Err(ApiError::invalid(
-                f.max_tokens_param,
-                format!("`{}` must be at most {}; got {m}.", f.max_tokens_param, limits.max_tokens_limit),
-            ));
-        }
-        Some(m) => Some(m as usize),
-    };
-
-    let stop = f.stop.map(StopField::into_vec).unwrap_or_default();
-    if stop.len() > MAX_STOP_STRINGS {
-        return Err(ApiError::invalid("stop", format!("At most {MAX_STOP_STRINGS} stop sequences; got {}.", stop.len())));
-    }
-    if stop.iter().any(String::is_empty) {
-        return Err(ApiError::invalid("stop", "Stop sequences must not be empty."));
-    }
-    if stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
-        return Err(ApiError::invalid("stop", format!("Stop sequences must be at most {MAX_STOP_BYTES} bytes.")));
-    }
-
-    let stop_token_ids = f.stop_token_ids.unwrap_or_default();
-    if stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
-        return Err(ApiError::invalid("stop_token_ids", format!("At most {MAX_STOP_TOKEN_IDS} stop token ids.")));
-    }
-    let stop_token_ids =
-        stop_token_ids.iter().map(|&t| token_id(t, limits.vocab_size, "stop_token_ids")).collect::<Result<_, _>>()?;
-
-    let stream = f.stream.unwrap_or(false);
-    if f.include_usage.is_some() && !stream {
-        return Err(ApiError::invalid("stream_options", "`stream_options` is only allowed when `stream` is true."));
-    }
-
-    Ok(GenerationSpec {
-        temperature,
-        top_p,
-        top_k,
-        min_p,
-        repetition_penalty,
-        presence_penalty,
-        frequency_penalty,
-        logit_bias,
-        // OpenAI's seed is a signed integer; its bits are the seed.
-        seed: f.seed.map(|s| s as u64),
-        max_tokens,
-        max_tokens_param: f.max_tokens_param,
-        stop,
-        stop_token_ids,
-        ignore_eos: f.ignore_eos.unwrap_or(false),
-        skip_special_tokens: f.skip_special_tokens.unwrap_or(true),
-        logprobs: f.logprobs,
-        n: n as usize,
-        stream,
-        include_usage: f.include_usage.flatten().unwrap_or(false),
-    })
-}
-
 /// After tokenizing: how many tokens to generate. A prompt that leaves no room, or a
 /// `max_tokens` that does not fit beside it, is `context_length_exceeded`. Without
 /// `max_tokens`, the rest of the context up to `--max-tokens-limit`.
@@ -586,5 +450,4 @@ pub fn resolve_max_tokens(
 }
 
 #[cfg(test)]
-#[path = "validate_tests.rs"]
 mod tests;

@@ -1,0 +1,308 @@
+//! Every supported type and every strategy against a float64 reference built from
+//! `gguf::dequantize`, the AVX2 kernels against the portable ones, and the error paths.
+
+use half::{bf16, f16};
+
+use super::*;
+use crate::gguf::dequantize;
+
+/// splitmix64: deterministic, dependency-free test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[lo, hi)`.
+    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+
+    fn fill(&mut self, bytes: &mut [u8]) {
+        bytes.iter_mut().for_each(|b| *b = self.next() as u8);
+    }
+}
+
+const ALL_TYPES: [GgmlType; 20] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::F64,
+    GgmlType::I8,
+    GgmlType::I16,
+    GgmlType::I32,
+    GgmlType::I64,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q8_1,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_K,
+];
+
+/// Byte offsets of a block's f16 scale (first) and min/sum fields, which random bytes could
+/// make infinite or NaN.
+fn f16_fields(t: GgmlType) -> &'static [usize] {
+    match t {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q6_K => &[208],
+        _ => &[],
+    }
+}
+
+/// Random valid blocks: random quants, small finite scales (positive `d`, signed mins).
+fn random_matrix(t: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let (block_elems, block_bytes) = t.block_layout().expect("sized type");
+    let mut bytes = vec![0u8; rows * cols / block_elems * block_bytes];
+    for block in bytes.chunks_exact_mut(block_bytes) {
+        let small_int = (rng.next() % 201) as i64 - 100;
+        let v = rng.uniform(-1.0, 1.0);
+        match t {
+            GgmlType::F32 => block.copy_from_slice(&v.to_le_bytes()),
+            GgmlType::F16 => block.copy_from_slice(&f16::from_f32(v).to_le_bytes()),
+            GgmlType::BF16 => block.copy_from_slice(&bf16::from_f32(v).to_le_bytes()),
+            GgmlType::F64 => block.copy_from_slice(&f64::from(v).to_le_bytes()),
+            GgmlType::I16 => block.copy_from_slice(&(small_int as i16).to_le_bytes()),
+            GgmlType::I32 => block.copy_from_slice(&(small_int as i32).to_le_bytes()),
+            GgmlType::I64 => block.copy_from_slice(&small_int.to_le_bytes()),
+            GgmlType::Q8_K => {
+                rng.fill(block);
+                block[..4].copy_from_slice(&rng.uniform(0.001, 0.02).to_le_bytes());
+            }
+            _ => {
+                rng.fill(block);
+                for (k, &at) in f16_fields(t).iter().enumerate() {
+                    let value = if k == 0 { rng.uniform(0.001, 0.05) } else { rng.uniform(-0.05, 0.05) };
+                    block[at..at + 2].copy_from_slice(&f16::from_f32(value).to_le_bytes());
+                }
+            }
+        }
+    }
+    bytes
+}
+
+fn random_x(len: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
+}
+
+/// `(value, Σ|terms|)` per output, in float64 from the dequantized matrix.
+fn reference(m: &QuantMatrix, x: &[f32], n: usize) -> Vec<(f64, f64)> {
+    let (rows, cols) = (m.rows(), m.cols());
+    let mut w = vec![0f32; rows * cols];
+    dequantize(m.ggml_type(), m.bytes(), &mut w).expect("valid matrix");
+    let mut out = Vec::with_capacity(n * rows);
+    for xr in x.chunks_exact(cols.max(1)).take(n) {
+        for wr in w.chunks_exact(cols.max(1)) {
+            let terms = xr.iter().zip(wr).map(|(&a, &b)| f64::from(a) * f64::from(b));
+            out.push(terms.fold((0.0, 0.0), |(s, abs), t| (s + t, abs + t.abs())));
+        }
+    }
+    out
+}
+
+/// Rounding only: within 1e-5 of the sum of the terms' magnitudes.
+fn assert_close(what: &str, y: &[f32], expected: &[(f64, f64)]) {
+    assert_eq!(y.len(), expected.len(), "{what}: length");
+    for (k, (&got, &(value, scale))) in y.iter().zip(expected).enumerate() {
+        let err = (f64::from(got) - value).abs();
+        assert!(
+            err <= 1e-5 * scale + 1e-30,
+            "{what}: output {k} is {got}, expected {value} (error {err:e}, Σ|terms| {scale:e})"
+        );
+    }
+}
+
+fn strategies(t: GgmlType) -> Vec<Strategy> {
+    let mut all = vec![Strategy::Portable];
+    #[cfg(target_arch = "x86_64")]
+    if avx2::Avx2::detect().is_some() {
+        all.push(Strategy::Avx2Panel);
+        if avx2::has_fused(t) {
+            all.push(Strategy::Avx2Fused);
+        }
+    }
+    let _ = (t, &mut all); // used only on x86_64
+    all
+}
+
+fn test_cols(t: GgmlType) -> &'static [usize] {
+    match t.block_layout().map(|(elems, _)| elems) {
+        Some(1) => &[1, 7, 40],
+        Some(32) => &[32, 96],
+        _ => &[256, 512],
+    }
+}
+
+#[test]
+fn every_type_and_strategy_matches_the_f64_reference() {
+    let mut rng = Rng(1);
+    for t in ALL_TYPES {
+        assert!(QuantMatrix::supports(t), "{t}");
+        for &cols in test_cols(t) {
+            for rows in [1, 7, 64, 130] {
+                let m = QuantMatrix::new(t, rows, cols, random_matrix(t, rows, cols, &mut rng)).expect("valid");
+                for n in [1, 3, 4, 5, 17] {
+                    let x = random_x(n * cols, &mut rng);
+                    let expected = reference(&m, &x, n);
+                    let mut y = vec![f32::NAN; n * rows];
+                    m.matmul(&x, n, &mut y);
+                    assert_close(&format!("{t} {rows}×{cols} n={n} auto"), &y, &expected);
+                    for s in strategies(t) {
+                        let mut y = vec![f32::NAN; n * rows];
+                        m.matmul_with(s, &x, n, &mut y).expect("strategy available");
+                        assert_close(&format!("{t} {rows}×{cols} n={n} {s:?}"), &y, &expected);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Large enough to split over threads, with ragged last chunks and tiles, on both sides of
+/// the fused/panel switch; on the global pool (called from outside it) and inside a 3-thread
+/// pool (so helpers exist whatever the machine's core count).
+#[test]
+fn parallel_products_match_the_reference() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("thread pool");
+    let mut rng = Rng(2);
+    for t in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::F16] {
+        let (rows, cols) = (1001, if t == GgmlType::Q4_K { 512 } else { 576 });
+        let m = QuantMatrix::new(t, rows, cols, random_matrix(t, rows, cols, &mut rng)).expect("valid");
+        for n in [1, 2, FUSED_MAX_N, FUSED_MAX_N + 1, 70] {
+            let x = random_x(n * cols, &mut rng);
+            let expected = reference(&m, &x, n);
+            for s in strategies(t) {
+                let mut y = vec![f32::NAN; n * rows];
+                m.matmul_with(s, &x, n, &mut y).expect("strategy available");
+                assert_close(&format!("{t} n={n} {s:?}"), &y, &expected);
+                let mut y = vec![f32::NAN; n * rows];
+                pool.install(|| m.matmul_with(s, &x, n, &mut y)).expect("strategy available");
+                assert_close(&format!("{t} n={n} {s:?} in a 3-thread pool"), &y, &expected);
+            }
+        }
+    }
+}
+
+/// Rows longer than the fused kernels' scale segment (64 blocks) are converted piecewise;
+/// short rows are converted several at a time, with a ragged last group.
+#[test]
+fn long_and_short_rows_match_the_reference() {
+    let mut rng = Rng(4);
+    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for (rows, cols) in [(37, 32 * 70), (5, 32 * 128), (23, 32 * 7), (45, 32 * 64)] {
+            let m = QuantMatrix::new(t, rows, cols, random_matrix(t, rows, cols, &mut rng)).expect("valid");
+            for n in [1, 2, 3, 4] {
+                let x = random_x(n * cols, &mut rng);
+                let expected = reference(&m, &x, n);
+                for s in strategies(t) {
+                    let mut y = vec![f32::NAN; n * rows];
+                    m.matmul_with(s, &x, n, &mut y).expect("strategy available");
+                    assert_close(&format!("{t} {rows}×{cols} n={n} {s:?}"), &y, &expected);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_kernels_agree_with_the_portable_path() {
+    let Some(cpu) = avx2::Avx2::detect() else {
+        eprintln!("no AVX2/FMA/F16C on this CPU: skipped");
+        return;
+    };
+    let mut rng = Rng(3);
+    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
+        let (rows, cols) = (67, 320);
+        let m = QuantMatrix::new(t, rows, cols, random_matrix(t, rows, cols, &mut rng)).expect("valid");
+        // The AVX2 row decoders are bit-exact with gguf::dequant.
+        let mut ours = vec![0f32; rows * cols];
+        let mut theirs = vec![0f32; rows * cols];
+        assert!(avx2::decode_rows(cpu, t, m.bytes(), &mut ours), "{t} has an AVX2 decoder");
+        dequantize(t, m.bytes(), &mut theirs).expect("valid");
+        assert!(ours.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()), "{t}: AVX2 decoder differs");
+
+        for n in [1, 2, 3, 4, 5, 9] {
+            let x = random_x(n * cols, &mut rng);
+            let expected = reference(&m, &x, n);
+            let mut portable = vec![0f32; n * rows];
+            m.matmul_with(Strategy::Portable, &x, n, &mut portable).expect("portable");
+            for s in strategies(t).into_iter().filter(|&s| s != Strategy::Portable) {
+                let mut y = vec![0f32; n * rows];
+                m.matmul_with(s, &x, n, &mut y).expect("strategy available");
+                for (k, ((&a, &b), &(_, scale))) in y.iter().zip(&portable).zip(&expected).enumerate() {
+                    let diff = f64::from((a - b).abs());
+                    assert!(diff <= 2e-5 * scale, "{t} n={n} {s:?} output {k}: {a} vs portable {b}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_shapes_are_fine() {
+    let m = QuantMatrix::new(GgmlType::Q4_1, 0, 64, Vec::new()).expect("no rows");
+    m.matmul(&[0.5; 128], 2, &mut []);
+    let m = QuantMatrix::new(GgmlType::Q8_0, 3, 0, Vec::new()).expect("no columns");
+    let mut y = [f32::NAN; 6];
+    m.matmul(&[], 2, &mut y);
+    assert_eq!(y, [0.0; 6]);
+    let m = QuantMatrix::new(GgmlType::Q8_0, 3, 32, vec![0; 3 * 34]).expect("valid");
+    m.matmul(&[], 0, &mut []);
+}
+
+#[test]
+fn wrong_sizes_and_types_are_errors() {
+    let err = QuantMatrix::new(GgmlType::Q4_1, 2, 64, vec![0; 79]).expect_err("short");
+    assert!(matches!(err, ModelError::Tensor { .. }), "{err}");
+    let err = QuantMatrix::new(GgmlType::Q4_1, 2, 64, vec![0; 81]).expect_err("long");
+    assert!(matches!(err, ModelError::Tensor { .. }), "{err}");
+    let err = QuantMatrix::new(GgmlType::Q4_0, 2, 48, vec![0; 54]).expect_err("partial block");
+    assert!(err.to_string().contains("48 columns"), "{err}");
+    let err = QuantMatrix::new(GgmlType::Q8_0, usize::MAX, 64, Vec::new()).expect_err("overflow");
+    assert!(matches!(err, ModelError::Tensor { .. }), "{err}");
+    let err = QuantMatrix::new(GgmlType::Other(99), 1, 32, vec![0; 32]).expect_err("unknown type");
+    assert!(matches!(err, ModelError::UnsupportedQuantization { .. }), "{err}");
+    assert!(!QuantMatrix::supports(GgmlType::Other(99)));
+    let err = QuantMatrix::for_tensor("blk.0.attn_q.weight", GgmlType::Q4_1, 2, 64, vec![0; 1]).expect_err("short");
+    assert!(err.to_string().contains("blk.0.attn_q.weight"), "{err}");
+
+    let m = QuantMatrix::new(GgmlType::Q4_1, 2, 64, vec![0; 80]).expect("valid");
+    assert!(m.try_matmul(&[0.0; 127], 2, &mut [0.0; 4]).is_err());
+    assert!(m.try_matmul(&[0.0; 128], 2, &mut [0.0; 5]).is_err());
+    assert!(m.try_matmul(&[0.0; 128], usize::MAX, &mut [0.0; 4]).is_err());
+    assert!(m.try_matmul(&[0.0; 128], 2, &mut [0.0; 4]).is_ok());
+}
+
+#[test]
+#[should_panic(expected = "QuantMatrix::matmul")]
+fn matmul_panics_on_mismatched_slices() {
+    let m = QuantMatrix::new(GgmlType::Q8_0, 1, 32, vec![0; 34]).expect("valid");
+    m.matmul(&[0.0; 31], 1, &mut [0.0; 1]);
+}
+
+#[test]
+fn fast_kernels_are_reported() {
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = avx2::Avx2::detect().is_some();
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2 = false;
+    for t in ALL_TYPES {
+        let fused = matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
+        assert_eq!(QuantMatrix::has_fast_kernel(t), fused && avx2, "{t}");
+    }
+}
