@@ -100,7 +100,7 @@ run_levels() {
   for level in $LEVELS; do
     clients=${level%%:*}
     requests=${level##*:}
-    echo "bench: $name, $clients clients, $requests requests ..." >&2
+    echo "bench: $name: concurrency $clients, $requests requests ..." >&2
     # In the background and waited for, so that a TERM/INT trap runs at once rather than
     # after the client finishes. A run where every request failed still writes its JSON
     # (exit status 1): keep going.

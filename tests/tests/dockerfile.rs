@@ -393,7 +393,8 @@ fn runtime_stages_are_complete() {
         let b = stage(&stages, builder);
         assert_eq!(b.args("FEATURES").as_deref(), Some(cargo_features), "{builder}: ARG FEATURES");
         assert!(
-            b.all("RUN").any(|r| r.args.contains("--no-default-features") && r.args.contains("--features \"${FEATURES}\"")),
+            b.all("RUN")
+                .any(|r| r.args.contains("--no-default-features") && r.args.contains("--features \"${FEATURES}\"")),
             "{builder}: cargo build must use --no-default-features --features \"${{FEATURES}}\""
         );
         for feature in cargo_features.split(',') {
@@ -428,7 +429,9 @@ fn glob_path(pattern: &[&str], path: &[&str]) -> bool {
     match pattern.first() {
         None => path.is_empty(),
         Some(&"**") => (0..=path.len()).any(|skip| glob_path(&pattern[1..], &path[skip..])),
-        Some(p) => !path.is_empty() && glob_segment(p.as_bytes(), path[0].as_bytes()) && glob_path(&pattern[1..], &path[1..]),
+        Some(p) => {
+            !path.is_empty() && glob_segment(p.as_bytes(), path[0].as_bytes()) && glob_path(&pattern[1..], &path[1..])
+        }
     }
 }
 
@@ -477,7 +480,11 @@ fn files_under(root: &Path, rel: &str, out: &mut Vec<String>) {
 fn dockerignore_keeps_what_the_dockerfile_copies() {
     let patterns = dockerignore();
     // Sanity of the matcher itself.
-    assert!(glob_path(&["**", "target"], &["model", "target"]) && glob_path(&["*"], &["x"]) && !glob_path(&["*"], &["a", "b"]));
+    assert!(
+        glob_path(&["**", "target"], &["model", "target"])
+            && glob_path(&["*"], &["x"])
+            && !glob_path(&["*"], &["a", "b"])
+    );
 
     let root = repo_root();
     for stage in dockerfile() {
@@ -491,13 +498,25 @@ fn dockerignore_keeps_what_the_dockerfile_copies() {
                 let mut files = Vec::new();
                 files_under(&root, source, &mut files);
                 assert!(!files.is_empty(), "line {}: COPY {source}: nothing there", copy.line);
-                for file in files.iter().filter(|f| f.ends_with(".rs") || f.ends_with(".toml") || f.ends_with(".sh") || f.ends_with(".lock")) {
-                    assert!(in_context(&patterns, file), "line {}: .dockerignore drops {file}, which COPY {source} needs", copy.line);
+                for file in files.iter().filter(|f| {
+                    f.ends_with(".rs") || f.ends_with(".toml") || f.ends_with(".sh") || f.ends_with(".lock")
+                }) {
+                    assert!(
+                        in_context(&patterns, file),
+                        "line {}: .dockerignore drops {file}, which COPY {source} needs",
+                        copy.line
+                    );
                 }
             }
         }
     }
-    for kept_out in ["target/debug/stellarchat", "weights/SmolLM2-135M-Instruct.Q4_1.gguf", ".git/HEAD", ".venv/bin/python", "model/target/x"] {
+    for kept_out in [
+        "target/debug/stellarchat",
+        "weights/SmolLM2-135M-Instruct.Q4_1.gguf",
+        ".git/HEAD",
+        ".venv/bin/python",
+        "model/target/x",
+    ] {
         assert!(!in_context(&patterns, kept_out), ".dockerignore lets {kept_out} into the build context");
     }
 }

@@ -170,7 +170,10 @@ impl Nginx {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("nginx exited ({status}) before listening; its log:\n{}", fs::read_to_string(&log).unwrap_or_default());
+                panic!(
+                    "nginx exited ({status}) before listening; its log:\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             if Instant::now() > deadline {
                 let _ = signal_group(child.id(), "KILL");
@@ -282,37 +285,44 @@ async fn plain_chat(url: &str) {
 }
 
 /// One chat over `/v1/chat/ws` through nginx (the Upgrade headers must pass).
-async fn websocket_chat(ws_url: &str) {
+async fn websocket_chat(ws_url: &str) -> Result<(), String> {
     let (mut ws, response) = tokio::time::timeout(Duration::from_secs(30), tokio_tungstenite::connect_async(ws_url))
         .await
-        .expect("WebSocket handshake in time")
-        .expect("WebSocket handshake through nginx");
-    assert_eq!(response.status(), 101);
+        .map_err(|_| "no WebSocket handshake in time".to_string())?
+        .map_err(|e| format!("WebSocket handshake through nginx: {e}"))?;
+    if response.status() != 101 {
+        return Err(format!("handshake answered {}", response.status()));
+    }
     let mut request = chat(false);
     request.as_object_mut().unwrap().remove("stream");
     let create = json!({"type": "chat.completion.create", "id": "ws-1", "request": request});
-    ws.send(Message::text(create.to_string())).await.expect("send");
+    ws.send(Message::text(create.to_string())).await.map_err(|e| format!("send: {e}"))?;
     let mut chunks = 0;
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(300), ws.next())
             .await
-            .expect("a frame in time")
-            .expect("socket open")
-            .expect("frame");
+            .map_err(|_| "no frame in time".to_string())?
+            .ok_or("the socket closed before chat.completion.done")?
+            .map_err(|e| format!("after {chunks} chunks: {e}"))?;
         let Message::Text(text) = msg else { continue };
-        let frame: Value = serde_json::from_str(text.as_str()).expect("JSON frame");
+        let frame: Value = serde_json::from_str(text.as_str()).map_err(|e| format!("bad frame {text}: {e}"))?;
         match frame["type"].as_str() {
             Some("chat.completion.chunk") => chunks += 1,
             Some("chat.completion.done") => break,
-            _ => panic!("unexpected frame {frame}"),
+            _ => return Err(format!("unexpected frame {frame}")),
         }
     }
-    assert!(chunks > 0, "no chunk over the WebSocket");
     let _ = ws.close(None).await;
+    if chunks == 0 { Err("no chunk over the WebSocket".into()) } else { Ok(()) }
 }
 
 fn context(what: &str, nginx: &Nginx, a: &Server, b: &Server) -> String {
-    format!("{what}\n--- nginx log:\n{}\n--- replica A log:\n{}\n--- replica B log:\n{}", nginx.log(), a.logs(), b.logs())
+    format!(
+        "{what}\n--- nginx log:\n{}\n--- replica A log:\n{}\n--- replica B log:\n{}",
+        nginx.log(),
+        a.logs(),
+        b.logs()
+    )
 }
 
 async fn prompt_tokens(server: &Server) -> f64 {
@@ -371,7 +381,8 @@ async fn two_replicas_behind_nginx_survive_losing_one() {
     let nginx = Nginx::start(&prefix.0, port);
     let chat_url = nginx.url(routes::CHAT_COMPLETIONS);
 
-    // 1. A streamed completion arrives through nginx in pieces, not buffered whole.
+    // 1. A streamed completion arrives through nginx in pieces, not buffered whole (the
+    //    replicas also send `X-Accel-Buffering: no`; the config turns buffering off for all).
     let reads = stream_chat(&chat_url, "scale-out-1").await;
     assert!(reads >= 2, "{}", context("the SSE body arrived in one read: nginx buffered the stream", &nginx, &a, &b));
 
@@ -403,7 +414,9 @@ async fn two_replicas_behind_nginx_survive_losing_one() {
             plain_chat(&chat_url).await;
         }
     }
-    websocket_chat(&nginx.url(routes::CHAT_WS).replacen("http://", "ws://", 1)).await;
+    if let Err(e) = websocket_chat(&nginx.url(routes::CHAT_WS).replacen("http://", "ws://", 1)).await {
+        panic!("{}", context(&format!("/v1/chat/ws through nginx: {e}"), &nginx, &a, &b));
+    }
     assert!(prompt_tokens(&b).await > before, "{}", context("replica B served nothing after A died", &nginx, &a, &b));
     // …and nginx did try the dead replica (and skipped it), so failover was exercised.
     assert!(
@@ -435,9 +448,13 @@ fn python_tool(name: &str) -> PathBuf {
 fn python_with_yaml() -> PathBuf {
     [repo_root().join(".venv/bin/python"), PathBuf::from("python3")]
         .into_iter()
-        .find(|py| Command::new(py).args(["-c", "import yaml"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success()))
+        .find(|py| {
+            Command::new(py).args(["-c", "import yaml"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+        })
         .unwrap_or_else(|| {
-            panic!("no Python with PyYAML: `python3 -m venv .venv && .venv/bin/pip install yamllint kubernetes-validate`")
+            panic!(
+                "no Python with PyYAML: `python3 -m venv .venv && .venv/bin/pip install yamllint kubernetes-validate`"
+            )
         })
 }
 
@@ -484,7 +501,8 @@ fn kubernetes_manifests_are_valid() {
 
     // `kubectl apply -k deploy/k8s/` applies every manifest.
     let kustomization = &yaml_documents("deploy/k8s/kustomization.yaml")[0];
-    let listed: Vec<&str> = kustomization["resources"].as_array().expect("resources").iter().filter_map(Value::as_str).collect();
+    let listed: Vec<&str> =
+        kustomization["resources"].as_array().expect("resources").iter().filter_map(Value::as_str).collect();
     for file in &manifests {
         assert!(listed.contains(&file.as_str()), "kustomization.yaml does not list {file}");
     }
@@ -492,7 +510,10 @@ fn kubernetes_manifests_are_valid() {
     let docs: Vec<Value> = paths.iter().flat_map(|p| yaml_documents(p)).collect();
     let of_kind = |kind: &'static str| docs.iter().find(|d| d["kind"] == kind);
     let deployment = of_kind("Deployment").expect("a Deployment");
-    assert!(deployment["spec"]["replicas"].as_u64().unwrap_or(1) >= 2, "the Deployment should run two or more replicas");
+    assert!(
+        deployment["spec"]["replicas"].as_u64().unwrap_or(1) >= 2,
+        "the Deployment should run two or more replicas"
+    );
     let pod = &deployment["spec"]["template"];
     let pod_spec = &pod["spec"];
     let container = pod_spec["containers"]
@@ -515,16 +536,19 @@ fn kubernetes_manifests_are_valid() {
     for name in env.keys().filter(|k| k.starts_with("STELLARCHAT_")) {
         assert!(help_lists_env(&help, name), "deployment.yaml sets {name}, which no `stellarchat serve` flag reads");
     }
-    let value = |k: &str| env.get(k).and_then(|e| e["value"].as_str()).unwrap_or_else(|| panic!("no {k} value")).to_string();
+    let value =
+        |k: &str| env.get(k).and_then(|e| e["value"].as_str()).unwrap_or_else(|| panic!("no {k} value")).to_string();
     assert_eq!(value("STELLARCHAT_HOST"), "0.0.0.0");
     let port: u64 = value("STELLARCHAT_PORT").parse().expect("a numeric port");
     let ports = container["ports"].as_array().expect("ports");
     let port_of = |p: &Value| -> u64 {
         match p {
             Value::Number(n) => n.as_u64().unwrap(),
-            Value::String(name) => {
-                ports.iter().find(|q| q["name"] == name.as_str()).and_then(|q| q["containerPort"].as_u64()).expect("named port")
-            }
+            Value::String(name) => ports
+                .iter()
+                .find(|q| q["name"] == name.as_str())
+                .and_then(|q| q["containerPort"].as_u64())
+                .expect("named port"),
             _ => panic!("bad port {p}"),
         }
     };
@@ -542,7 +566,10 @@ fn kubernetes_manifests_are_valid() {
 
     // Non-root, and the Service reaches the pods on the server's port.
     let non_root = |sc: &Value| sc["runAsNonRoot"] == true && sc["runAsUser"].as_u64().is_none_or(|u| u != 0);
-    assert!(non_root(&pod_spec["securityContext"]) || non_root(&container["securityContext"]), "the pod may run as root");
+    assert!(
+        non_root(&pod_spec["securityContext"]) || non_root(&container["securityContext"]),
+        "the pod may run as root"
+    );
     let service = of_kind("Service").expect("a Service");
     let labels = pod["metadata"]["labels"].as_object().expect("pod labels");
     for (k, v) in service["spec"]["selector"].as_object().expect("a selector") {

@@ -252,11 +252,13 @@ impl EngineLoop {
         for pending in self.waiting.drain(..) {
             let _ = pending.events.send(GenerationEvent::Error(ModelError::EngineStopped));
         }
-        for mut seq in self.running.drain(..) {
-            seq.fail(ModelError::EngineStopped);
-        }
+        let mut stopped: Vec<Sequence> = self.running.drain(..).collect();
         self.shared.in_flight.store(0, Ordering::Relaxed);
         self.publish();
+        for seq in &mut stopped {
+            seq.fail(ModelError::EngineStopped);
+            seq.send_final_event();
+        }
     }
 
     /// Returns false on shutdown.
@@ -341,13 +343,17 @@ impl EngineLoop {
                 }
             }
         }
-        let mut index = 0;
-        self.running.retain(|_| {
-            let keep = !finished[index];
-            index += 1;
-            keep
-        });
-        self.ended(finished.iter().filter(|&&f| f).count());
+        let mut done = Vec::new();
+        for i in (0..self.running.len()).rev() {
+            if finished[i] {
+                done.push(self.running.remove(i));
+            }
+        }
+        self.ended(done.len());
+        self.publish();
+        for mut seq in done {
+            seq.send_final_event();
+        }
     }
 
     /// `count` requests left the engine (finished, failed or cancelled).

@@ -44,6 +44,7 @@ pub(crate) struct Sequence {
     events: mpsc::UnboundedSender<GenerationEvent>,
     cancelled: Arc<AtomicBool>,
     timings: Timings,
+    final_event: Option<GenerationEvent>,
 }
 
 /// What happened after a token was sampled.
@@ -74,6 +75,7 @@ impl Sequence {
             events,
             cancelled,
             timings: Timings { submitted, scheduled: Some(now), first_token: None, finished: now },
+            final_event: None,
         }
     }
 
@@ -132,13 +134,21 @@ impl Sequence {
     fn finish_with_text(&mut self, reason: FinishReason, text: String) -> Progress {
         self.timings.finished = Instant::now();
         let usage = Usage { prompt_tokens: self.prompt_len, completion_tokens: self.generated(), cached_prompt_tokens: 0 };
-        self.send(GenerationEvent::Finished { reason, usage, text, timings: self.timings });
+        self.final_event = Some(GenerationEvent::Finished { reason, usage, text, timings: self.timings });
         Progress::Finished
     }
 
     pub fn fail(&mut self, error: ModelError) -> Progress {
-        self.send(GenerationEvent::Error(error));
+        self.final_event = Some(GenerationEvent::Error(error));
         Progress::Finished
+    }
+
+    /// Sends the last event (`Finished` or `Error`). The engine calls it after updating its
+    /// counters, so a client that sees the end also sees the engine without this sequence.
+    pub fn send_final_event(&mut self) {
+        if let Some(event) = self.final_event.take() {
+            self.send(event);
+        }
     }
 
     fn send(&self, event: GenerationEvent) {
