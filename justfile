@@ -3,7 +3,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Backends compiled into the binary that tests and `just serve` use.
-features := env_var_or_default("STELLARCHAT_FEATURES", "flex,ndarray")
+features := env_var_or_default("STELLARCHAT_FEATURES", "flex,ndarray,wgpu")
 target_dir := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target")
 model := justfile_directory() / "weights/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -15,17 +15,19 @@ default:
 weights:
     ./weights/fetch.sh
 
-# Build the optimized binary.
+# Build the binary. The dev profile compiles every dependency and the model crate at
+# opt-level 3 (Cargo.toml), so this one build serves `just serve`, `just test` and the benches;
+# building all targets keeps cargo's feature set identical to `cargo test`'s, so nothing is
+# compiled twice.
 build:
-    cargo build --release -p stellarchat --features {{features}}
+    cargo build --workspace --all-targets --features stellarchat/{{replace(features, ",", ",stellarchat/")}}
 
 # Serve the OpenAI-compatible API on http://127.0.0.1:8080 (extra flags go to `stellarchat serve`).
 serve *ARGS: weights build
-    {{target_dir}}/release/stellarchat serve --model {{model}} {{ARGS}}
+    {{target_dir}}/debug/stellarchat serve --model {{model}} {{ARGS}}
 
 # Every test: unit, golden, black-box API tests and the OpenAI SDK tests.
-test: weights venv
-    cargo build -p stellarchat --features {{features}}
+test: weights venv build
     cargo test --workspace --features stellarchat/{{replace(features, ",", ",stellarchat/")}} --no-fail-fast
     just test-python
 
@@ -40,11 +42,11 @@ venv:
 
 # Single-stream prefill/decode speed per backend and weight format, beside llama-bench.
 bench-model: weights build
-    CARGO_TARGET_DIR={{target_dir}} ./scripts/bench-model.sh
+    ./scripts/bench-model.sh {{target_dir}}/debug/stellarchat
 
 # Serving benchmark beside llama.cpp's server (1, 4, 16 clients); build the peer once: ../shared/tools/llamacpp-peer.sh build
 bench: weights build
-    TARGET={{target_dir}} ./scripts/bench.sh
+    TARGET={{target_dir}} BIN={{target_dir}}/debug/stellarchat ./scripts/bench.sh
 
 # Build the Docker image of one backend family: cpu, vulkan or cuda (docs/deploy.md).
 docker-build VARIANT="cpu" *ARGS:
@@ -56,3 +58,13 @@ lint-deploy: venv
     .venv/bin/hadolint --config .hadolint.yaml Dockerfile
     .venv/bin/yamllint -c deploy/.yamllint.yaml --strict deploy/
     .venv/bin/kubernetes-validate --strict deploy/k8s/deployment.yaml deploy/k8s/service.yaml deploy/k8s/pdb.yaml
+
+# Put a stripped, compressed build (with wgpu) and the Vulkan loader under .gl/ for a GPU
+# machine without Rust (the device tool carries at most 64 MiB).
+gpu-bundle: build
+    mkdir -p .gl && strip -o .gl/stellarchat {{target_dir}}/debug/stellarchat && xz -f -T2 .gl/stellarchat
+    cd .gl && apt-get download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2
+
+# On a machine with a GPU: backend equivalence (wgpu vs flex) and tokens/s on synthetic models.
+gpu-check BIN=".gl/stellarchat":
+    ./scripts/gpu-check.sh {{BIN}}

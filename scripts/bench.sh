@@ -7,7 +7,7 @@
 # exactly max_tokens — stops it, and prints both servers' figures with the ratio ours/theirs.
 # Every server started here is stopped on exit, however the script ends.
 #
-# Usage: scripts/bench.sh            (`just bench` builds the release binary first)
+# Usage: scripts/bench.sh            (`just bench` builds the binary first)
 # Environment (all optional):
 #   TARGET               cargo target directory            (default: ./target)
 #   BENCH_MODEL          GGUF file                          (default: weights/SmolLM2-135M-Instruct.Q4_1.gguf)
@@ -23,7 +23,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 TARGET=${TARGET:-${CARGO_TARGET_DIR:-$ROOT/target}}
-BIN=$TARGET/release/stellarchat
+BIN=${BIN:-$TARGET/debug/stellarchat}
 MODEL=${BENCH_MODEL:-$ROOT/weights/SmolLM2-135M-Instruct.Q4_1.gguf}
 PEER=${LLAMACPP_PEER:-$ROOT/../shared/tools/llamacpp-peer.sh}
 LEVELS=${BENCH_LEVELS:-"1:8 4:16 16:32"}

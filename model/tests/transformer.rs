@@ -42,7 +42,7 @@ const PROMPT: [u32; 9] = [3, 17, 200, 45, 9, 128, 77, 1, 250];
 
 #[test]
 fn forward_returns_one_row_per_chunk_or_per_token() {
-    for (spec, model) in models() {
+    for (_name, model) in models() {
         let vocab = model.config().vocab_size;
         let mut cache = model.new_cache();
         let logits = model

@@ -45,7 +45,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_num_seqs: 16, max_queue: 256, max_prefill_tokens: 512, kv_cache_tokens: 65_536 }
+        EngineConfig { max_num_seqs: 16, max_queue: 256, max_prefill_tokens: 256, kv_cache_tokens: 65_536 }
     }
 }
 
@@ -102,7 +102,21 @@ impl Engine {
         let spawned = std::thread::Builder::new().name("stellarchat-engine".into()).spawn(move || {
             let mut progress = progress;
             // CubeCL keeps one stream per OS thread: the model is built on the thread that runs it.
-            match loader.load(&options, &mut *progress) {
+            // Backends panic on some device failures (e.g. wgpu finding no adapter); that must
+            // surface as a load error, not leave clients waiting for a model that never comes.
+            let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loader.load(&options, &mut *progress)))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(ModelError::DeviceUnavailable {
+                        requested: options.device.to_string(),
+                        reason: format!("the backend failed while opening the device: {what}"),
+                    })
+                });
+            match loaded {
                 Ok(model) => {
                     shared.ready.store(true, Ordering::Release);
                     EngineLoop::new(model, tokenizer, config, shared.clone(), receiver).run();

@@ -50,9 +50,19 @@ pub struct GenerateArgs {
     /// Keep generating past end-of-generation tokens (benchmarks).
     #[arg(long)]
     ignore_eos: bool,
+    /// With --json: each token's logprob and its N most likely alternatives (backend comparisons).
+    #[arg(long, value_name = "N")]
+    logprobs: Option<usize>,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Serialize)]
+struct TokenLogprobJson {
+    id: u32,
+    logprob: f32,
+    top: Vec<(u32, f32)>,
 }
 
 #[derive(Serialize)]
@@ -63,6 +73,8 @@ struct JsonOutput {
     finish_reason: &'static str,
     prefill_tokens_per_s: f64,
     decode_tokens_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<Vec<TokenLogprobJson>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,16 +135,21 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
             ..SamplingParams::default()
         },
         ignore_eos: args.ignore_eos,
+        logprobs: args.logprobs,
         ..GenerateRequest::greedy(prompt_ids.clone(), args.max_tokens)
     };
     let mut stream = engine.submit(request)?;
     let mut ids = Vec::new();
+    let mut logprobs = Vec::new();
     let mut text = String::new();
     let stdout = std::io::stdout();
     loop {
         match stream.blocking_recv() {
-            Some(GenerationEvent::Token { id, text: piece, .. }) => {
+            Some(GenerationEvent::Token { id, text: piece, logprob, .. }) => {
                 ids.push(id);
+                if let Some(lp) = logprob {
+                    logprobs.push(TokenLogprobJson { id, logprob: lp.logprob, top: lp.top });
+                }
                 if !args.json {
                     let mut out = stdout.lock();
                     let _ = out.write_all(piece.as_bytes());
@@ -153,6 +170,7 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
                         finish_reason: reason.as_str(),
                         prefill_tokens_per_s: per_s(usage.prompt_tokens, prefill_s),
                         decode_tokens_per_s: per_s(usage.completion_tokens.saturating_sub(1), decode_s),
+                        logprobs: args.logprobs.map(|_| std::mem::take(&mut logprobs)),
                     };
                     println!("{}", serde_json::to_string(&out).unwrap_or_default());
                 } else {
