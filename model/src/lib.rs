@@ -2,7 +2,8 @@
 //!
 //! - [`gguf`]: GGUF files (metadata, tensor directory, memory-mapped data) and dequantization.
 //! - [`config`]: hyper-parameters from metadata; [`llama`]: the transformer, with
-//!   [`kv_cache`] and [`rope`]; [`weights`]: how parameters are sourced and stored.
+//!   [`kv_cache`] and [`rope`]; [`weights`]: how parameters are sourced and stored;
+//!   [`quant_matmul`]: fused dequantize-and-multiply of GGUF blocks for CPU devices.
 //! - [`device`]: `--device`/`--dtype` and the burn backends compiled in.
 //! - [`tokenizer`], [`chat_template`]: text in and out, as the model's authors do it.
 //! - [`sampler`], [`stop`]: choosing the next token and stopping.

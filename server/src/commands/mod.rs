@@ -1,4 +1,5 @@
-//! The command-line subcommands that use the model without the HTTP server.
+//! The command-line subcommands besides `serve`: the model without the HTTP server
+//! (`generate`, `tokenize`) and a load generator for any OpenAI-compatible server (`bench`).
 
 pub mod bench;
 pub mod generate;
