@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use stellarchat_model::device::{DeviceSpec, Precision};
+use stellarchat_model::kv_cache::SequenceCache;
 use stellarchat_model::llama::{ForwardChunk, Transformer};
 use stellarchat_model::model::{LoadOptions, ModelLoader};
 use stellarchat_model::weights::WeightFormat;
@@ -33,9 +34,18 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }
 
-fn load(spec: DeviceSpec, weights: WeightFormat) -> Transformer {
+fn load(spec: DeviceSpec, precision: Precision, weights: WeightFormat) -> Transformer {
     let loader = ModelLoader::open(model_path().to_str().expect("utf-8 path")).expect("open model");
-    loader.load(&LoadOptions { device: spec, precision: Precision::F32, weights }, &mut |_, _| {}).expect("load model")
+    loader.load(&LoadOptions { device: spec, precision, weights }, &mut |_, _| {}).expect("load model")
+}
+
+/// Logits of every prompt position (`[prompt.len() * vocab]`), and the cache that holds the prompt.
+fn teacher_forced(model: &Transformer, prompt: &[u32]) -> (SequenceCache, Vec<f32>) {
+    let mut cache = model.new_cache();
+    let logits = model
+        .forward(&mut [ForwardChunk { cache: &mut cache, tokens: prompt, all_logits: true }])
+        .expect("forward");
+    (cache, logits.chunk(0).to_vec())
 }
 
 fn argmax(row: &[f32]) -> u32 {
@@ -49,17 +59,12 @@ fn argmax(row: &[f32]) -> u32 {
 }
 
 fn check_device(spec: DeviceSpec, weights: WeightFormat) {
-    let model = load(spec, weights);
+    let model = load(spec, Precision::F32, weights);
     let vocab = model.config().vocab_size;
     for chat in golden()["chats"].as_array().expect("chats") {
         let name = chat["name"].as_str().expect("name");
         let prompt = ids(&chat["ids"]);
-
-        let mut cache = model.new_cache();
-        let logits = model
-            .forward(&mut [ForwardChunk { cache: &mut cache, tokens: &prompt, all_logits: true }])
-            .expect("forward");
-        let rows = logits.chunk(0);
+        let (mut cache, rows) = teacher_forced(&model, &prompt);
         let mut worst = 0f32;
         for (t, top5) in chat["reference_top5"].as_array().expect("top5").iter().enumerate() {
             for pair in top5.as_array().expect("pairs") {
@@ -107,19 +112,12 @@ fn golden_logits_and_greedy_on_flex_with_quantized_weights() {
 /// f16 weights and activations: the reference's looser tolerance for reduced precision.
 #[test]
 fn golden_top5_within_f16_tolerance_on_flex() {
-    let loader = ModelLoader::open(model_path().to_str().expect("utf-8 path")).expect("open model");
-    let model = loader
-        .load(&LoadOptions { device: DeviceSpec::Flex, precision: Precision::F16, weights: WeightFormat::Dense }, &mut |_, _| {})
-        .expect("load f16");
+    let model = load(DeviceSpec::Flex, Precision::F16, WeightFormat::Dense);
     let vocab = model.config().vocab_size;
     for chat in golden()["chats"].as_array().expect("chats") {
         let name = chat["name"].as_str().expect("name");
         let prompt = ids(&chat["ids"]);
-        let mut cache = model.new_cache();
-        let logits = model
-            .forward(&mut [ForwardChunk { cache: &mut cache, tokens: &prompt, all_logits: true }])
-            .expect("forward");
-        let rows = logits.chunk(0);
+        let (_, rows) = teacher_forced(&model, &prompt);
         for (t, top5) in chat["reference_top5"].as_array().expect("top5").iter().enumerate() {
             let top5 = top5.as_array().expect("pairs");
             let row = &rows[t * vocab..(t + 1) * vocab];
