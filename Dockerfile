@@ -3,7 +3,7 @@
 # StellarChat images, one per backend family (BuildKit builds only the stages a target needs):
 #
 #   docker build --target runtime-cpu    -t stellarchat:cpu    .   # features `flex` (the default target)
-#   docker build --target runtime-vulkan -t stellarchat:vulkan .   # features `wgpu,vulkan`: AMD, Intel, NVIDIA
+#   docker build --target runtime-vulkan -t stellarchat:vulkan .   # features `flex,wgpu,vulkan`: AMD, Intel, NVIDIA
 #   docker build --target runtime-cuda   -t stellarchat:cuda   .   # features `cuda`: NVIDIA
 #
 # Add `--build-arg FETCH_DEFAULT_MODEL=1` to bake the default model (SmolLM2-135M-Instruct,
@@ -55,7 +55,7 @@ RUN find model server -name '*.rs' -exec touch {} + \
 
 FROM skeleton AS builder-vulkan
 # wgpu loads libvulkan at run time (and wayland through dlopen): nothing to install here.
-ARG FEATURES=wgpu,vulkan
+ARG FEATURES=flex,wgpu,vulkan
 RUN cargo build --release --locked -p stellarchat --no-default-features --features "${FEATURES}"
 COPY model ./model
 COPY server ./server

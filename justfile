@@ -59,12 +59,16 @@ lint-deploy: venv
     .venv/bin/yamllint -c deploy/.yamllint.yaml --strict deploy/
     .venv/bin/kubernetes-validate --strict deploy/k8s/deployment.yaml deploy/k8s/service.yaml deploy/k8s/pdb.yaml
 
-# Put a stripped, compressed build (with wgpu) and the Vulkan loader under .gl/ for a GPU
-# machine without Rust (the device tool carries at most 64 MiB).
+# Put two stripped, compressed builds and the Vulkan loader under .gl/ for a GPU machine
+# without Rust (the device tool carries at most 64 MiB): the test build, whose wgpu compiles
+# WGSL, and a `flex,vulkan` build, which compiles SPIR-V (a build with `vulkan` uses SPIR-V
+# for `--device wgpu` too, so the two shader paths need two binaries).
 gpu-bundle: build
     mkdir -p .gl && strip -o .gl/stellarchat {{target_dir}}/debug/stellarchat && xz -f -T2 .gl/stellarchat
+    cargo build -p stellarchat --no-default-features --features flex,vulkan --target-dir {{target_dir}}/spirv
+    strip -o .gl/stellarchat-spirv {{target_dir}}/spirv/debug/stellarchat && xz -f -T2 .gl/stellarchat-spirv
     cd .gl && apt-get download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2
 
 # On a machine with a GPU: backend equivalence (wgpu vs flex) and tokens/s on synthetic models.
-gpu-check BIN=".gl/stellarchat":
-    ./scripts/gpu-check.sh {{BIN}}
+gpu-check BIN=".gl/stellarchat" SPIRV_BIN=".gl/stellarchat-spirv":
+    ./scripts/gpu-check.sh {{BIN}} {{SPIRV_BIN}}

@@ -168,9 +168,12 @@ impl DeviceSpec {
             (DeviceSpec::Cuda { index: 0 }, "CUDA is compiled in")
         } else if compiled.contains(&"rocm") {
             (DeviceSpec::Rocm { index: 0 }, "ROCm is compiled in")
-        } else if compiled.contains(&"wgpu") && wgpu_has_gpu() {
+        } else if compiled.contains(&"wgpu")
+            && wgpu_has_gpu()
+            && (!compiled.contains(&"vulkan") || vulkan_spirv_runs(WgpuAdapter::Default))
+        {
             (DeviceSpec::Wgpu { adapter: WgpuAdapter::Default }, "a wgpu GPU adapter is present")
-        } else if compiled.contains(&"vulkan") && wgpu_has_gpu() {
+        } else if compiled.contains(&"vulkan") && wgpu_has_gpu() && vulkan_spirv_runs(WgpuAdapter::Default) {
             (DeviceSpec::Vulkan { adapter: WgpuAdapter::Default }, "a Vulkan GPU adapter is present")
         } else if compiled.contains(&"flex") {
             (DeviceSpec::Flex, "no GPU backend found; using the CPU")
@@ -209,9 +212,18 @@ impl DeviceSpec {
             #[allow(deprecated)]
             DeviceSpec::NdArray => Ok(Device::ndarray()),
             #[cfg(feature = "wgpu")]
-            DeviceSpec::Wgpu { adapter } => Ok(Device::wgpu(adapter_kind(adapter))),
+            DeviceSpec::Wgpu { adapter } => {
+                // With `vulkan` compiled in, cubecl compiles SPIR-V for every Vulkan
+                // adapter, `wgpu` ones included.
+                #[cfg(feature = "vulkan")]
+                spirv_runs_on(spec, adapter)?;
+                Ok(Device::wgpu(adapter_kind(adapter)))
+            }
             #[cfg(feature = "vulkan")]
-            DeviceSpec::Vulkan { adapter } => Ok(Device::vulkan(adapter_kind(adapter))),
+            DeviceSpec::Vulkan { adapter } => {
+                spirv_runs_on(spec, adapter)?;
+                Ok(Device::vulkan(adapter_kind(adapter)))
+            }
             #[cfg(feature = "metal")]
             DeviceSpec::Metal { adapter } => Ok(Device::metal(adapter_kind(adapter))),
             #[cfg(feature = "cuda")]
@@ -221,6 +233,39 @@ impl DeviceSpec {
             _ => Err(unavailable()),
         }
     }
+}
+
+#[cfg(feature = "vulkan")]
+mod vulkan_probe;
+
+/// Whether burn's SPIR-V path can run on this adapter (see [`vulkan_probe`]).
+#[cfg(feature = "vulkan")]
+fn vulkan_spirv_runs(adapter: WgpuAdapter) -> bool {
+    !matches!(vulkan_probe::probe(adapter), vulkan_probe::VulkanSupport::MissingExplicitLayout { .. })
+}
+
+/// Refuses, before burn meets it, a Vulkan driver on which burn's SPIR-V would crash.
+#[cfg(feature = "vulkan")]
+fn spirv_runs_on(spec: DeviceSpec, adapter: WgpuAdapter) -> Result<()> {
+    let vulkan_probe::VulkanSupport::MissingExplicitLayout { adapter: name } = vulkan_probe::probe(adapter) else {
+        return Ok(());
+    };
+    let way_round = match spec {
+        DeviceSpec::Vulkan { .. } => "use `--device wgpu` in a build without the `vulkan` feature (WGSL shaders)",
+        _ => "this build has the `vulkan` feature, so wgpu compiles SPIR-V for Vulkan adapters too; use a build without it (WGSL shaders)",
+    };
+    Err(ModelError::DeviceUnavailable {
+        requested: spec.to_string(),
+        reason: format!(
+            "the Vulkan driver of `{name}` lacks VK_KHR_workgroup_memory_explicit_layout, without which burn 0.22's \
+             SPIR-V shaders are invalid and crash the driver; {way_round}, or a driver that has the extension"
+        ),
+    })
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn vulkan_spirv_runs(_adapter: WgpuAdapter) -> bool {
+    false
 }
 
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]

@@ -161,7 +161,7 @@ fn dockerfile() -> Vec<Stage> {
 /// The image families: runtime stage, builder stage, cargo features, `--device` value.
 const FAMILIES: [(&str, &str, &str, &str); 3] = [
     ("runtime-cpu", "builder-cpu", "flex", "flex"),
-    ("runtime-vulkan", "builder-vulkan", "wgpu,vulkan", "vulkan"),
+    ("runtime-vulkan", "builder-vulkan", "flex,wgpu,vulkan", "vulkan"),
     ("runtime-cuda", "builder-cuda", "cuda", "cuda"),
 ];
 
