@@ -1,5 +1,8 @@
 //! The key/value cache of one sequence: per layer, keys and values of every position seen
 //! so far, grown in blocks so that memory follows the sequence's real length.
+//!
+//! On GPU devices (and CPU devices below f32) the cache is device tensors; on CPU devices at
+//! f32 it is plain host memory that [`crate::host_attention`] reads directly.
 
 use burn::tensor::{Device, FloatDType, Tensor};
 
@@ -14,9 +17,29 @@ struct LayerKv {
     v: Tensor<4>,
 }
 
+/// Host keys and values of one layer, `[kv_heads, capacity, head_dim]` each, row-major.
+pub(crate) struct HostLayerKv {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+enum Storage {
+    Device(Vec<LayerKv>),
+    Host(Vec<HostLayerKv>),
+}
+
+impl Storage {
+    fn layers(&self) -> usize {
+        match self {
+            Storage::Device(l) => l.len(),
+            Storage::Host(l) => l.len(),
+        }
+    }
+}
+
 /// The cache of one sequence, for every layer.
 pub struct SequenceCache {
-    layers: Vec<LayerKv>,
+    layers: Storage,
     len: usize,
     capacity: usize,
     kv_heads: usize,
@@ -27,9 +50,10 @@ pub struct SequenceCache {
 }
 
 impl SequenceCache {
-    pub fn new(config: &ModelConfig, device: &Device, dtype: FloatDType) -> SequenceCache {
+    /// `host`: keep keys and values in host memory (CPU devices at f32).
+    pub fn new(config: &ModelConfig, device: &Device, dtype: FloatDType, host: bool) -> SequenceCache {
         SequenceCache {
-            layers: Vec::with_capacity(config.num_layers),
+            layers: if host { Storage::Host(Vec::new()) } else { Storage::Device(Vec::new()) },
             len: 0,
             capacity: 0,
             kv_heads: config.num_kv_heads,
@@ -66,27 +90,51 @@ impl SequenceCache {
     /// Makes room for `extra` more positions in every layer (`num_layers` of them).
     pub(crate) fn reserve(&mut self, extra: usize, num_layers: usize) {
         let needed = self.len + extra;
-        if needed <= self.capacity && self.layers.len() == num_layers {
+        if needed <= self.capacity && self.layers.layers() == num_layers {
             return;
         }
         // Doubling keeps the number of copies logarithmic in the sequence length.
         let target = needed.max(self.capacity * 2).min(self.max_len.max(needed));
         let new_capacity = Self::blocks_for(target) * KV_BLOCK_TOKENS;
-        let shape = [1, self.kv_heads, new_capacity, self.head_dim];
-        let live = [0..1, 0..self.kv_heads, 0..self.len, 0..self.head_dim];
-        let mut layers = Vec::with_capacity(num_layers);
-        for i in 0..num_layers {
-            let mut k = Tensor::<4>::zeros(shape, (&self.device, self.dtype.into()));
-            let mut v = Tensor::<4>::zeros(shape, (&self.device, self.dtype.into()));
-            if self.len > 0 {
-                if let Some(old) = self.layers.get(i) {
-                    k = k.slice_assign(live.clone(), old.k.clone().slice(live.clone()));
-                    v = v.slice_assign(live.clone(), old.v.clone().slice(live.clone()));
+        let (len, kv_heads, d, old_capacity) = (self.len, self.kv_heads, self.head_dim, self.capacity);
+        match &mut self.layers {
+            Storage::Device(layers) => {
+                let shape = [1, kv_heads, new_capacity, d];
+                let live = [0..1, 0..kv_heads, 0..len, 0..d];
+                let mut grown = Vec::with_capacity(num_layers);
+                for i in 0..num_layers {
+                    let mut k = Tensor::<4>::zeros(shape, (&self.device, self.dtype.into()));
+                    let mut v = Tensor::<4>::zeros(shape, (&self.device, self.dtype.into()));
+                    if len > 0 {
+                        if let Some(old) = layers.get(i) {
+                            k = k.slice_assign(live.clone(), old.k.clone().slice(live.clone()));
+                            v = v.slice_assign(live.clone(), old.v.clone().slice(live.clone()));
+                        }
+                    }
+                    grown.push(LayerKv { k, v });
                 }
+                *layers = grown;
             }
-            layers.push(LayerKv { k, v });
+            Storage::Host(layers) => {
+                let grow = |old: Option<&Vec<f32>>| {
+                    let mut buf = vec![0f32; kv_heads * new_capacity * d];
+                    if let Some(old) = old {
+                        for h in 0..kv_heads {
+                            let from = h * old_capacity * d;
+                            buf[h * new_capacity * d..][..len * d].copy_from_slice(&old[from..from + len * d]);
+                        }
+                    }
+                    buf
+                };
+                let grown = (0..num_layers)
+                    .map(|i| {
+                        let old = layers.get(i);
+                        HostLayerKv { k: grow(old.map(|l| &l.k)), v: grow(old.map(|l| &l.v)) }
+                    })
+                    .collect();
+                *layers = grown;
+            }
         }
-        self.layers = layers;
         self.capacity = new_capacity;
     }
 
@@ -98,11 +146,33 @@ impl SequenceCache {
         let (start, end) = (self.len, self.len + n);
         let write = [0..1, 0..self.kv_heads, start..end, 0..self.head_dim];
         let live = [0..1, 0..self.kv_heads, 0..end, 0..self.head_dim];
-        let entry = &mut self.layers[layer];
+        let Storage::Device(layers) = &mut self.layers else {
+            unreachable!("device append on a host cache: the model picks one kind per device")
+        };
+        let entry = &mut layers[layer];
         // In place: the slices returned below are dropped before the next append.
         entry.k.inplace(|c| c.slice_assign(write.clone(), k));
         entry.v.inplace(|c| c.slice_assign(write, v));
         (entry.k.clone().slice(live.clone()), entry.v.clone().slice(live))
+    }
+
+    /// Host cache: writes `n` positions of `k`, `v` (`[n, kv_heads, head_dim]`, row-major)
+    /// at `len..len+n` of `layer` and returns the layer's buffers with their capacity.
+    pub(crate) fn append_host(&mut self, layer: usize, k: &[f32], v: &[f32]) -> (&[f32], &[f32], usize) {
+        let (kv_heads, d, capacity, start) = (self.kv_heads, self.head_dim, self.capacity, self.len);
+        let Storage::Host(layers) = &mut self.layers else {
+            unreachable!("host append on a device cache: the model picks one kind per device")
+        };
+        let entry = &mut layers[layer];
+        for (t, (k_row, v_row)) in k.chunks_exact(kv_heads * d).zip(v.chunks_exact(kv_heads * d)).enumerate() {
+            for h in 0..kv_heads {
+                let at = (h * capacity + start + t) * d;
+                entry.k[at..at + d].copy_from_slice(&k_row[h * d..(h + 1) * d]);
+                entry.v[at..at + d].copy_from_slice(&v_row[h * d..(h + 1) * d]);
+            }
+        }
+        let entry = &layers[layer];
+        (&entry.k, &entry.v, capacity)
     }
 
     pub(crate) fn advance(&mut self, n: usize) {

@@ -3,7 +3,8 @@
 //! - [`gguf`]: GGUF files (metadata, tensor directory, memory-mapped data) and dequantization.
 //! - [`config`]: hyper-parameters from metadata; [`llama`]: the transformer, with
 //!   [`kv_cache`] and [`rope`]; [`weights`]: how parameters are sourced and stored;
-//!   [`quant_matmul`]: fused dequantize-and-multiply of GGUF blocks for CPU devices.
+//!   [`quant_matmul`]: fused dequantize-and-multiply of GGUF blocks for CPU devices;
+//!   `host_attention`: attention over a host KV cache, for CPU devices at f32.
 //! - [`device`]: `--device`/`--dtype` and the burn backends compiled in.
 //! - [`tokenizer`], [`chat_template`]: text in and out, as the model's authors do it.
 //! - [`sampler`], [`stop`]: choosing the next token and stopping.
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod kv_cache;
+mod host_attention;
 pub mod llama;
 pub mod model;
 pub mod quant_matmul;

@@ -14,6 +14,7 @@ use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 use crate::config::{Architecture, ModelConfig};
 use crate::device::DeviceSpec;
 use crate::error::{ModelError, Result};
+use crate::host_attention::{self, AttentionShape, ChunkAttention};
 use crate::kv_cache::SequenceCache;
 use crate::rope::Rope;
 use crate::weights::{EmbeddingTable, LinearWeight, WeightFormat, WeightSource, expect_dims, transpose, upload};
@@ -108,6 +109,8 @@ pub struct Transformer {
     dtype: FloatDType,
     /// Repeat K/V heads before attention (backends whose fused attention lacks GQA).
     repeat_kv: bool,
+    /// Attention and KV cache on the host (CPU devices at f32): see [`host_attention`].
+    host_attention: bool,
     embeddings: EmbeddingTable,
     blocks: Vec<Block>,
     final_norm: RmsNorm,
@@ -187,6 +190,7 @@ impl Transformer {
         progress(total, total);
         Ok(Transformer {
             repeat_kv: !spec.attention_supports_gqa() && c.num_kv_heads != c.num_heads,
+            host_attention: spec.is_cpu() && dtype == FloatDType::F32,
             config,
             device: device.clone(),
             dtype,
@@ -212,7 +216,7 @@ impl Transformer {
 
     /// An empty cache for a new sequence on this model's device.
     pub fn new_cache(&self) -> SequenceCache {
-        SequenceCache::new(&self.config, &self.device, self.dtype)
+        SequenceCache::new(&self.config, &self.device, self.dtype, self.host_attention)
     }
 
     /// One step for a batch of sequences: appends each chunk's tokens to its cache and
@@ -261,7 +265,8 @@ impl Transformer {
             let q = self.rope.apply(block.q.forward(h.clone())?.reshape([n, c.num_heads, c.head_dim]), &rope_tables);
             let k = self.rope.apply(block.k.forward(h.clone())?.reshape([n, c.num_kv_heads, c.head_dim]), &rope_tables);
             let v: Tensor<3> = block.v.forward(h)?.reshape([n, c.num_kv_heads, c.head_dim]);
-            let attended = self.attend(layer, chunks, q, k, v);
+            let attended =
+                if self.host_attention { self.attend_on_host(layer, chunks, q, k, v)? } else { self.attend(layer, chunks, q, k, v) };
             x = x + block.o.forward(attended)?;
 
             let h = block.ffn_norm.forward(x.clone());
@@ -315,6 +320,40 @@ impl Transformer {
             outputs.push(out.squeeze_dim::<3>(0).swap_dims(0, 1).reshape([len, heads * d]));
         }
         if outputs.len() == 1 { outputs.pop().unwrap_or_else(|| unreachable!()) } else { Tensor::cat(outputs, 0) }
+    }
+}
+
+impl Transformer {
+    /// [`Transformer::attend`] on the host: same shapes, `q: [n, heads, d]`,
+    /// `k, v: [n, kv_heads, d]` → `[n, heads * d]`, with the cache in host memory.
+    fn attend_on_host(
+        &self,
+        layer: usize,
+        chunks: &mut [ForwardChunk<'_>],
+        q: Tensor<3>,
+        k: Tensor<3>,
+        v: Tensor<3>,
+    ) -> Result<Tensor<2>> {
+        let c = &self.config;
+        let n = q.dims()[0];
+        let read = |t: Tensor<3>| {
+            t.into_data().try_into_vec::<f32>().map_err(|e| ModelError::Internal(format!("reading attention inputs: {e:?}")))
+        };
+        let (queries, keys, values) = (read(q)?, read(k)?, read(v)?);
+        let row_width = c.num_kv_heads * c.head_dim;
+        let mut first_row = 0;
+        let mut views = Vec::with_capacity(chunks.len());
+        for chunk in chunks.iter_mut() {
+            let len = chunk.tokens.len();
+            let start = chunk.cache.len();
+            let rows = first_row * row_width..(first_row + len) * row_width;
+            let (k_all, v_all, capacity) = chunk.cache.append_host(layer, &keys[rows.clone()], &values[rows]);
+            views.push(ChunkAttention { first_row, len, start, keys: k_all, values: v_all, capacity });
+            first_row += len;
+        }
+        let shape = AttentionShape { heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim };
+        let out = host_attention::attend(&queries, &views, shape);
+        Ok(Tensor::from_data(TensorData::new(out, [n, c.num_heads * c.head_dim]), (&self.device, DType::F32)))
     }
 }
 
