@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use stellarchat_model::gguf::GgmlType;
 use stellarchat_model::quant_matmul::QuantMatrix;
+use stellarchat_model::rng::SplitMix64;
 
 const DIM: usize = 576;
 const HIDDEN: usize = 1536;
@@ -19,20 +20,15 @@ const KV: usize = 192;
 const LAYERS: usize = 30;
 const VOCAB: usize = 49152;
 
-/// splitmix64, so the example needs no dependencies.
-struct Rng(u64);
+struct Rng(SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        self.0.next_unit_f32() * 2.0 - 1.0
     }
 }
 
@@ -62,7 +58,7 @@ struct Layer {
 fn main() {
     let ns: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let ns = if ns.is_empty() { vec![1, 16, 64] } else { ns };
-    let mut rng = Rng(7);
+    let mut rng = Rng(SplitMix64(7));
     let shapes = [(DIM, DIM, false), (KV, DIM, false), (KV, DIM, false), (DIM, DIM, false)];
     let ffn = [(HIDDEN, DIM, false), (HIDDEN, DIM, false), (DIM, HIDDEN, true)];
     let layers: Vec<Layer> = (0..LAYERS)

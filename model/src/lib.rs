@@ -8,7 +8,8 @@
 //! - [`device`]: `--device`/`--dtype` and the burn backends compiled in.
 //! - [`tokenizer`], [`chat_template`]: text in and out, as the model's authors do it.
 //! - [`sampler`], [`stop`]: choosing the next token and stopping.
-//! - [`synthetic`]: deterministic random-weight models for tests and benchmarks.
+//! - [`synthetic`]: deterministic random-weight models for tests and benchmarks; [`rng`]: the
+//!   one seeded generator (SplitMix64) behind them, the sampler's seeding and test data.
 //! - [`model`]: opening a model and loading it onto a device.
 //! - [`engine`]: the batching engine thread: `submit(request) -> stream of events`.
 
@@ -23,6 +24,7 @@ mod host_attention;
 pub mod llama;
 pub mod model;
 pub mod quant_matmul;
+pub mod rng;
 pub mod rope;
 pub mod sampler;
 pub mod stop;

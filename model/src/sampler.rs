@@ -397,18 +397,11 @@ struct Xoshiro256PlusPlus {
 }
 
 impl Xoshiro256PlusPlus {
-    fn seed_from_u64(mut state: u64) -> Self {
+    fn seed_from_u64(state: u64) -> Self {
         // SplitMix64 outputs for consecutive states are distinct, so the state is never
         // all zero (the one state xoshiro must avoid).
-        let mut s = [0; 4];
-        for word in &mut s {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            *word = z ^ (z >> 31);
-        }
-        Self { s }
+        let mut seeder = crate::rng::SplitMix64(state);
+        Self { s: std::array::from_fn(|_| seeder.next_u64()) }
     }
 
     fn next_u64(&mut self) -> u64 {

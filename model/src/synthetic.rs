@@ -7,6 +7,7 @@ use std::str::FromStr;
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::gguf::GgmlType;
+use crate::rng::SplitMix64;
 use crate::weights::{RawTensor, WeightSource};
 
 /// Named model shapes.
@@ -138,15 +139,15 @@ impl SyntheticWeights {
 
     fn values(&self, name: &str, dims: &[usize]) -> Vec<f32> {
         let n: usize = dims.iter().product();
-        let mut state = self.seed ^ fnv1a(name.as_bytes());
+        let mut rng = SplitMix64(self.seed ^ fnv1a(name.as_bytes()));
         if name.ends_with("norm.weight") {
             // Norm gains near 1, as trained models have them.
-            return (0..n).map(|_| 1.0 + 0.1 * uniform(&mut state)).collect();
+            return (0..n).map(|_| 1.0 + 0.1 * uniform(&mut rng)).collect();
         }
         // Scaled like a trained model's so activations stay in a sane range at any size.
         let fan_in = dims.first().copied().unwrap_or(1).max(1) as f32;
         let scale = if name == "token_embd.weight" { 1.0 } else { 1.7 / fan_in.sqrt() };
-        (0..n).map(|_| scale * uniform(&mut state)).collect()
+        (0..n).map(|_| scale * uniform(&mut rng)).collect()
     }
 }
 
@@ -172,12 +173,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// SplitMix64 step mapped to a float in [-1, 1).
-fn uniform(state: &mut u64) -> f32 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+/// The next SplitMix64 value mapped to a float in [-1, 1).
+fn uniform(rng: &mut SplitMix64) -> f32 {
+    rng.next_unit_f32() * 2.0 - 1.0
 }

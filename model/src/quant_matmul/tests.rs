@@ -5,22 +5,19 @@ use half::{bf16, f16};
 
 use super::*;
 use crate::gguf::dequantize;
+use crate::rng::SplitMix64;
 
-/// splitmix64: deterministic, dependency-free test data.
-struct Rng(u64);
+/// Deterministic test data.
+struct Rng(SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[lo, hi)`.
     fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+        lo + (hi - lo) * self.0.next_unit_f32()
     }
 
     fn fill(&mut self, bytes: &mut [u8]) {
@@ -149,7 +146,7 @@ fn test_cols(t: GgmlType) -> &'static [usize] {
 
 #[test]
 fn every_type_and_strategy_matches_the_f64_reference() {
-    let mut rng = Rng(1);
+    let mut rng = Rng(SplitMix64(1));
     for t in ALL_TYPES {
         assert!(QuantMatrix::supports(t), "{t}");
         for &cols in test_cols(t) {
@@ -178,7 +175,7 @@ fn every_type_and_strategy_matches_the_f64_reference() {
 #[test]
 fn parallel_products_match_the_reference() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("thread pool");
-    let mut rng = Rng(2);
+    let mut rng = Rng(SplitMix64(2));
     for t in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::F16] {
         let (rows, cols) = (1001, if t == GgmlType::Q4_K { 512 } else { 576 });
         let m = QuantMatrix::new(t, rows, cols, random_matrix(t, rows, cols, &mut rng)).expect("valid");
@@ -201,7 +198,7 @@ fn parallel_products_match_the_reference() {
 /// short rows are converted several at a time, with a ragged last group.
 #[test]
 fn long_and_short_rows_match_the_reference() {
-    let mut rng = Rng(4);
+    let mut rng = Rng(SplitMix64(4));
     for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
         for (rows, cols) in [(37, 32 * 70), (5, 32 * 128), (23, 32 * 7), (45, 32 * 64)] {
             let m = QuantMatrix::new(t, rows, cols, random_matrix(t, rows, cols, &mut rng)).expect("valid");
@@ -225,7 +222,7 @@ fn avx2_kernels_agree_with_the_portable_path() {
         eprintln!("no AVX2/FMA/F16C on this CPU: skipped");
         return;
     };
-    let mut rng = Rng(3);
+    let mut rng = Rng(SplitMix64(3));
     for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
         let (rows, cols) = (67, 320);
         let m = QuantMatrix::new(t, rows, cols, random_matrix(t, rows, cols, &mut rng)).expect("valid");
