@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/stellarchat}
 MODEL=weights/SmolLM2-135M-Instruct.Q4_1.gguf
-PEER=../shared/tools/llamacpp-peer.sh
+PEER=scripts/llamacpp-peer.sh
 # Exactly 64 tokens with this model's tokenizer (checked below).
 PROMPT="The history of astronomy is a long story of patient observation. Ancient people watched the sky to mark the seasons, to guide travel across seas and deserts, and to tell stories about gods and heroes. Later, careful measurements of planets and stars led to new ideas about the shape and size of the universe and our place within it"
 DECODE=128

@@ -18,14 +18,14 @@
 #   BENCH_SERVERS        which servers to run               (default: "stellarchat llamacpp")
 #   BENCH_SERVE_ARGS     extra flags for `stellarchat serve` (e.g. "--dtype f16")
 #   BENCH_READY_TIMEOUT  seconds to wait for a server       (default: 300)
-#   LLAMACPP_PEER        the peer script                    (default: ../shared/tools/llamacpp-peer.sh)
+#   LLAMACPP_PEER        the peer script                    (default: scripts/llamacpp-peer.sh)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 TARGET=${TARGET:-${CARGO_TARGET_DIR:-$ROOT/target}}
 BIN=${BIN:-$TARGET/debug/stellarchat}
 MODEL=${BENCH_MODEL:-$ROOT/weights/SmolLM2-135M-Instruct.Q4_1.gguf}
-PEER=${LLAMACPP_PEER:-$ROOT/../shared/tools/llamacpp-peer.sh}
+PEER=${LLAMACPP_PEER:-$ROOT/scripts/llamacpp-peer.sh}
 LEVELS=${BENCH_LEVELS:-"1:8 4:16 16:32"}
 MAX_TOKENS=${BENCH_MAX_TOKENS:-64}
 SEED=${BENCH_SEED:-0}

@@ -72,7 +72,7 @@ fn wait_idle(engine: &EngineHandle) {
 }
 
 fn golden_chats() -> Vec<(String, Vec<u32>, Vec<u32>)> {
-    let path = repo_root().join("../shared/golden/smollm2-135m-instruct-q4_1.json");
+    let path = repo_root().join("tests/golden/smollm2-135m-instruct-q4_1.json");
     let golden: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("golden")).expect("json");
     let ids = |v: &Value| v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect::<Vec<_>>();
     golden["chats"]

@@ -52,9 +52,9 @@ pub fn default_model() -> PathBuf {
     path
 }
 
-/// `../shared/golden/smollm2-135m-instruct-q4_1.json` (beside the repository).
+/// `tests/golden/smollm2-135m-instruct-q4_1.json`.
 pub fn golden() -> serde_json::Value {
-    let path = repo_root().join("../shared/golden/smollm2-135m-instruct-q4_1.json");
+    let path = repo_root().join("tests/golden/smollm2-135m-instruct-q4_1.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).expect("golden JSON")
 }

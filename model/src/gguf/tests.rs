@@ -12,25 +12,16 @@ use crate::error::ModelError;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// The first of `candidates` that exists. Tests run both inside the workspace (paths relative
-/// to the crate) and from a standalone copy of the crate (absolute fallbacks).
-fn find_first(candidates: &[PathBuf]) -> Option<PathBuf> {
-    candidates.iter().find(|p| p.is_file()).cloned()
-}
-
+/// The golden dequantization vectors, kept in the repository (`tests/golden`).
 fn golden_path() -> PathBuf {
-    let candidates = [
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden/quant-vectors.gguf"),
-        PathBuf::from("/work/shared/golden/quant-vectors.gguf"),
-    ];
-    find_first(&candidates).unwrap_or_else(|| panic!("golden quant vectors not found; tried {candidates:?}"))
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/quant-vectors.gguf")
 }
 
+/// The default model, fetched by `just weights` (which `just test` runs first).
 fn weights_path() -> Option<PathBuf> {
-    find_first(&[
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../weights/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        PathBuf::from("/work/main/weights/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    ])
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../weights/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.is_file(), "{} is missing: run `just weights`", path.display());
+    Some(path)
 }
 
 /// A file in the temp dir, removed when dropped; the name is unique per process and call so

@@ -11,20 +11,12 @@ use crate::gguf::{GgufFile, MetadataValue};
 const WEIGHTS: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const GOLDEN: &str = "smollm2-135m-instruct-q4_1.json";
 
-fn first_existing(candidates: [PathBuf; 2]) -> Option<PathBuf> {
-    candidates.into_iter().find(|p| p.exists())
-}
-
-/// The golden reference data (always present in the repository's shared folder).
+/// The golden reference data, kept in the repository (`tests/golden`).
 pub(crate) fn golden() -> &'static serde_json::Value {
     static GOLDEN_DATA: OnceLock<serde_json::Value> = OnceLock::new();
     GOLDEN_DATA.get_or_init(|| {
         let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let path = first_existing([
-            manifest.join("../../shared/golden").join(GOLDEN),
-            PathBuf::from("/work/shared/golden").join(GOLDEN),
-        ])
-        .expect("the golden file is missing");
+        let path = manifest.join("../tests/golden").join(GOLDEN);
         serde_json::from_str(&std::fs::read_to_string(path).expect("read golden file")).expect("golden JSON")
     })
 }
@@ -35,13 +27,8 @@ pub(crate) fn smollm() -> Option<&'static (Metadata, Tokenizer)> {
     MODEL
         .get_or_init(|| {
             let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            let Some(path) = first_existing([
-                manifest.join("../weights").join(WEIGHTS),
-                PathBuf::from("/work/main/weights").join(WEIGHTS),
-            ]) else {
-                eprintln!("note: {WEIGHTS} not found (run `just weights`); skipping tests that need it");
-                return None;
-            };
+            let path = manifest.join("../weights").join(WEIGHTS);
+            assert!(path.is_file(), "{} is missing: run `just weights` (`just test` does)", path.display());
             let file = GgufFile::open(&path).expect("open GGUF");
             let tokenizer = Tokenizer::from_gguf(&file.metadata).expect("tokenizer from GGUF");
             Some((file.metadata.clone(), tokenizer))
