@@ -11,11 +11,17 @@
 //! activations as in llama.cpp's kernels: our golden tests compare logits to a float64
 //! reference).
 //!
-//! Three strategies, picked per call (see [`Strategy`]):
-//! - fused AVX2 kernels for Q4_0, Q4_1 and Q8_0 at small batches, which decode each block in
-//!   registers and use it for up to four activation rows;
-//! - an AVX2 panel path: a few weight rows dequantized into an f32 panel, then a register-tiled
-//!   f32 kernel (4 activation rows × 3 weight rows); used for large batches and other types;
+//! Four strategies, picked per call (see [`Strategy`]):
+//! - fused AVX2 kernels at small batches, which decode each block in registers and use it for
+//!   up to four activation rows: Q4_0, Q4_1, Q5_0 and Q8_0 (32-element blocks) and Q4_K, Q5_K
+//!   and Q6_K (256-element super-blocks), i.e. every type of the usual `Q4_K_M`/`Q5_K_M`
+//!   files but their F32 norms;
+//! - the K-quant fused kernel with 16-lane AVX-512 vectors, where the CPU has AVX-512F
+//!   (detected at run time; the AVX2 kernel is the fallback, e.g. on Zen 2/3);
+//! - an AVX2 panel path: a few weight rows dequantized into an f32 panel (AVX2 decoders,
+//!   bit-exact with `gguf::dequant`, for the types above and F16; scalar `dequant` for the
+//!   rest), then a register-tiled f32 kernel (4 activation rows × 3 weight rows); used for
+//!   large batches and types without a fused kernel;
 //! - the same panel path with portable, auto-vectorizable Rust (non-x86 targets, CPUs without
 //!   AVX2, and the reference the AVX2 kernels are tested against).
 //!
@@ -40,7 +46,8 @@ use crate::gguf::dequant::{self, is_supported};
 
 /// Largest batch for the fused kernels: they decode every block once per tile of [`TILE_X`]
 /// rows, the panel path once per call. Measured on Zen 4 (Q4_1, 1536 × 576): fused 10 %
-/// faster at 3 rows, even at 4, the panel 20 % faster at 8.
+/// faster at 3 rows, even at 4, the panel 20 % faster at 8. The K-quant kernels (Xeon,
+/// 576 × 1536 Q4_K/Q6_K): fused at 4 rows takes 20–40 % less time than the panel at 5.
 const FUSED_MAX_N: usize = 4;
 /// Activation rows per tile: the weight block (fused) or weight rows (panel) loaded into
 /// registers are used for this many rows.
@@ -68,6 +75,9 @@ pub struct QuantMatrix {
     /// The AVX2 kernels' proof of CPU support, looked up once.
     #[cfg(target_arch = "x86_64")]
     avx2: Option<avx2::Avx2>,
+    /// The same for the AVX-512 kernels.
+    #[cfg(target_arch = "x86_64")]
+    avx512: Option<avx2::Avx512>,
 }
 
 impl std::fmt::Debug for QuantMatrix {
@@ -86,10 +96,13 @@ impl std::fmt::Debug for QuantMatrix {
 enum Strategy {
     /// Rows dequantized by `gguf::dequant` into a panel, portable f32 dot tiles.
     Portable,
-    /// Rows dequantized into a panel (AVX2 decoders for Q4_0/Q4_1/Q8_0/F16), AVX2 dot tiles.
+    /// Rows dequantized into a panel (AVX2 decoders for the fused types and F16), AVX2 dot
+    /// tiles.
     Avx2Panel,
-    /// Blocks decoded in registers and multiplied directly (Q4_0, Q4_1, Q8_0 only).
+    /// Blocks decoded in registers and multiplied directly (types with `avx2::has_fused`).
     Avx2Fused,
+    /// [`Strategy::Avx2Fused`] with 16-lane vectors (types with `avx2::has_fused_avx512`).
+    Avx512Fused,
 }
 
 impl QuantMatrix {
@@ -140,6 +153,8 @@ impl QuantMatrix {
             bytes,
             #[cfg(target_arch = "x86_64")]
             avx2: avx2::Avx2::detect(),
+            #[cfg(target_arch = "x86_64")]
+            avx512: avx2::Avx512::detect(),
         })
     }
 
@@ -165,9 +180,10 @@ impl QuantMatrix {
         is_supported(ggml_type) && ggml_type.block_layout().is_some()
     }
 
-    /// Whether this type has hand-written kernels on this CPU (fused AVX2 for Q4_0, Q4_1 and
-    /// Q8_0). Other supported types use the generic dequantize-into-a-panel path, which is
-    /// fast at large batches but decodes with scalar code.
+    /// Whether this type has hand-written kernels on this CPU (fused AVX2 kernels and AVX2
+    /// panel decoders for Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K and Q6_K). Other supported types
+    /// use the generic dequantize-into-a-panel path, which is fast at large batches but
+    /// decodes with scalar code.
     pub fn has_fast_kernel(ggml_type: GgmlType) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
@@ -201,10 +217,12 @@ impl QuantMatrix {
     fn strategy(&self, n: usize) -> Strategy {
         #[cfg(target_arch = "x86_64")]
         if self.avx2.is_some() {
-            return if n <= FUSED_MAX_N && avx2::has_fused(self.ggml_type) {
-                Strategy::Avx2Fused
-            } else {
+            return if n > FUSED_MAX_N || !avx2::has_fused(self.ggml_type) {
                 Strategy::Avx2Panel
+            } else if self.avx512.is_some() && avx2::has_fused_avx512(self.ggml_type) {
+                Strategy::Avx512Fused
+            } else {
+                Strategy::Avx2Fused
             };
         }
         let _ = n;
@@ -232,7 +250,7 @@ impl QuantMatrix {
         // Per-block activation sums for the fused kernels' min term, shared by all weight rows.
         let x_sums = match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Fused(_) => avx2::block_sums(self.ggml_type, x, cols),
+            Kernel::Fused(..) => avx2::block_sums(self.ggml_type, x, cols),
             _ => Vec::new(),
         };
         let out = SharedOut::new(y, n, rows);
@@ -263,7 +281,12 @@ impl QuantMatrix {
             Strategy::Avx2Panel => self.avx2.map(Kernel::Panel).ok_or_else(missing),
             #[cfg(target_arch = "x86_64")]
             Strategy::Avx2Fused => match self.avx2 {
-                Some(cpu) if avx2::has_fused(self.ggml_type) => Ok(Kernel::Fused(cpu)),
+                Some(cpu) if avx2::has_fused(self.ggml_type) => Ok(Kernel::Fused(cpu, None)),
+                _ => Err(missing()),
+            },
+            #[cfg(target_arch = "x86_64")]
+            Strategy::Avx512Fused => match (self.avx2, self.avx512) {
+                (Some(cpu), Some(wide)) if avx2::has_fused_avx512(self.ggml_type) => Ok(Kernel::Fused(cpu, Some(wide))),
                 _ => Err(missing()),
             },
             #[cfg(not(target_arch = "x86_64"))]
@@ -286,10 +309,11 @@ impl QuantMatrix {
         let _ = x_sums; // only the fused AVX2 kernels use them
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Fused(cpu) => {
+            Kernel::Fused(cpu, wide) => {
                 for i0 in (0..n).step_by(TILE_X) {
                     let tile = Tile { x, cols: self.cols, first: i0, len: TILE_X.min(n - i0) };
-                    avx2::fused_rows(cpu, self.ggml_type, weights, self.row_bytes, tile, x_sums, range.start, out);
+                    let (bytes, sums) = (self.row_bytes, x_sums);
+                    avx2::fused_rows(cpu, wide, self.ggml_type, weights, bytes, tile, sums, range.start, out);
                 }
                 Ok(())
             }
@@ -323,7 +347,7 @@ impl QuantMatrix {
                 for (j, w) in panel.chunks(TILE_W * cols).enumerate() {
                     let dots = match kernel {
                         #[cfg(target_arch = "x86_64")]
-                        Kernel::Panel(cpu) | Kernel::Fused(cpu) => avx2::dot_tile(cpu, tile, w),
+                        Kernel::Panel(cpu) | Kernel::Fused(cpu, _) => avx2::dot_tile(cpu, tile, w),
                         Kernel::Portable => generic::dot_tile(tile, w),
                     };
                     for (i, dots) in dots.iter().enumerate().take(tile.len) {
@@ -340,7 +364,7 @@ impl QuantMatrix {
     /// Dequantizes whole weight rows into `out` (`rows.len() / row_bytes × cols` floats).
     fn decode_rows(&self, kernel: Kernel, rows: &[u8], out: &mut [f32]) -> Result<(), ModelError> {
         #[cfg(target_arch = "x86_64")]
-        if let Kernel::Panel(cpu) | Kernel::Fused(cpu) = kernel
+        if let Kernel::Panel(cpu) | Kernel::Fused(cpu, _) = kernel
             && avx2::decode_rows(cpu, self.ggml_type, rows, out)
         {
             return Ok(());
@@ -351,14 +375,15 @@ impl QuantMatrix {
     }
 }
 
-/// A resolved [`Strategy`]; the AVX2 variants carry the proof that the CPU has AVX2.
+/// A resolved [`Strategy`]; the AVX2 variants carry the proof that the CPU has AVX2, the
+/// fused one with AVX-512 also the proof of that.
 #[derive(Debug, Clone, Copy)]
 enum Kernel {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Panel(avx2::Avx2),
     #[cfg(target_arch = "x86_64")]
-    Fused(avx2::Avx2),
+    Fused(avx2::Avx2, Option<avx2::Avx512>),
 }
 
 /// Up to [`TILE_X`] consecutive activation rows `first..first + len` of `x[n, cols]`.

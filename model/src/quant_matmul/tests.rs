@@ -131,6 +131,9 @@ fn strategies(t: GgmlType) -> Vec<Strategy> {
         if avx2::has_fused(t) {
             all.push(Strategy::Avx2Fused);
         }
+        if avx2::Avx512::detect().is_some() && avx2::has_fused_avx512(t) {
+            all.push(Strategy::Avx512Fused);
+        }
     }
     let _ = (t, &mut all); // used only on x86_64
     all
@@ -199,7 +202,7 @@ fn parallel_products_match_the_reference() {
 #[test]
 fn long_and_short_rows_match_the_reference() {
     let mut rng = Rng(SplitMix64(4));
-    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
         for (rows, cols) in [(37, 32 * 70), (5, 32 * 128), (23, 32 * 7), (45, 32 * 64)] {
             let m = QuantMatrix::new(t, rows, cols, random_matrix(t, rows, cols, &mut rng)).expect("valid");
             for n in [1, 2, 3, 4] {
@@ -223,27 +226,111 @@ fn avx2_kernels_agree_with_the_portable_path() {
         return;
     };
     let mut rng = Rng(SplitMix64(3));
-    for t in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
-        let (rows, cols) = (67, 320);
-        let m = QuantMatrix::new(t, rows, cols, random_matrix(t, rows, cols, &mut rng)).expect("valid");
-        // The AVX2 row decoders are bit-exact with gguf::dequant.
-        let mut ours = vec![0f32; rows * cols];
-        let mut theirs = vec![0f32; rows * cols];
-        assert!(avx2::decode_rows(cpu, t, m.bytes(), &mut ours), "{t} has an AVX2 decoder");
-        dequantize(t, m.bytes(), &mut theirs).expect("valid");
-        assert!(ours.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()), "{t}: AVX2 decoder differs");
+    for t in AVX2_TYPES {
+        let cols = if t.block_layout().is_some_and(|(elems, _)| elems == 256) { 768 } else { 320 };
+        check_avx2_kernels(cpu, t, 67, cols, 1..=9, &mut rng);
+    }
+}
 
-        for n in [1, 2, 3, 4, 5, 9] {
-            let x = random_x(n * cols, &mut rng);
-            let expected = reference(&m, &x, n);
-            let mut portable = vec![0f32; n * rows];
-            m.matmul_with(Strategy::Portable, &x, n, &mut portable).expect("portable");
-            for s in strategies(t).into_iter().filter(|&s| s != Strategy::Portable) {
-                let mut y = vec![0f32; n * rows];
-                m.matmul_with(s, &x, n, &mut y).expect("strategy available");
-                for (k, ((&a, &b), &(_, scale))) in y.iter().zip(&portable).zip(&expected).enumerate() {
-                    let diff = f64::from((a - b).abs());
-                    assert!(diff <= 2e-5 * scale, "{t} n={n} {s:?} output {k}: {a} vs portable {b}");
+/// Types with AVX2 row decoders (and, F16 excepted, fused kernels).
+#[cfg(target_arch = "x86_64")]
+const AVX2_TYPES: [GgmlType; 8] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q8_0,
+    GgmlType::F16,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+/// The AVX2 row decoder of `t` against `gguf::dequant` (bit for bit), and every AVX2
+/// strategy against the portable path and the f64 reference, for `n` in `ns`.
+#[cfg(target_arch = "x86_64")]
+fn check_avx2_kernels(
+    cpu: avx2::Avx2,
+    t: GgmlType,
+    rows: usize,
+    cols: usize,
+    ns: impl IntoIterator<Item = usize>,
+    rng: &mut Rng,
+) {
+    let m = QuantMatrix::new(t, rows, cols, random_matrix(t, rows, cols, rng)).expect("valid");
+    let mut ours = vec![0f32; rows * cols];
+    let mut theirs = vec![0f32; rows * cols];
+    assert!(avx2::decode_rows(cpu, t, m.bytes(), &mut ours), "{t} has an AVX2 decoder");
+    dequantize(t, m.bytes(), &mut theirs).expect("valid");
+    for (k, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        assert_eq!(a.to_bits(), b.to_bits(), "{t} {rows}×{cols}: AVX2 decoder differs at {k}: {a} vs {b}");
+    }
+
+    for n in ns {
+        let x = random_x(n * cols, rng);
+        let expected = reference(&m, &x, n);
+        let mut portable = vec![0f32; n * rows];
+        m.matmul_with(Strategy::Portable, &x, n, &mut portable).expect("portable");
+        assert_close(&format!("{t} {rows}×{cols} n={n} Portable"), &portable, &expected);
+        for s in strategies(t).into_iter().filter(|&s| s != Strategy::Portable) {
+            let mut y = vec![f32::NAN; n * rows];
+            m.matmul_with(s, &x, n, &mut y).expect("strategy available");
+            assert_close(&format!("{t} {rows}×{cols} n={n} {s:?}"), &y, &expected);
+            for (k, ((&a, &b), &(_, scale))) in y.iter().zip(&portable).zip(&expected).enumerate() {
+                let diff = f64::from((a - b).abs());
+                assert!(diff <= 2e-5 * scale, "{t} {rows}×{cols} n={n} {s:?} output {k}: {a} vs portable {b}");
+            }
+        }
+    }
+}
+
+/// The kernels of the types real Q4_K_M/Q5_K_M files use, at sizes that are no multiple of
+/// any tile: rows not a multiple of the 3-row panel tile or the thread chunks, 1 to 9
+/// activation rows (every fused tile height, and fused and panel on both sides of the
+/// switch), rows of 1 to 5 super-blocks (or 1 to 70 blocks for Q5_0).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn kquant_and_q5_0_kernels_at_odd_sizes() {
+    let Some(cpu) = avx2::Avx2::detect() else {
+        eprintln!("no AVX2/FMA/F16C on this CPU: skipped");
+        return;
+    };
+    let mut rng = Rng(SplitMix64(5));
+    for t in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q5_0] {
+        let (block, _) = t.block_layout().expect("block type");
+        let blocks: &[usize] = if block == 256 { &[1, 2, 3, 5] } else { &[1, 3, 9, 18, 70] };
+        for &k in blocks {
+            for rows in [1, 2, 5, 13, 37] {
+                check_avx2_kernels(cpu, t, rows, block * k, 1..=9, &mut rng);
+            }
+        }
+    }
+}
+
+/// Blocks at the edges of their ranges: all-zero and all-ones quant bytes (every nibble,
+/// fifth bit and 6-bit scale at 0 or at its maximum, Q6_K's scales at −1), with large and
+/// negative f16 scales.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_decoders_are_exact_at_the_edges() {
+    let Some(cpu) = avx2::Avx2::detect() else {
+        eprintln!("no AVX2/FMA/F16C on this CPU: skipped");
+        return;
+    };
+    for t in AVX2_TYPES.into_iter().filter(|&t| t != GgmlType::F16) {
+        let (elems, block_bytes) = t.block_layout().expect("block type");
+        for fill in [0x00u8, 0xFF, 0x5A, 0xA5] {
+            for scale in [-65504.0f32, -1.0, 0.0, 6.1e-5, 1.5, 65504.0] {
+                let mut block = vec![fill; block_bytes];
+                for &at in f16_fields(t) {
+                    block[at..at + 2].copy_from_slice(&f16::from_f32(scale).to_le_bytes());
+                }
+                let (mut ours, mut theirs) = (vec![0f32; elems], vec![0f32; elems]);
+                assert!(avx2::decode_rows(cpu, t, &block, &mut ours), "{t} has an AVX2 decoder");
+                dequantize(t, &block, &mut theirs).expect("valid");
+                for (k, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                    // A scale of 65504 overflows to inf, and inf · 0 is a NaN (of any payload).
+                    let same = a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+                    assert!(same, "{t} fill {fill:#x} scale {scale}: element {k}: {a} vs {b}");
                 }
             }
         }
@@ -299,7 +386,16 @@ fn fast_kernels_are_reported() {
     #[cfg(not(target_arch = "x86_64"))]
     let avx2 = false;
     for t in ALL_TYPES {
-        let fused = matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
+        let fused = matches!(
+            t,
+            GgmlType::Q4_0
+                | GgmlType::Q4_1
+                | GgmlType::Q5_0
+                | GgmlType::Q8_0
+                | GgmlType::Q4_K
+                | GgmlType::Q5_K
+                | GgmlType::Q6_K
+        );
         assert_eq!(QuantMatrix::has_fast_kernel(t), fused && avx2, "{t}");
     }
 }

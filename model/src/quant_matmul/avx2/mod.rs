@@ -1,16 +1,22 @@
-//! x86_64 kernels using AVX2, FMA and F16C: here the fused block kernels for Q4_0, Q4_1 and
-//! Q8_0; in [`panel`] the row decoders that fill the panel and the register-tiled f32 dot
-//! kernel.
+//! x86_64 kernels using AVX2, FMA and F16C: here the fused kernels for the 32-element block
+//! types (Q4_0, Q4_1, Q5_0, Q8_0); in [`kquant`] and [`kfused`] the K-quant super-blocks
+//! (Q4_K, Q5_K, Q6_K) and their fused kernel; in [`panel`] the row decoders that fill the
+//! panel and the register-tiled f32 dot kernel; in [`avx512`] the K-quant kernel with
+//! 16-lane vectors, for CPUs with AVX-512.
 //!
 //! Every `#[target_feature]` function is reached only through safe wrappers that take an
 //! [`Avx2`] token: the token is made only after runtime detection, so holding one proves the
 //! instructions exist.
 
+mod avx512;
+mod kfused;
+mod kquant;
 mod panel;
 
 use std::arch::x86_64::*;
 use std::array;
 
+pub(super) use avx512::Avx512;
 pub(super) use panel::{decode_rows, dot_tile};
 
 use super::{OutColumns, Tile};
@@ -28,17 +34,33 @@ impl Avx2 {
     }
 }
 
-/// Types with fused kernels.
+/// Types with fused kernels (and AVX2 panel decoders).
 pub(super) fn has_fused(ggml_type: GgmlType) -> bool {
-    matches!(ggml_type, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+    matches!(
+        ggml_type,
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q8_0
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+    )
+}
+
+/// Types with an AVX-512 fused kernel (see [`fused_rows`]).
+pub(super) fn has_fused_avx512(ggml_type: GgmlType) -> bool {
+    avx512::has_fused(ggml_type)
 }
 
 /// Output columns `first_row..` for the rows of `tile`, with `weights` (whole rows of
 /// `row_bytes`) decoded block by block in registers. `sums` is [`block_sums`] of all
-/// activation rows. Does nothing for types without a fused kernel.
+/// activation rows. With `wide`, types with an AVX-512 kernel use it. Does nothing for types
+/// without a fused kernel.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn fused_rows(
     _cpu: Avx2,
+    wide: Option<Avx512>,
     ggml_type: GgmlType,
     weights: &[u8],
     row_bytes: usize,
@@ -48,30 +70,42 @@ pub(super) fn fused_rows(
     out: &mut OutColumns<'_>,
 ) {
     let args = (weights, row_bytes, tile, sums, first_row, out);
+    if let Some(wide) = wide
+        && avx512::has_fused(ggml_type)
+    {
+        return avx512::fused_rows(wide, ggml_type, args);
+    }
     // SAFETY: the `Avx2` token proves the CPU has AVX2, FMA and F16C.
     unsafe {
         match ggml_type {
             GgmlType::Q4_0 => fused_tile::<18, Q4_0>(args),
             GgmlType::Q4_1 => fused_tile::<20, Q4_1>(args),
+            GgmlType::Q5_0 => fused_tile::<22, Q5_0>(args),
             GgmlType::Q8_0 => fused_tile::<34, Q8_0>(args),
+            GgmlType::Q4_K => kfused::kfused_tile::<144, kquant::Q4_K>(args),
+            GgmlType::Q5_K => kfused::kfused_tile::<176, kquant::Q5_K>(args),
+            GgmlType::Q6_K => kfused::kfused_tile::<210, kquant::Q6_K>(args),
             _ => {}
         }
     }
 }
 
 /// The activation block sums the fused kernel of `ggml_type` needs for its min term (empty
-/// if none), `[n, cols / 32]`, each times the factor of the type's min term: Q4_1 adds
-/// `m · Σx` per block; Q4_0 adds `d · (−8 Σx)`, which spares subtracting 8 from every quant.
+/// if none), `[n, cols / len]` for blocks of `len` = 32 elements (16 for Q6_K), each times
+/// the factor of the type's min term: Q4_1 adds `m · Σx` per block; Q4_0 adds `d · (−8 Σx)`,
+/// which spares subtracting 8 from every quant (Q5_0 likewise with 16, Q6_K with 32 and
+/// `dl` per 16-element sub-block); Q4_K and Q5_K subtract `ml · Σx` per 32-element
+/// sub-block.
 pub(super) fn block_sums(ggml_type: GgmlType, x: &[f32], cols: usize) -> Vec<f32> {
-    let scale = match ggml_type {
-        GgmlType::Q4_1 => 1.0,
-        GgmlType::Q4_0 => -8.0,
+    let (len, scale) = match ggml_type {
+        GgmlType::Q4_1 => (32, 1.0),
+        GgmlType::Q4_0 => (32, -8.0),
+        GgmlType::Q5_0 => (32, -16.0),
+        GgmlType::Q4_K | GgmlType::Q5_K => (32, -1.0),
+        GgmlType::Q6_K => (16, -32.0),
         _ => return Vec::new(),
     };
-    x.chunks_exact(cols)
-        .flat_map(|row| row.as_chunks::<32>().0)
-        .map(|block| scale * block.iter().sum::<f32>())
-        .collect()
+    x.chunks_exact(cols).flat_map(|row| row.chunks_exact(len)).map(|block| scale * block.iter().sum::<f32>()).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -104,6 +138,8 @@ pub(super) trait Fused<const B: usize> {
 pub(super) struct Q4_0;
 #[allow(non_camel_case_types)]
 pub(super) struct Q4_1;
+#[allow(non_camel_case_types)]
+pub(super) struct Q5_0;
 #[allow(non_camel_case_types)]
 pub(super) struct Q8_0;
 
@@ -141,6 +177,41 @@ impl Fused<20> for Q4_1 {
         let [_, _, _, _, qs @ ..] = block;
         let q = nibbles(qs);
         [_mm256_cvtepi32_ps(q[0]), _mm256_cvtepi32_ps(q[1]), _mm256_cvtepi32_ps(q[2]), _mm256_cvtepi32_ps(q[3])]
+    }
+}
+
+/// f16 `d`, a little-endian u32 of fifth bits (bit `e` for element `e`), 16 bytes of
+/// nibbles as in Q4_0; weight (q − 16) · d.
+impl Fused<22> for Q5_0 {
+    const OFFSET: f32 = 16.0;
+    const HAS_MIN: bool = false;
+
+    fn scale_bits(block: &[u8; 22]) -> [u16; 2] {
+        let d = u16::from_le_bytes([block[0], block[1]]);
+        [d, d]
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn quants(block: &[u8; 22]) -> [__m256; 4] {
+        let [_, _, h0, h1, h2, h3, qs @ ..] = block;
+        let q = nibbles(qs);
+        let qh = _mm256_set1_epi32(i32::from_le_bytes([*h0, *h1, *h2, *h3]));
+        // Bit e of qh onto bit 4 of lane e: shift `qh << 4` right by e, except for elements
+        // 24..32, whose bits `<< 4` would shift out of the lane.
+        let shl4 = _mm256_slli_epi32::<4>(qh);
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let high = |from: __m256i, shift: i32| {
+            let v = _mm256_srlv_epi32(from, _mm256_add_epi32(lanes, _mm256_set1_epi32(shift)));
+            _mm256_and_si256(v, _mm256_set1_epi32(0x10))
+        };
+        let with_high = |k: usize, h: __m256i| _mm256_cvtepi32_ps(_mm256_or_si256(q[k], h));
+        [
+            with_high(0, high(shl4, 0)),
+            with_high(1, high(shl4, 8)),
+            with_high(2, high(shl4, 16)),
+            with_high(3, high(qh, 20)),
+        ]
     }
 }
 

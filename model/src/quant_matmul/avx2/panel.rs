@@ -6,7 +6,9 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::super::{TILE_W, TILE_X, Tile};
-use super::{Avx2, Fused, Q4_0, Q4_1, Q8_0, SEG, hsum, load8, segment_scales, store8};
+use super::kfused::decode_superblocks;
+use super::kquant::{Q4_K, Q5_K, Q6_K};
+use super::{Avx2, Fused, Q4_0, Q4_1, Q5_0, Q8_0, SEG, hsum, load8, segment_scales, store8};
 use crate::gguf::GgmlType;
 
 /// Dequantizes whole rows of a type with an AVX2 decoder into `out`; false (and nothing
@@ -17,7 +19,11 @@ pub(in crate::quant_matmul) fn decode_rows(_cpu: Avx2, ggml_type: GgmlType, rows
         match ggml_type {
             GgmlType::Q4_0 => decode_blocks::<18, Q4_0>(rows, out),
             GgmlType::Q4_1 => decode_blocks::<20, Q4_1>(rows, out),
+            GgmlType::Q5_0 => decode_blocks::<22, Q5_0>(rows, out),
             GgmlType::Q8_0 => decode_blocks::<34, Q8_0>(rows, out),
+            GgmlType::Q4_K => decode_superblocks::<144, Q4_K>(rows, out),
+            GgmlType::Q5_K => decode_superblocks::<176, Q5_K>(rows, out),
+            GgmlType::Q6_K => decode_superblocks::<210, Q6_K>(rows, out),
             GgmlType::F16 => decode_f16(rows, out),
             _ => return false,
         }
@@ -54,8 +60,9 @@ unsafe fn decode_blocks<const B: usize, K: Fused<B>>(rows: &[u8], out: &mut [f32
             let q = unsafe { K::quants(block) };
             let (dv, mv) = (_mm256_set1_ps(d[b]), _mm256_set1_ps(m[b]));
             for (o, q) in o.as_chunks_mut::<8>().0.iter_mut().zip(q) {
-                // The reference's operations, unfused, so the panel is bit-exact:
-                // (q − 8) · d for Q4_0, q · d + m for Q4_1, q · d for Q8_0.
+                // The reference's operations, unfused, so the panel is bit-exact: (q − 8) · d
+                // for Q4_0, (q − 16) · d for Q5_0 (exact either way round: small integers),
+                // q · d + m for Q4_1, q · d for Q8_0.
                 let q = if K::OFFSET != 0.0 { _mm256_sub_ps(q, offset) } else { q };
                 let v = _mm256_mul_ps(q, dv);
                 store8(o, if K::HAS_MIN { _mm256_add_ps(v, mv) } else { v });
