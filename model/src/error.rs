@@ -28,8 +28,8 @@ pub enum ModelError {
     #[error("tensor `{tensor}` has quantization type {ggml_type}, which is not supported")]
     UnsupportedQuantization { tensor: String, ggml_type: String },
 
-    #[error("unsupported model architecture `{0}` (supported: llama, qwen2)")]
-    UnsupportedArchitecture(String),
+    #[error("unsupported model architecture `{name}` (supported: {supported})")]
+    UnsupportedArchitecture { name: String, supported: String },
 
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -73,7 +73,7 @@ impl ModelError {
             }
             ModelError::Metadata { .. } | ModelError::Tensor { .. } => "invalid_model_file",
             ModelError::UnsupportedQuantization { .. } => "unsupported_quantization",
-            ModelError::UnsupportedArchitecture(_) => "unsupported_architecture",
+            ModelError::UnsupportedArchitecture { .. } => "unsupported_architecture",
             ModelError::Tokenizer(_) => "tokenizer",
             ModelError::ChatTemplate(_) => "chat_template",
             ModelError::DeviceUnavailable { .. } => "device_unavailable",

@@ -24,22 +24,26 @@ pub struct ChunkAttention<'a> {
     pub capacity: usize,
 }
 
-/// Shapes shared by every chunk.
+/// Shapes and settings shared by every chunk of one layer.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionShape {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// Multiplies `q · k` (usually `1/√head_dim`).
+    pub scale: f32,
+    /// A key at least this many positions behind the query is masked (sliding-window layers).
+    pub window: Option<usize>,
 }
 
 /// `queries: [n, heads, head_dim]` → `[n, heads * head_dim]`, each chunk attending causally
-/// to its own cache, with grouped-query heads sharing K/V (`heads / kv_heads` per group).
+/// (and within the window, if any) to its own cache, with grouped-query heads sharing K/V
+/// (`heads / kv_heads` per group).
 pub fn attend(queries: &[f32], chunks: &[ChunkAttention<'_>], shape: AttentionShape) -> Vec<f32> {
-    let AttentionShape { heads, kv_heads, head_dim: d } = shape;
+    let AttentionShape { heads, kv_heads, head_dim: d, scale, window } = shape;
     let n: usize = chunks.iter().map(|c| c.len).sum();
     debug_assert_eq!(queries.len(), n * heads * d);
     let group = heads / kv_heads;
-    let scale = 1.0 / (d as f32).sqrt();
     let tasks: Vec<(usize, usize)> = (0..chunks.len()).flat_map(|c| (0..heads).map(move |h| (c, h))).collect();
     let results: Vec<Vec<f32>> = tasks
         .par_iter()
@@ -54,8 +58,10 @@ pub fn attend(queries: &[f32], chunks: &[ChunkAttention<'_>], shape: AttentionSh
                 let row = chunk.first_row + i;
                 let q = &queries[(row * heads + h) * d..(row * heads + h + 1) * d];
                 let visible = chunk.start + i + 1;
+                // Query at position p sees keys p - window < j <= p.
+                let first = window.map_or(0, |w| visible.saturating_sub(w));
                 scores.clear();
-                scores.extend(keys[..visible * d].chunks_exact(d).map(|k| dot(q, k) * scale));
+                scores.extend(keys[first * d..visible * d].chunks_exact(d).map(|k| dot(q, k) * scale));
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f32;
                 for s in scores.iter_mut() {
@@ -63,7 +69,7 @@ pub fn attend(queries: &[f32], chunks: &[ChunkAttention<'_>], shape: AttentionSh
                     sum += *s;
                 }
                 let o = &mut out[i * d..(i + 1) * d];
-                for (w, v) in scores.iter().zip(values[..visible * d].chunks_exact(d)) {
+                for (w, v) in scores.iter().zip(values[first * d..visible * d].chunks_exact(d)) {
                     o.iter_mut().zip(v).for_each(|(acc, x)| *acc += w * x);
                 }
                 let inv = 1.0 / sum;
@@ -100,13 +106,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
-    /// Straightforward f64 attention of one query against `keys[..visible]`.
-    fn reference(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>]) -> Vec<f64> {
+    /// Straightforward f64 attention of one query against the keys it sees.
+    fn reference(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], scale: f64) -> Vec<f64> {
         let d = q.len();
-        let scores: Vec<f64> = keys
-            .iter()
-            .map(|k| q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (d as f64).sqrt())
-            .collect();
+        let scores: Vec<f64> =
+            keys.iter().map(|k| q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale).collect();
         let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
         let sum: f64 = weights.iter().sum();
@@ -119,7 +123,18 @@ mod tests {
 
     #[test]
     fn matches_reference_with_gqa_cache_and_two_chunks() {
-        let shape = AttentionShape { heads: 4, kv_heads: 2, head_dim: 12 };
+        check(AttentionShape { heads: 4, kv_heads: 2, head_dim: 12, scale: 1.0 / 12f32.sqrt(), window: None });
+    }
+
+    #[test]
+    fn sliding_window_masks_keys_that_far_behind() {
+        // Window 3: position p sees p-2..=p; chunk 0's queries (positions 5..8) lose keys 0..5.
+        check(AttentionShape { heads: 4, kv_heads: 2, head_dim: 12, scale: 0.0625, window: Some(3) });
+        // A window wider than every sequence changes nothing.
+        check(AttentionShape { heads: 4, kv_heads: 1, head_dim: 8, scale: 0.25, window: Some(64) });
+    }
+
+    fn check(shape: AttentionShape) {
         let (heads, kv_heads, d) = (shape.heads, shape.kv_heads, shape.head_dim);
         // Chunk 0: 3 new tokens on 5 cached; chunk 1: one decode token on 2 cached.
         let specs = [(5usize, 3usize, 10usize), (2, 1, 4)];
@@ -150,12 +165,13 @@ mod tests {
                 let row = chunk.first_row + i;
                 for h in 0..heads {
                     let g = h / (heads / kv_heads);
-                    let visible = chunk.start + i + 1;
+                    let pos = chunk.start + i;
+                    let seen = |j: usize| shape.window.is_none_or(|w| pos - j < w);
                     let rows = |buf: &[f32]| -> Vec<Vec<f32>> {
-                        (0..visible).map(|j| buf[(g * chunk.capacity + j) * d..][..d].to_vec()).collect()
+                        (0..=pos).filter(|&j| seen(j)).map(|j| buf[(g * chunk.capacity + j) * d..][..d].to_vec()).collect()
                     };
                     let q = &queries[(row * heads + h) * d..][..d];
-                    let want = reference(q, &rows(chunk.keys), &rows(chunk.values));
+                    let want = reference(q, &rows(chunk.keys), &rows(chunk.values), shape.scale as f64);
                     let out = &got[(row * heads + h) * d..][..d];
                     for (a, b) in out.iter().zip(&want) {
                         assert!((*a as f64 - b).abs() < 1e-5, "row {row} head {h}: {a} vs {b}");

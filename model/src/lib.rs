@@ -1,8 +1,10 @@
 //! StellarChat's model crate: everything with tensors in it, and nothing with HTTP.
 //!
 //! - [`gguf`]: GGUF files (metadata, tensor directory, memory-mapped data) and dequantization.
-//! - [`config`]: hyper-parameters from metadata; [`llama`]: the transformer, with
-//!   [`kv_cache`] and [`rope`]; [`weights`]: how parameters are sourced and stored;
+//! - [`arch`]: the architecture registry, one file a family (config from metadata, tensors
+//!   by the checkpoint's names); [`config`]: the hyper-parameters they fill in.
+//! - [`transformer`]: the decoder every family runs, from the shared [`layers`], with
+//!   [`attention`], [`kv_cache`] and [`rope`]; [`weights`]: how parameters are sourced and stored;
 //!   [`quant_matmul`]: fused dequantize-and-multiply of GGUF blocks for CPU devices;
 //!   `host_attention`: attention over a host KV cache, for CPU devices at f32.
 //! - [`device`]: `--device`/`--dtype` and the burn backends compiled in.
@@ -13,6 +15,8 @@
 //! - [`model`]: opening a model and loading it onto a device.
 //! - [`engine`]: the batching engine thread: `submit(request) -> stream of events`.
 
+pub mod arch;
+pub mod attention;
 pub mod chat_template;
 pub mod config;
 pub mod device;
@@ -20,8 +24,8 @@ pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod kv_cache;
-mod host_attention;
-pub mod llama;
+pub mod host_attention;
+pub mod layers;
 pub mod model;
 pub mod quant_matmul;
 pub mod rng;
@@ -30,6 +34,7 @@ pub mod sampler;
 pub mod stop;
 pub mod synthetic;
 pub mod tokenizer;
+pub mod transformer;
 pub mod weights;
 
 pub use error::{ModelError, Result};

@@ -8,13 +8,17 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use burn::tensor::FloatDType;
+
+use crate::arch;
 use crate::chat_template::ChatTemplate;
 use crate::config::ModelConfig;
 use crate::device::{DeviceSpec, Precision};
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
-use crate::llama::Transformer;
+use crate::layers::ComputePlan;
 use crate::synthetic::{SyntheticPreset, SyntheticWeights};
+use crate::transformer::Transformer;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{WeightFormat, WeightSource};
 
@@ -34,6 +38,32 @@ pub struct LoadOptions {
     pub device: DeviceSpec,
     pub precision: Precision,
     pub weights: WeightFormat,
+}
+
+impl LoadOptions {
+    /// How the model is computed on `spec` (a resolved device, not `auto`): quantized linear
+    /// layers and host attention on CPU devices at f32, the backend's ops elsewhere.
+    pub fn plan(&self, spec: DeviceSpec) -> Result<ComputePlan> {
+        let dtype = self.precision.float_dtype();
+        let cpu_f32 = spec.is_cpu() && dtype == FloatDType::F32;
+        let quantized_linear = match self.weights {
+            WeightFormat::Dense => false,
+            WeightFormat::Auto => cpu_f32,
+            WeightFormat::Quantized if cpu_f32 => true,
+            WeightFormat::Quantized => {
+                return Err(ModelError::UnsupportedDtype {
+                    dtype: format!("quantized weights with {dtype:?} activations"),
+                    device: format!("{spec} (quantized weights need a CPU device and f32)"),
+                });
+            }
+        };
+        Ok(ComputePlan {
+            dtype,
+            quantized_linear,
+            host_attention: cpu_f32,
+            repeat_kv_heads: !spec.attention_supports_gqa(),
+        })
+    }
 }
 
 impl Default for DeviceSpec {
@@ -89,7 +119,7 @@ impl ModelLoader {
 
     fn open_gguf(path: &Path) -> Result<ModelLoader> {
         let file = GgufFile::open(path)?;
-        let config = ModelConfig::from_gguf(&file.metadata)?;
+        let config = arch::config_from_gguf(&file.metadata, &|name| file.tensor_info(name).is_some())?;
         let tokenizer = Tokenizer::from_gguf(&file.metadata)?;
         let chat_template = ChatTemplate::from_gguf(&file.metadata, &tokenizer)?;
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
@@ -113,12 +143,13 @@ impl ModelLoader {
         if options.device == DeviceSpec::Auto {
             tracing::info!(device = %spec, reason = %why, "device chosen automatically");
         }
+        let plan = options.plan(spec)?;
         let device = spec.open()?;
         options.precision.check_supported(&device, spec)?;
         let source: &dyn WeightSource = match &self.source {
             Source::Gguf(file) => file,
             Source::Synthetic(weights) => weights,
         };
-        Transformer::load(self.info.config.clone(), source, spec, &device, options.precision.float_dtype(), options.weights, progress)
+        Transformer::load(self.info.config.clone(), source, &device, plan, progress)
     }
 }

@@ -21,17 +21,28 @@ pub struct RopeTables {
 }
 
 impl Rope {
-    /// `freq_factors`: Llama 3's per-frequency divisors (GGUF `rope_freqs.weight`), if any.
+    /// The rotation of full-attention layers. `freq_factors`: Llama 3's per-frequency
+    /// divisors (GGUF `rope_freqs.weight`), if any.
     pub fn new(config: &ModelConfig, freq_factors: Option<&[f32]>) -> Rope {
+        Rope::with_base(config, config.rope_theta, config.rope_linear_scale, freq_factors)
+    }
+
+    /// The rotation of sliding-window layers: their own base where the family has one
+    /// (Gemma 3), without linear scaling, as llama.cpp computes them.
+    pub fn local(config: &ModelConfig, freq_factors: Option<&[f32]>) -> Option<Rope> {
+        config.rope_theta_local.map(|theta| Rope::with_base(config, theta, 1.0, freq_factors))
+    }
+
+    fn with_base(config: &ModelConfig, theta: f64, linear_scale: f64, freq_factors: Option<&[f32]>) -> Rope {
         let half = config.head_dim / 2;
         let inv_freq = (0..half)
             .map(|i| {
-                let base = config.rope_theta.powf(-2.0 * i as f64 / config.head_dim as f64);
+                let base = theta.powf(-2.0 * i as f64 / config.head_dim as f64);
                 let factor = freq_factors.and_then(|f| f.get(i)).map_or(1.0, |&f| f as f64);
-                base / factor / config.rope_linear_scale
+                base / factor / linear_scale
             })
             .collect();
-        Rope { inv_freq, layout: config.architecture.rope_layout() }
+        Rope { inv_freq, layout: config.rope_layout }
     }
 
     /// Tables for `positions` (one per token of the batch): `[n, 1, head_dim / 2]`.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 use stellarchat_model::device::{DeviceSpec, Precision};
 use stellarchat_model::kv_cache::SequenceCache;
-use stellarchat_model::llama::{ForwardChunk, Transformer};
+use stellarchat_model::transformer::{ForwardChunk, Transformer};
 use stellarchat_model::model::{LoadOptions, ModelLoader};
 use stellarchat_model::weights::WeightFormat;
 

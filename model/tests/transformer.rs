@@ -1,21 +1,22 @@
 //! The transformer on a tiny random-weight model: shapes, cached decode against a full
 //! forward, and a batch of unequal sequences against each sequence alone.
 
-use burn::tensor::FloatDType;
-use stellarchat_model::device::DeviceSpec;
-use stellarchat_model::llama::{ForwardChunk, Transformer};
+use stellarchat_model::device::{DeviceSpec, Precision};
+use stellarchat_model::model::LoadOptions;
 use stellarchat_model::synthetic::{SyntheticPreset, SyntheticWeights};
+use stellarchat_model::transformer::{ForwardChunk, Transformer};
 use stellarchat_model::weights::WeightFormat;
 
-fn load(spec: DeviceSpec, dtype: FloatDType, format: WeightFormat) -> Transformer {
+fn load(spec: DeviceSpec, precision: Precision, weights: WeightFormat) -> Transformer {
     let config = SyntheticPreset::Tiny.config();
-    let weights = SyntheticWeights::new(config.clone(), 7);
+    let source = SyntheticWeights::new(config.clone(), 7);
     let device = spec.open().expect("device");
-    Transformer::load(config, &weights, spec, &device, dtype, format, &mut |_, _| {}).expect("load")
+    let plan = LoadOptions { device: spec, precision, weights }.plan(spec).expect("plan");
+    Transformer::load(config, &source, &device, plan, &mut |_, _| {}).expect("load")
 }
 
 fn tiny_model(spec: DeviceSpec) -> Transformer {
-    load(spec, FloatDType::F32, WeightFormat::Dense)
+    load(spec, Precision::F32, WeightFormat::Dense)
 }
 
 /// Every CPU backend compiled in, with both weight formats.
@@ -28,7 +29,7 @@ fn models() -> Vec<(String, Transformer)> {
         .into_iter()
         .flat_map(|spec| {
             [WeightFormat::Dense, WeightFormat::Quantized]
-                .map(|format| (format!("{spec}/{format}"), load(spec, FloatDType::F32, format)))
+                .map(|format| (format!("{spec}/{format}"), load(spec, Precision::F32, format)))
         })
         .collect()
 }
@@ -126,12 +127,8 @@ fn out_of_vocabulary_token_is_an_error_not_a_panic() {
 
 #[test]
 fn f16_forward_stays_close_to_f32() {
-    let config = SyntheticPreset::Tiny.config();
-    let weights = SyntheticWeights::new(config.clone(), 7);
-    let device = DeviceSpec::Flex.open().expect("device");
-    let _ = (config, weights, device);
-    let f32_model = load(DeviceSpec::Flex, FloatDType::F32, WeightFormat::Dense);
-    let f16_model = load(DeviceSpec::Flex, FloatDType::F16, WeightFormat::Dense);
+    let f32_model = load(DeviceSpec::Flex, Precision::F32, WeightFormat::Dense);
+    let f16_model = load(DeviceSpec::Flex, Precision::F16, WeightFormat::Dense);
     let run = |m: &Transformer| {
         let mut cache = m.new_cache();
         m.forward(&mut [ForwardChunk { cache: &mut cache, tokens: &PROMPT, all_logits: false }]).expect("fwd").last_row(0).to_vec()
@@ -142,8 +139,8 @@ fn f16_forward_stays_close_to_f32() {
 
 #[test]
 fn quantized_and_dense_weights_give_the_same_logits() {
-    let dense = load(DeviceSpec::Flex, FloatDType::F32, WeightFormat::Dense);
-    let quantized = load(DeviceSpec::Flex, FloatDType::F32, WeightFormat::Quantized);
+    let dense = load(DeviceSpec::Flex, Precision::F32, WeightFormat::Dense);
+    let quantized = load(DeviceSpec::Flex, Precision::F32, WeightFormat::Quantized);
     let run = |m: &Transformer| {
         let mut cache = m.new_cache();
         m.forward(&mut [ForwardChunk { cache: &mut cache, tokens: &PROMPT, all_logits: true }]).expect("fwd").chunk(0).to_vec()
@@ -154,9 +151,7 @@ fn quantized_and_dense_weights_give_the_same_logits() {
 
 #[test]
 fn quantized_weights_with_f16_activations_are_refused_at_load() {
-    let config = SyntheticPreset::Tiny.config();
-    let weights = SyntheticWeights::new(config.clone(), 7);
-    let device = DeviceSpec::Flex.open().expect("device");
-    let result = Transformer::load(config, &weights, DeviceSpec::Flex, &device, FloatDType::F16, WeightFormat::Quantized, &mut |_, _| {});
-    assert!(result.is_err());
+    let options = LoadOptions { device: DeviceSpec::Flex, precision: Precision::F16, weights: WeightFormat::Quantized };
+    let err = options.plan(DeviceSpec::Flex).expect_err("quantized weights need f32");
+    assert_eq!(err.kind(), "unsupported_dtype");
 }

@@ -28,6 +28,8 @@ enum Command {
     Tokenize(commands::tokenize::TokenizeArgs),
     /// Measure an OpenAI-compatible server (ours or another) with concurrent streaming clients.
     Bench(commands::bench::BenchArgs),
+    /// Write a small random-weight checkpoint of one model family as a GGUF file.
+    SyntheticGguf(commands::synthetic_gguf::SyntheticGgufArgs),
 }
 
 fn version_with_backends() -> &'static str {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args).map_err(Into::into),
         Command::Tokenize(args) => commands::tokenize::run(args).map_err(Into::into),
         Command::Bench(args) => commands::bench::run(args).map_err(Into::into),
+        Command::SyntheticGguf(args) => commands::synthetic_gguf::run(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,7 +25,7 @@ pub use scheduler::{SequenceView, plan_step};
 
 use crate::error::{ModelError, Result};
 use crate::kv_cache::{KV_BLOCK_TOKENS, SequenceCache};
-use crate::llama::{ForwardChunk, Transformer};
+use crate::transformer::{ForwardChunk, Transformer};
 use crate::model::{LoadOptions, ModelLoader};
 use crate::tokenizer::Tokenizer;
 use sequence::{Pending, Progress, Sequence};

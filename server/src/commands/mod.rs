@@ -1,8 +1,10 @@
 //! The command-line subcommands besides `serve`: the model without the HTTP server
-//! (`generate`, `tokenize`) and a load generator for any OpenAI-compatible server (`bench`).
+//! (`generate`, `tokenize`), a load generator for any OpenAI-compatible server (`bench`), and
+//! the family test checkpoints (`synthetic-gguf`).
 
 pub mod bench;
 pub mod generate;
+pub mod synthetic_gguf;
 pub mod tokenize;
 
 /// The model file `just weights` fetches, relative to the repository root.

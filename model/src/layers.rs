@@ -1,0 +1,279 @@
+//! The layers every family is built from, loaded by role from a family's tensor
+//! declaration ([`crate::arch::TensorDecl`]): RMSNorm, the attention projections (separate or
+//! fused q/k/v, optional biases, optional per-head q/k norms, optional post-norm) and the
+//! gated feed-forward block (separate or fused gate/up, SiLU or GELU-tanh, optional
+//! post-norm). Attention itself (scores against the cache) is in [`crate::attention`].
+
+use std::collections::HashMap;
+
+use burn::tensor::activation::silu;
+use burn::tensor::{DType, Device, FloatDType, Tensor};
+
+use crate::arch::{Role, TensorDecl};
+use crate::config::{Activation, ModelConfig};
+use crate::error::{ModelError, Result};
+use crate::weights::{LinearWeight, WeightSource, expect_dims, upload};
+
+/// How a model's layers are computed, chosen from the device and flags by the caller
+/// ([`crate::model`]) and handed to the loader, which never sees the device flag itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComputePlan {
+    /// Activations' and dense weights' float type.
+    pub dtype: FloatDType,
+    /// Linear layers keep the file's blocks on the host (fused quantized matmul, CPU only).
+    pub quantized_linear: bool,
+    /// Attention and the KV cache on the host (CPU devices at f32).
+    pub host_attention: bool,
+    /// The backend's fused attention lacks grouped-query heads: repeat K/V heads.
+    pub repeat_kv_heads: bool,
+}
+
+/// What loading a layer needs besides its declaration.
+pub struct LoadContext<'a> {
+    pub source: &'a dyn WeightSource,
+    pub device: &'a Device,
+    pub plan: ComputePlan,
+    pub eps: f64,
+}
+
+/// One block's declared tensors, by role.
+pub struct BlockDecls<'a> {
+    layer: usize,
+    by_role: HashMap<Role, &'a TensorDecl>,
+}
+
+impl<'a> BlockDecls<'a> {
+    /// The declarations of block `layer` among `decls`.
+    pub fn new(layer: usize, decls: &'a [TensorDecl]) -> BlockDecls<'a> {
+        let by_role = decls.iter().filter(|d| d.layer == Some(layer)).map(|d| (d.role, d)).collect();
+        BlockDecls { layer, by_role }
+    }
+
+    pub fn get(&self, role: Role) -> Option<&'a TensorDecl> {
+        self.by_role.get(&role).copied()
+    }
+
+    /// A role the block cannot do without: its absence is a bug in the family's declaration.
+    pub fn need(&self, role: Role) -> Result<&'a TensorDecl> {
+        self.get(role)
+            .ok_or_else(|| ModelError::Internal(format!("block {} declares no {role:?} tensor", self.layer)))
+    }
+}
+
+/// Root-mean-square normalisation over the last dimension, always computed in f32.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    /// `[1, dim]`, f32.
+    gamma: Tensor<2>,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(ctx: &LoadContext<'_>, decl: &TensorDecl) -> Result<RmsNorm> {
+        let (dims, data) = ctx.source.f32_tensor(&decl.name)?;
+        expect_dims(&decl.name, &dims, &decl.dims)?;
+        let dim = decl.dims.iter().product();
+        Ok(RmsNorm { gamma: upload(data, [1, dim], ctx.device, FloatDType::F32), eps: ctx.eps })
+    }
+
+    /// `x: [n, dim]` → `[n, dim]` in `x`'s float type.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let dtype = x.dtype();
+        let x = if dtype == DType::F32 { x } else { x.cast(FloatDType::F32) };
+        let rms = (x.clone().square().mean_dim(1) + self.eps).sqrt();
+        let y = x / rms * self.gamma.clone();
+        if dtype == DType::F32 { y } else { y.cast(float_dtype(dtype)) }
+    }
+
+    /// Per-head normalisation: `x: [n, heads, dim]` → the same shape.
+    pub fn forward_heads(&self, x: Tensor<3>) -> Tensor<3> {
+        let [n, heads, dim] = x.dims();
+        self.forward(x.reshape([n * heads, dim])).reshape([n, heads, dim])
+    }
+}
+
+pub fn float_dtype(dtype: DType) -> FloatDType {
+    match dtype {
+        DType::F16 => FloatDType::F16,
+        DType::BF16 => FloatDType::BF16,
+        DType::F64 => FloatDType::F64,
+        _ => FloatDType::F32,
+    }
+}
+
+/// A linear layer from its declaration (`[in, out]` ggml dims) and an optional bias.
+fn linear(ctx: &LoadContext<'_>, decl: &TensorDecl, bias: Option<&TensorDecl>) -> Result<LinearWeight> {
+    let [d_in, d_out] = decl.dims[..] else {
+        return Err(ModelError::Internal(format!("{} is declared with {} dims, not 2", decl.name, decl.dims.len())));
+    };
+    let prefix = decl.name.strip_suffix(".weight").unwrap_or(&decl.name);
+    if let Some(bias) = bias
+        && bias.name != format!("{prefix}.bias")
+    {
+        return Err(ModelError::Internal(format!("bias {} does not belong to {}", bias.name, decl.name)));
+    }
+    let plan = ctx.plan;
+    LinearWeight::load(ctx.source, prefix, d_in, d_out, bias.is_some(), plan.quantized_linear, ctx.device, plan.dtype)
+}
+
+enum Qkv {
+    Separate { q: LinearWeight, k: LinearWeight, v: LinearWeight },
+    /// q‖k‖v rows of one matrix.
+    Fused(LinearWeight),
+}
+
+/// The attention sub-block's weights: everything but the scores against the cache.
+pub struct AttentionWeights {
+    pub norm: RmsNorm,
+    qkv: Qkv,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    output: LinearWeight,
+    post_norm: Option<RmsNorm>,
+}
+
+impl AttentionWeights {
+    pub fn load(ctx: &LoadContext<'_>, decls: &BlockDecls<'_>) -> Result<AttentionWeights> {
+        let norm = |role| decls.get(role).map(|d| RmsNorm::load(ctx, d)).transpose();
+        let qkv = match decls.get(Role::AttnQkv) {
+            Some(fused) => Qkv::Fused(linear(ctx, fused, None)?),
+            None => Qkv::Separate {
+                q: linear(ctx, decls.need(Role::AttnQ)?, decls.get(Role::AttnQBias))?,
+                k: linear(ctx, decls.need(Role::AttnK)?, decls.get(Role::AttnKBias))?,
+                v: linear(ctx, decls.need(Role::AttnV)?, decls.get(Role::AttnVBias))?,
+            },
+        };
+        Ok(AttentionWeights {
+            norm: RmsNorm::load(ctx, decls.need(Role::AttnNorm)?)?,
+            qkv,
+            q_norm: norm(Role::AttnQNorm)?,
+            k_norm: norm(Role::AttnKNorm)?,
+            output: linear(ctx, decls.need(Role::AttnOutput)?, None)?,
+            post_norm: norm(Role::AttnPostNorm)?,
+        })
+    }
+
+    /// `x: [n, hidden]` (the residual stream) → `q: [n, heads, d]`, `k, v: [n, kv_heads, d]`,
+    /// normalised and projected, with per-head q/k norms applied; RoPE is the caller's.
+    pub fn project(&self, x: Tensor<2>, c: &ModelConfig) -> Result<(Tensor<3>, Tensor<3>, Tensor<3>)> {
+        let h = self.norm.forward(x);
+        let n = h.dims()[0];
+        let (q, k, v) = match &self.qkv {
+            Qkv::Separate { q, k, v } => (q.forward(h.clone())?, k.forward(h.clone())?, v.forward(h)?),
+            Qkv::Fused(qkv) => {
+                let all = qkv.forward(h)?;
+                let (qd, kvd) = (c.q_dim(), c.kv_dim());
+                (
+                    all.clone().slice([0..n, 0..qd]),
+                    all.clone().slice([0..n, qd..qd + kvd]),
+                    all.slice([0..n, qd + kvd..qd + 2 * kvd]),
+                )
+            }
+        };
+        let q = q.reshape([n, c.num_heads, c.head_dim]);
+        let k = k.reshape([n, c.num_kv_heads, c.head_dim]);
+        let v = v.reshape([n, c.num_kv_heads, c.head_dim]);
+        let q = match &self.q_norm {
+            Some(norm) => norm.forward_heads(q),
+            None => q,
+        };
+        let k = match &self.k_norm {
+            Some(norm) => norm.forward_heads(k),
+            None => k,
+        };
+        Ok((q, k, v))
+    }
+
+    /// `attended: [n, heads * d]` → what the block adds to the residual stream, `[n, hidden]`.
+    pub fn output(&self, attended: Tensor<2>) -> Result<Tensor<2>> {
+        let out = self.output.forward(attended)?;
+        Ok(match &self.post_norm {
+            Some(norm) => norm.forward(out),
+            None => out,
+        })
+    }
+}
+
+enum GateUp {
+    Separate { gate: LinearWeight, up: LinearWeight },
+    /// gate‖up rows of one matrix.
+    Fused(LinearWeight),
+}
+
+/// The gated feed-forward sub-block.
+pub struct FeedForward {
+    norm: RmsNorm,
+    gate_up: GateUp,
+    down: LinearWeight,
+    post_norm: Option<RmsNorm>,
+    activation: Activation,
+}
+
+impl FeedForward {
+    pub fn load(ctx: &LoadContext<'_>, decls: &BlockDecls<'_>, activation: Activation) -> Result<FeedForward> {
+        let gate_up = match decls.get(Role::FfnGateUp) {
+            Some(fused) => GateUp::Fused(linear(ctx, fused, None)?),
+            None => GateUp::Separate {
+                gate: linear(ctx, decls.need(Role::FfnGate)?, None)?,
+                up: linear(ctx, decls.need(Role::FfnUp)?, None)?,
+            },
+        };
+        Ok(FeedForward {
+            norm: RmsNorm::load(ctx, decls.need(Role::FfnNorm)?)?,
+            gate_up,
+            down: linear(ctx, decls.need(Role::FfnDown)?, None)?,
+            post_norm: decls.get(Role::FfnPostNorm).map(|d| RmsNorm::load(ctx, d)).transpose()?,
+            activation,
+        })
+    }
+
+    /// `x: [n, hidden]` (the residual stream) → what the block adds to it, `[n, hidden]`.
+    pub fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>> {
+        let h = self.norm.forward(x);
+        let (gate, up) = match &self.gate_up {
+            GateUp::Separate { gate, up } => (gate.forward(h.clone())?, up.forward(h)?),
+            GateUp::Fused(both) => {
+                let all = both.forward(h)?;
+                let [n, width] = all.dims();
+                let ff = width / 2;
+                (all.clone().slice([0..n, 0..ff]), all.slice([0..n, ff..width]))
+            }
+        };
+        let gated = match self.activation {
+            Activation::Silu => silu(gate),
+            Activation::GeluTanh => gelu_tanh(gate),
+        } * up;
+        let out = self.down.forward(gated)?;
+        Ok(match &self.post_norm {
+            Some(norm) => norm.forward(out),
+            None => out,
+        })
+    }
+}
+
+/// `0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 x³)))`, with `x³` as products: a float power
+/// of a negative base is undefined in WGSL.
+fn gelu_tanh(x: Tensor<2>) -> Tensor<2> {
+    let sqrt_2_over_pi = (2.0 / std::f64::consts::PI).sqrt();
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube * 0.044715) * sqrt_2_over_pi;
+    x * (inner.tanh() + 1.0) * 0.5
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_tanh_matches_the_formula() {
+        let device = burn::tensor::Device::flex();
+        let xs = [-6.0f32, -2.5, -1.0, -0.1, 0.0, 0.3, 1.0, 2.0, 7.5];
+        let t = upload(xs.to_vec(), [1, xs.len()], &device, FloatDType::F32);
+        let got = gelu_tanh(t).into_data().try_to_vec::<f32>().expect("f32");
+        for (x, g) in xs.iter().zip(got) {
+            let x = *x as f64;
+            let want = 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
+            assert!((g as f64 - want).abs() < 1e-5, "gelu_tanh({x}) = {g}, want {want}");
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Gemma 3 270M (Q4_K_M: Q4_K, Q5_0, Q6_K, Q8_0 and F32 tensors) against the golden
+//! reference (`tests/golden/gemma-3-270m-q4_k_m.json`, a float64 implementation of
+//! llama.cpp's gemma3 graph): teacher-forced top-5 logits within 0.02 and the exact greedy
+//! continuation, on prompts up to 654 tokens — past the 512-position sliding window — with
+//! weights dequantized to f32 and with weights kept in their K-quant blocks (f32 activations
+//! either way, so the float tolerance applies to both).
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use stellarchat_model::device::{DeviceSpec, Precision};
+use stellarchat_model::model::{LoadOptions, ModelLoader};
+use stellarchat_model::transformer::ForwardChunk;
+use stellarchat_model::weights::WeightFormat;
+
+const LOGIT_TOLERANCE: f32 = 0.02;
+/// `<eos>` and `<end_of_turn>`: where the reference's greedy stops.
+const STOP: [u32; 2] = [1, 106];
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn golden() -> Value {
+    let path = repo_root().join("tests/golden/gemma-3-270m-q4_k_m.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("golden JSON")
+}
+
+fn model_path() -> PathBuf {
+    let path = repo_root().join("weights/gemma-3-270m-q4_k_m.gguf");
+    assert!(path.exists(), "{} is missing: run `just weights gemma3`", path.display());
+    path
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0) as u32
+}
+
+fn check(weights: WeightFormat) {
+    let loader = ModelLoader::open(model_path().to_str().expect("utf-8 path")).expect("open Gemma");
+    let options = LoadOptions { device: DeviceSpec::Flex, precision: Precision::F32, weights };
+    let model = loader.load(&options, &mut |_, _| {}).expect("load Gemma");
+    let vocab = model.config().vocab_size;
+    for prompt in golden()["prompts"].as_array().expect("prompts") {
+        let name = prompt["name"].as_str().expect("name");
+        let prompt_ids = ids(&prompt["ids"]);
+        // The golden ids are llama.cpp's tokenization; ours must match (BOS included).
+        let text = prompt["prompt"].as_str().expect("prompt");
+        let tokenizer = &loader.info().tokenizer;
+        let mut ours: Vec<u32> = tokenizer.bos_id().filter(|_| tokenizer.add_bos()).into_iter().collect();
+        ours.extend(tokenizer.encode(text, false).expect("encode"));
+        assert_eq!(ours, prompt_ids, "{name}: tokenization differs from llama.cpp's");
+
+        let mut cache = model.new_cache();
+        let rows = model
+            .forward(&mut [ForwardChunk { cache: &mut cache, tokens: &prompt_ids, all_logits: true }])
+            .expect("forward")
+            .chunk(0)
+            .to_vec();
+        let mut worst = 0f32;
+        for (t, top5) in prompt["reference_top5"].as_array().expect("top5").iter().enumerate() {
+            for pair in top5.as_array().expect("pairs") {
+                let id = pair[0].as_u64().expect("id") as usize;
+                let expected = pair[1].as_f64().expect("logit") as f32;
+                let got = rows[t * vocab + id];
+                worst = worst.max((got - expected).abs());
+                assert!(
+                    (got - expected).abs() <= LOGIT_TOLERANCE,
+                    "{weights} {name}: position {t} token {id}: {got} vs reference {expected}"
+                );
+            }
+        }
+        let expected = ids(&prompt["reference_greedy"]);
+        let mut generated = vec![argmax(&rows[(prompt_ids.len() - 1) * vocab..])];
+        while generated.len() < expected.len() && !STOP.contains(generated.last().expect("one token")) {
+            let last = *generated.last().expect("one token");
+            let step = model
+                .forward(&mut [ForwardChunk { cache: &mut cache, tokens: &[last], all_logits: false }])
+                .expect("decode");
+            generated.push(argmax(step.last_row(0)));
+        }
+        assert_eq!(generated, expected, "{weights} {name}: greedy continuation differs from the reference");
+        eprintln!("{weights} {name} ({} tokens): max logit error {worst:.4}, greedy equal", prompt_ids.len());
+    }
+}
+
+#[test]
+fn gemma3_golden_with_dense_weights() {
+    check(WeightFormat::Dense);
+}
+
+#[test]
+fn gemma3_golden_with_quantized_weights() {
+    check(WeightFormat::Quantized);
+}
