@@ -11,7 +11,9 @@
 #
 # Needs the llama.cpp peer (scripts/llamacpp-peer.sh build; built on first use). Never run
 # by CI: the JSON files are committed. A case that llama.cpp fails to load is reported with
-# llama.cpp's own error text, the other cases still run, and the exit status is 1.
+# llama.cpp's own error text, the other cases still run, and the exit status is 1. Where
+# llama.cpp ignores metadata the file has (a sliding window on the `llama` architecture), the
+# JSON gets a "caveat" and the prompts it affects "reference_valid": false.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { sed -n '2,13p' "$0" >&2; exit 2; }
@@ -58,23 +60,57 @@ for case in "${cases[@]}"; do
     failed+=("$case"); rm -f "$gguf"; continue
   fi
   [ -s "$tmp/peer.err" ] && { echo "llama.cpp warnings for $case:" >&2; cat "$tmp/peer.err" >&2; }
-  python3 - "$tmp/out.json" "$OUT/$case.json" "$case" "$sha" "$(stat -c %s "$gguf")" "$K" "$N" "$GENERATED_BY" <<'PY'
-import json, math, sys
-src, dst, case, sha, size, k, n, by = sys.argv[1:]
+  python3 - "$tmp/out.json" "$OUT/$case.json" "$case" "$sha" "$gguf" "$K" "$N" "$GENERATED_BY" <<'PY'
+import json, math, os, struct, sys
+src, dst, case, sha, gguf, k, n, by = sys.argv[1:]
 d = json.load(open(src))
+
+def gguf_metadata(path):  # scalar and string values; arrays skipped
+    f = open(path, "rb")
+    def u(fmt): return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
+    def s(): return f.read(u("Q")).decode("utf-8", "replace")
+    fmts = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+    def value(t):
+        if t == 8: return s()
+        if t == 9:
+            et, count = u("I"), u("Q")
+            for _ in range(count): value(et)
+            return None
+        return u(fmts[t])
+    assert f.read(4) == b"GGUF", f"{path} is not a GGUF file"
+    u("I"); u("Q"); n_kv = u("Q")
+    return {s(): value(u("I")) for _ in range(n_kv)}
+
+# Metadata that llama.cpp reads no further than the file: its `llama` architecture has no
+# sliding window (src/models/llama.cpp reads no `llama.attention.sliding_window`), so beyond
+# the window its logits are full causal attention. Such prompts are kept but marked.
+meta = gguf_metadata(gguf)
+caveat, window = None, None
+if meta.get("general.architecture") == "llama" and "llama.attention.sliding_window" in meta:
+    window = meta["llama.attention.sliding_window"]
+    caveat = (f"llama.cpp's llama architecture ignores llama.attention.sliding_window = {window}: "
+              f"its logits are full causal attention, so a prompt whose ids plus {n} greedy tokens "
+              f"exceed {window} positions has \"reference_valid\": false")
+for p in d["prompts"]:
+    if window is not None:
+        p["reference_valid"] = len(p["ids"]) + int(n) <= window
 for p in d["prompts"]:
     for row in p["top"]:
         assert len(row) == int(k) and all(v is not None and math.isfinite(v) for _, v in row), \
             f"{case}: non-finite or missing logits in llama.cpp's output"
     assert len(p["greedy"]) == int(n)
-head = {"case": case, "model": d["model"], "sha256": sha, "bytes": int(size),
+head = {"case": case, "model": d["model"], "sha256": sha, "bytes": os.path.getsize(gguf),
         "generated_by": by, "k": int(k), "n": int(n), "kv_cache": d["kv_cache"], "flash_attn": d["flash_attn"]}
+if caveat:
+    head["caveat"] = caveat
 # One line per position of `top`, so that diffs stay readable.
 dump = lambda x: json.dumps(x, ensure_ascii=False)
 lines = ["{"] + [f"  {dump(key)}: {dump(v)}," for key, v in head.items()] + ['  "prompts": [']
 for i, p in enumerate(d["prompts"]):
     lines.append(f'    {{"prompt": {dump(p["prompt"])},')
     lines.append(f'     "ids": {dump(p["ids"])},')
+    if "reference_valid" in p:
+        lines.append(f'     "reference_valid": {dump(p["reference_valid"])},')
     lines.append('     "top": [')
     lines += [f"       {dump(r)}{',' if j + 1 < len(p['top']) else ''}" for j, r in enumerate(p["top"])]
     lines.append("     ],")
