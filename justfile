@@ -11,9 +11,9 @@ model := justfile_directory() / "weights/SmolLM2-135M-Instruct.Q4_1.gguf"
 default:
     @just --list
 
-# Fetch the default model (SmolLM2-135M-Instruct, GGUF Q4_1) into weights/.
-weights:
-    ./weights/fetch.sh
+# Fetch a model into weights/: smollm2 (default; SmolLM2-135M-Instruct Q4_1), gemma3 (Gemma 3 270M Q4_K_M) or all.
+weights MODEL="smollm2":
+    ./weights/fetch.sh {{MODEL}}
 
 # Build the binary. The dev profile compiles every dependency and the model crate at
 # opt-level 3 (Cargo.toml), so this one build serves `just serve`, `just test` and the benches;
@@ -27,7 +27,7 @@ serve *ARGS: weights build
     {{target_dir}}/debug/stellarchat serve --model {{model}} {{ARGS}}
 
 # Every test: unit, golden, black-box API tests and the OpenAI SDK tests.
-test: weights venv build
+test: (weights "smollm2") (weights "gemma3") venv build
     cargo test --workspace --features stellarchat/{{replace(features, ",", ",stellarchat/")}} --no-fail-fast
     just test-python
 

@@ -83,6 +83,21 @@ impl ChatTemplate {
         source.map(|source| Self::with_tokenizer(source, tokenizer)).transpose()
     }
 
+    /// A Jinja template from a file (`--chat-template`), which replaces whatever template the
+    /// model brings. Besides compiling it, renders a one-message conversation once, so that a
+    /// template that cannot render at all (an unknown filter or function, say) fails now,
+    /// at start-up, rather than on every chat request. Errors name the file.
+    pub fn from_file(path: &Path, tokenizer: &Tokenizer) -> Result<Self> {
+        let source = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
+        let in_file = |err: ModelError| match err {
+            ModelError::ChatTemplate(message) => ModelError::ChatTemplate(format!("{}: {message}", path.display())),
+            other => other,
+        };
+        let template = Self::with_tokenizer(&source, tokenizer).map_err(in_file)?;
+        template.render(&[ChatMessage::new("user", "Hello")], true).map_err(in_file)?;
+        Ok(template)
+    }
+
     fn with_tokenizer(source: &str, tokenizer: &Tokenizer) -> Result<Self> {
         Self::new(source, tokenizer.bos_token_text().unwrap_or(""), tokenizer.eos_token_text().unwrap_or(""))
     }
@@ -369,6 +384,31 @@ mod tests {
         assert_eq!(template.render(&messages, true).unwrap(), expected);
         let smollm2 = ChatTemplate::new(SMOLLM2_TEMPLATE, "", "").unwrap();
         assert_eq!(smollm2.render(&messages, true).unwrap(), expected);
+    }
+
+    #[test]
+    fn template_from_file_replaces_the_models() {
+        let tokenizer = Tokenizer::synthetic(300).unwrap();
+        let dir = std::env::temp_dir().join(format!("stellarchat-chat-template-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.jinja");
+        // Like Jinja2, the file's single trailing newline is not part of the output.
+        std::fs::write(&good, "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}\n").unwrap();
+        let template = ChatTemplate::from_file(&good, &tokenizer).unwrap();
+        assert_eq!(template.render(&[ChatMessage::new("user", "hi")], true).unwrap(), "<|im_start|>[user]hi");
+
+        let broken = dir.join("broken.jinja");
+        std::fs::write(&broken, "{% for m in messages %}{{ m.content }}").unwrap();
+        let err = ChatTemplate::from_file(&broken, &tokenizer).unwrap_err();
+        assert!(matches!(&err, ModelError::ChatTemplate(m) if m.contains("broken.jinja") && m.contains("syntax error")), "{err}");
+        // Compiles, but cannot render any conversation: refused up front too.
+        let unrenderable = dir.join("unrenderable.jinja");
+        std::fs::write(&unrenderable, "{{ messages | no_such_filter }}").unwrap();
+        let err = ChatTemplate::from_file(&unrenderable, &tokenizer).unwrap_err();
+        assert!(matches!(&err, ModelError::ChatTemplate(m) if m.contains("unrenderable.jinja")), "{err}");
+        let err = ChatTemplate::from_file(&dir.join("missing.jinja"), &tokenizer).unwrap_err();
+        assert!(matches!(&err, ModelError::Io { path, .. } if path.ends_with("missing.jinja")), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

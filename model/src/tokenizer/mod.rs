@@ -6,6 +6,8 @@
 //! EOS, the end-of-generation set) and whether prompts start with BOS.
 //! [`IncrementalDecoder`] turns a stream of generated ids into UTF-8 text pieces.
 
+#[cfg(test)]
+mod gemma_tests;
 mod gguf_vocab;
 mod hf_json;
 mod incremental;
@@ -26,6 +28,10 @@ use crate::gguf::Metadata;
 /// them by text because converters do not always record eot/eom ids).
 const END_OF_GENERATION_TEXTS: &[&str] =
     &["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>", "<end_of_turn>", "<|end|>"];
+/// Of those, the texts that are also ordinary content in some vocabularies, and so end
+/// generation only as control tokens: Gemma's `</s>` (id 212) is the user-defined HTML
+/// strikethrough tag, not an end marker (its model stops at `<eos>` and `<end_of_turn>`).
+const END_OF_GENERATION_IF_CONTROL: &[&str] = &["</s>"];
 
 /// A model's tokenizer. Cheap to clone (the tables are shared) and usable from many threads.
 #[derive(Clone)]
@@ -129,7 +135,10 @@ impl Tokenizer {
         let by_text = tokens
             .iter()
             .zip(0u32..)
-            .filter(|(text, _)| END_OF_GENERATION_TEXTS.contains(&text.as_str()))
+            .filter(|(text, id)| {
+                END_OF_GENERATION_TEXTS.contains(&text.as_str())
+                    && (!END_OF_GENERATION_IF_CONTROL.contains(&text.as_str()) || special.contains(id))
+            })
             .map(|(_, id)| id);
         let mut stop_ids: Vec<u32> = specials.eos.into_iter().chain(specials.extra_stop).chain(by_text).collect();
         stop_ids.retain(|&id| (id as usize) < tokens.len());

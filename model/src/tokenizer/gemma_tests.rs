@@ -1,0 +1,116 @@
+//! Gemma 3's tokenizer against llama.cpp's golden ids: a 262,144-token SentencePiece
+//! vocabulary without a space prefix, whose user-defined tokens (runs of spaces, newlines
+//! and tabs) are split out of any text before SentencePiece sees it.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::gguf::GgufFile;
+
+const WEIGHTS: &str = "gemma-3-270m-q4_k_m.gguf";
+const GOLDEN: &str = "gemma-3-270m-q4_k_m.json";
+
+fn golden() -> &'static serde_json::Value {
+    static GOLDEN_DATA: OnceLock<serde_json::Value> = OnceLock::new();
+    GOLDEN_DATA.get_or_init(|| {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(GOLDEN);
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read golden file")).expect("golden JSON")
+    })
+}
+
+/// Gemma's tokenizer and how long `Tokenizer::from_gguf` took. A missing file fails the
+/// test: `just test` fetches it, and a skipped golden test would hide a regression.
+fn gemma() -> &'static (Tokenizer, Duration) {
+    static MODEL: OnceLock<(Tokenizer, Duration)> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../weights").join(WEIGHTS);
+        assert!(path.is_file(), "{} is missing: run `just weights gemma3` (`just test` does)", path.display());
+        let file = GgufFile::open(&path).expect("open GGUF");
+        let started = Instant::now();
+        let tokenizer = Tokenizer::from_gguf(&file.metadata).expect("tokenizer from GGUF");
+        (tokenizer, started.elapsed())
+    })
+}
+
+fn ids_of(value: &serde_json::Value) -> Vec<u32> {
+    value.as_array().expect("ids").iter().map(|v| v.as_u64().expect("id") as u32).collect()
+}
+
+#[test]
+fn gemma_golden_texts_match_llama_cpp() {
+    let (tok, _) = gemma();
+    let texts = golden()["texts"].as_array().expect("texts");
+    assert!(!texts.is_empty());
+    for case in texts {
+        let text = case["text"].as_str().expect("text");
+        let expected = ids_of(&case["ids"]);
+        assert_eq!(tok.encode(text, false).unwrap(), expected, "text {text:?}");
+        assert_eq!(tok.decode(&expected, false).unwrap(), text);
+    }
+}
+
+#[test]
+fn gemma_golden_prompts_match_llama_cpp() {
+    let (tok, _) = gemma();
+    let prompts = golden()["prompts"].as_array().expect("prompts");
+    assert!(prompts.iter().any(|p| p["ids"].as_array().unwrap().len() > 512), "the long prompt is missing");
+    for case in prompts {
+        let prompt = case["prompt"].as_str().expect("prompt");
+        let expected = ids_of(&case["ids"]);
+        assert_eq!(expected.first(), Some(&2), "golden prompts start with BOS");
+        assert_eq!(tok.encode_prompt(prompt).unwrap(), expected, "prompt {:?}", case["name"]);
+        assert_eq!(tok.decode(&expected, true).unwrap(), prompt);
+        assert_eq!(tok.decode(&expected, false).unwrap(), format!("<bos>{prompt}"));
+    }
+}
+
+#[test]
+fn gemma_special_tokens() {
+    let (tok, _) = gemma();
+    assert_eq!(tok.vocab_size(), 262_144);
+    assert_eq!((tok.bos_id(), tok.eos_id(), tok.add_bos()), (Some(2), Some(1), true));
+    assert_eq!((tok.bos_token_text(), tok.eos_token_text()), (Some("<bos>"), Some("<eos>")));
+    assert_eq!(tok.token_id("<start_of_turn>"), Some(105));
+    assert_eq!(tok.token_id("<end_of_turn>"), Some(106));
+    // <eos> and <end_of_turn> end generation; <start_of_turn> and <bos> do not.
+    assert_eq!(tok.stop_ids(), &[1, 106]);
+    for id in [0, 1, 2, 3, 105, 106] {
+        assert!(tok.is_special(id), "id {id} should be special");
+    }
+    // User-defined tokens (the "\n" run tokens) are ordinary text, not control tokens.
+    assert!(!tok.is_special(107) && !tok.is_special(138));
+
+    let turn = "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n";
+    let ids = tok.encode(turn, true).unwrap();
+    assert_eq!(ids.iter().filter(|&&id| id == 105).count(), 2, "{ids:?}");
+    assert_eq!(ids.iter().filter(|&&id| id == 106).count(), 1, "{ids:?}");
+    assert_eq!(tok.decode(&ids, false).unwrap(), turn);
+    assert_eq!(tok.decode(&ids, true).unwrap(), "user\nHi\nmodel\n");
+    // Without parsing, the markers are plain text.
+    let plain = tok.encode(turn, false).unwrap();
+    assert!(!plain.contains(&105) && !plain.contains(&106), "{plain:?}");
+    assert_eq!(tok.decode(&plain, false).unwrap(), turn);
+}
+
+#[test]
+fn gemma_streams_whole_characters() {
+    let (tok, _) = gemma();
+    for text in ["héllo 世界 🚀\n\n  tabs\t\tend", "   three spaces first"] {
+        let ids = tok.encode(text, false).unwrap();
+        let mut decoder = IncrementalDecoder::new(false);
+        let mut pieces: Vec<String> = ids.iter().map(|&id| decoder.push(tok, id).unwrap()).collect();
+        pieces.push(decoder.finish());
+        assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{text:?}: {pieces:?}");
+        assert_eq!(pieces.concat(), text);
+    }
+}
+
+#[test]
+fn gemma_vocabulary_loads_quickly() {
+    let (_, took) = gemma();
+    eprintln!("Gemma 3 tokenizer (262,144 tokens) built in {took:?}");
+    // A debug build of the tests on a loaded 2-core machine; release is several times faster.
+    assert!(*took < Duration::from_secs(20), "building the tokenizer took {took:?}");
+}
