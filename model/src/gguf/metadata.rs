@@ -2,8 +2,86 @@
 //! [`ModelError::Metadata`] naming the key.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use crate::error::{ModelError, Result};
+
+/// How a metadata value is encoded: the ids of ggml's `enum gguf_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ValueType {
+    U8 = 0,
+    I8 = 1,
+    U16 = 2,
+    I16 = 3,
+    U32 = 4,
+    I32 = 5,
+    F32 = 6,
+    Bool = 7,
+    String = 8,
+    Array = 9,
+    U64 = 10,
+    I64 = 11,
+    F64 = 12,
+}
+
+impl ValueType {
+    pub fn from_id(id: u32) -> Option<ValueType> {
+        const ALL: [ValueType; 13] = [
+            ValueType::U8,
+            ValueType::I8,
+            ValueType::U16,
+            ValueType::I16,
+            ValueType::U32,
+            ValueType::I32,
+            ValueType::F32,
+            ValueType::Bool,
+            ValueType::String,
+            ValueType::Array,
+            ValueType::U64,
+            ValueType::I64,
+            ValueType::F64,
+        ];
+        ALL.get(usize::try_from(id).ok()?).copied()
+    }
+
+    pub fn id(self) -> u32 {
+        self as u32
+    }
+
+    /// The fewest bytes one value of this type takes in a file: a string is at least its
+    /// 8-byte length, an array its item type and count. Bounds what a count field can claim.
+    pub fn min_encoded_len(self) -> usize {
+        match self {
+            ValueType::U8 | ValueType::I8 | ValueType::Bool => 1,
+            ValueType::U16 | ValueType::I16 => 2,
+            ValueType::U32 | ValueType::I32 | ValueType::F32 => 4,
+            ValueType::U64 | ValueType::I64 | ValueType::F64 | ValueType::String => 8,
+            ValueType::Array => 12,
+        }
+    }
+}
+
+impl fmt::Display for ValueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // llama.cpp's names (`gguf_type_name`), so messages read the same as its logs.
+        let name = match self {
+            ValueType::U8 => "u8",
+            ValueType::I8 => "i8",
+            ValueType::U16 => "u16",
+            ValueType::I16 => "i16",
+            ValueType::U32 => "u32",
+            ValueType::I32 => "i32",
+            ValueType::F32 => "f32",
+            ValueType::Bool => "bool",
+            ValueType::String => "str",
+            ValueType::Array => "arr",
+            ValueType::U64 => "u64",
+            ValueType::I64 => "i64",
+            ValueType::F64 => "f64",
+        };
+        f.write_str(name)
+    }
+}
 
 /// One metadata value as stored in the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +102,24 @@ pub enum MetadataValue {
 }
 
 impl MetadataValue {
+    pub fn value_type(&self) -> ValueType {
+        match self {
+            MetadataValue::U8(_) => ValueType::U8,
+            MetadataValue::I8(_) => ValueType::I8,
+            MetadataValue::U16(_) => ValueType::U16,
+            MetadataValue::I16(_) => ValueType::I16,
+            MetadataValue::U32(_) => ValueType::U32,
+            MetadataValue::I32(_) => ValueType::I32,
+            MetadataValue::U64(_) => ValueType::U64,
+            MetadataValue::I64(_) => ValueType::I64,
+            MetadataValue::F32(_) => ValueType::F32,
+            MetadataValue::F64(_) => ValueType::F64,
+            MetadataValue::Bool(_) => ValueType::Bool,
+            MetadataValue::String(_) => ValueType::String,
+            MetadataValue::Array(_) => ValueType::Array,
+        }
+    }
+
     /// The value as an unsigned integer, if it is a non-negative integer of any width.
     pub fn as_u64(&self) -> Option<u64> {
         match *self {
@@ -83,15 +179,33 @@ impl MetadataValue {
 #[derive(Debug, Clone, Default)]
 pub struct Metadata {
     entries: BTreeMap<String, MetadataValue>,
+    /// The declared item type of each array read from a file: an empty array has no item to
+    /// tell it, and copying a file's keys (see `GgufWriter::copy_metadata`) must keep it.
+    array_types: BTreeMap<String, ValueType>,
 }
 
 impl Metadata {
     pub fn new(entries: BTreeMap<String, MetadataValue>) -> Self {
-        Metadata { entries }
+        Metadata { entries, array_types: BTreeMap::new() }
+    }
+
+    pub(super) fn with_array_types(
+        entries: BTreeMap<String, MetadataValue>,
+        array_types: BTreeMap<String, ValueType>,
+    ) -> Self {
+        Metadata { entries, array_types }
     }
 
     pub fn get(&self, key: &str) -> Option<&MetadataValue> {
         self.entries.get(key)
+    }
+
+    /// The item type of the array at `key`: as declared in the file it was read from, else
+    /// that of its first item; `None` for a missing key, a non-array, or an empty array that
+    /// was not read from a file.
+    pub fn array_item_type(&self, key: &str) -> Option<ValueType> {
+        let items = self.get(key)?.as_array()?;
+        self.array_types.get(key).copied().or_else(|| items.first().map(MetadataValue::value_type))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
@@ -107,9 +221,7 @@ impl Metadata {
     }
 
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
-        self.get(key)
-            .map(|v| v.as_str().ok_or_else(|| ModelError::metadata(key, "expected a string")))
-            .transpose()
+        self.get(key).map(|v| v.as_str().ok_or_else(|| ModelError::metadata(key, "expected a string"))).transpose()
     }
 
     pub fn usize(&self, key: &str) -> Result<usize> {
@@ -127,21 +239,15 @@ impl Metadata {
     }
 
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        self.get(key)
-            .map(|v| v.as_f64().ok_or_else(|| ModelError::metadata(key, "expected a number")))
-            .transpose()
+        self.get(key).map(|v| v.as_f64().ok_or_else(|| ModelError::metadata(key, "expected a number"))).transpose()
     }
 
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        self.get(key)
-            .map(|v| v.as_bool().ok_or_else(|| ModelError::metadata(key, "expected a boolean")))
-            .transpose()
+        self.get(key).map(|v| v.as_bool().ok_or_else(|| ModelError::metadata(key, "expected a boolean"))).transpose()
     }
 
     pub fn opt_array(&self, key: &str) -> Result<Option<&[MetadataValue]>> {
-        self.get(key)
-            .map(|v| v.as_array().ok_or_else(|| ModelError::metadata(key, "expected an array")))
-            .transpose()
+        self.get(key).map(|v| v.as_array().ok_or_else(|| ModelError::metadata(key, "expected an array"))).transpose()
     }
 
     /// An array of strings (token lists, merges).

@@ -3,29 +3,35 @@
 //! [`GgufFile::open`] maps the file and parses everything but the tensor data, which stays
 //! in the page cache until a loader asks for it with [`GgufFile::tensor_bytes`] and turns it
 //! into floats with [`dequantize`] (or keeps the blocks quantized). Every malformed input is
-//! a typed [`ModelError`] that names the field or tensor, never a panic.
+//! a typed [`ModelError`] that names the field or tensor, never a panic, and no length or
+//! count field is trusted for an allocation before it is checked against the bytes left
+//! (`reader`). [`GgufWriter`] writes files, for test models and for the bad files of the tests.
 
 pub mod dequant;
 mod metadata;
+mod reader;
 mod types;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use dequant::dequantize;
-pub use metadata::{Metadata, MetadataValue};
+pub use metadata::{Metadata, MetadataValue, ValueType};
 pub use types::GgmlType;
+pub use writer::GgufWriter;
 
 use crate::error::{ModelError, Result};
+use reader::{Field, Reader};
 
 const GGUF_MAGIC: u32 = u32::from_le_bytes(*b"GGUF");
 const DEFAULT_ALIGNMENT: usize = 32;
-/// Upper bounds that keep a corrupt length field from turning into a huge allocation.
-const MAX_STRING_BYTES: u64 = 1 << 30;
-const MAX_ARRAY_ITEMS: u64 = 1 << 28;
 const MAX_DIMS: u32 = 8;
-/// Arrays of arrays recurse; a crafted file must not be able to overflow the stack.
-const MAX_ARRAY_DEPTH: u32 = 16;
+/// The fewest bytes a metadata entry (key length, value type, a one-byte value) and a tensor
+/// directory entry (name length, dimension count, type, offset) take: counts the rest of the
+/// file cannot hold are reported as such, before the loops that read them start.
+const MIN_KV_BYTES: usize = 8 + 4 + 1;
+const MIN_TENSOR_INFO_BYTES: usize = 8 + 4 + 4 + 8;
 
 /// One entry of the tensor directory.
 #[derive(Debug, Clone)]
@@ -50,6 +56,23 @@ impl TensorInfo {
     }
 }
 
+/// The bytes of a file: memory-mapped, or owned (files built in memory, in tests).
+enum Storage {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Storage {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(map) => map,
+            Storage::Owned(bytes) => bytes,
+        }
+    }
+}
+
 /// An opened, memory-mapped GGUF file.
 pub struct GgufFile {
     path: PathBuf,
@@ -58,7 +81,7 @@ pub struct GgufFile {
     tensors: Vec<TensorInfo>,
     by_name: BTreeMap<String, usize>,
     data_start: usize,
-    map: memmap2::Mmap,
+    map: Storage,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -79,47 +102,68 @@ impl GgufFile {
         // SAFETY: the map is read-only; a file truncated underneath us by another process
         // would fault, which is the documented, accepted risk of every mmap-based loader.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
-        Self::parse(path, map)
+        Self::parse(path, Storage::Mapped(map))
     }
 
-    fn parse(path: PathBuf, map: memmap2::Mmap) -> Result<GgufFile> {
-        let mut r = Reader { bytes: &map, pos: 0, depth: 0 };
-        let magic = r.u32("magic")?;
+    /// Parses a file held in memory (its path reads `<memory>` in errors).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile> {
+        Self::parse(PathBuf::from("<memory>"), Storage::Owned(bytes))
+    }
+
+    fn parse(path: PathBuf, map: Storage) -> Result<GgufFile> {
+        let mut r = Reader::new(&map);
+        let magic = r.u32(Field::Header("the magic number"))?;
         if magic != GGUF_MAGIC {
             return Err(ModelError::BadMagic { path, magic });
         }
-        let version = r.u32("version")?;
+        let version = r.u32(Field::Header("the version"))?;
         if !(2..=3).contains(&version) {
             return Err(ModelError::UnsupportedVersion(version));
         }
-        let tensor_count = r.u64("tensor count")?;
-        let kv_count = r.u64("metadata count")?;
+        let tensor_count = r.u64(Field::Header("the tensor count"))?;
+        let kv_count = r.u64(Field::Header("the metadata count"))?;
+        check_count(kv_count, MIN_KV_BYTES, r.remaining(), "metadata entries")?;
 
         let mut entries = BTreeMap::new();
+        let mut array_types = BTreeMap::new();
         for i in 0..kv_count {
-            let key = r.string(&format!("metadata key #{i}"))?;
-            let value_type = r.u32(&key)?;
-            let value = r.value(value_type, &key)?;
+            let key = r.string(Field::KeyName(i))?;
+            if key.is_empty() {
+                return Err(ModelError::metadata(&format!("#{i}"), "the key is empty"));
+            }
+            if entries.contains_key(&key) {
+                return Err(ModelError::metadata(&key, "appears more than once"));
+            }
+            let value_type = r.u32(Field::Key(&key))?;
+            let mut array_type = None;
+            let value = r.value(value_type, &key, &mut array_type)?;
+            if let Some(item_type) = array_type {
+                array_types.insert(key.clone(), item_type);
+            }
             entries.insert(key, value);
         }
-        let metadata = Metadata::new(entries);
+        let metadata = Metadata::with_array_types(entries, array_types);
 
+        check_count(tensor_count, MIN_TENSOR_INFO_BYTES, r.remaining(), "tensor directory entries")?;
         let mut tensors = Vec::new();
         let mut by_name = BTreeMap::new();
         for i in 0..tensor_count {
-            let name = r.string(&format!("tensor name #{i}"))?;
-            let n_dims = r.u32(&name)?;
+            let name = r.string(Field::TensorName(i))?;
+            if by_name.contains_key(&name) {
+                return Err(ModelError::tensor(&name, "appears more than once in the tensor directory"));
+            }
+            let field = Field::Tensor(&name);
+            let n_dims = r.u32(field)?;
             if n_dims > MAX_DIMS {
                 return Err(ModelError::tensor(&name, format!("{n_dims} dimensions")));
             }
-            let dims = (0..n_dims)
-                .map(|_| r.u64(&name).and_then(|d| to_usize(d, &name)))
-                .collect::<Result<Vec<_>>>()?;
+            let dims =
+                (0..n_dims).map(|_| r.u64(field).and_then(|d| to_usize(d, &name))).collect::<Result<Vec<_>>>()?;
             if dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_none() {
                 return Err(ModelError::tensor(&name, format!("element count of {dims:?} overflows")));
             }
-            let ggml_type = GgmlType::from_id(r.u32(&name)?);
-            let offset = to_usize(r.u64(&name)?, &name)?;
+            let ggml_type = GgmlType::from_id(r.u32(field)?);
+            let offset = to_usize(r.u64(field)?, &name)?;
             by_name.insert(name.clone(), tensors.len());
             tensors.push(TensorInfo { name, dims, ggml_type, offset });
         }
@@ -128,7 +172,15 @@ impl GgufFile {
         if alignment == 0 || !alignment.is_power_of_two() {
             return Err(ModelError::metadata("general.alignment", format!("{alignment} is not a power of two")));
         }
-        let data_start = r.pos.div_ceil(alignment) * alignment;
+        if let Some(t) = tensors.iter().find(|t| !t.offset.is_multiple_of(alignment)) {
+            return Err(ModelError::tensor(
+                &t.name,
+                format!("data offset {} is not a multiple of the alignment {alignment}", t.offset),
+            ));
+        }
+        let data_start = r.pos().div_ceil(alignment).checked_mul(alignment);
+        let data_start =
+            data_start.ok_or_else(|| ModelError::metadata("general.alignment", format!("{alignment} is too large")))?;
         let file = GgufFile { path, version, metadata, tensors, by_name, data_start, map };
         // Validate every tensor's extent now, so later reads cannot go out of bounds. A type we
         // cannot size (a newer quantization) fails when that tensor is read, not at open.
@@ -185,91 +237,35 @@ impl GgufFile {
         let end = start.and_then(|s| s.checked_add(size));
         match (start, end) {
             (Some(start), Some(end)) if end <= self.map.len() => Ok((start, end)),
-            _ => Err(ModelError::Truncated { what: format!("the data of tensor `{}`", info.name) }),
+            _ => Err(ModelError::Truncated {
+                what: format!(
+                    "the data of tensor `{}` ({size} bytes at offset {}; the data section holds {} bytes)",
+                    info.name,
+                    info.offset,
+                    self.map.len().saturating_sub(self.data_start)
+                ),
+            }),
         }
     }
 }
 
-fn to_usize(v: u64, what: &str) -> Result<usize> {
-    usize::try_from(v).map_err(|_| ModelError::Truncated { what: what.to_string() })
+/// A count of entries that each take at least `min_bytes` must fit in the bytes left.
+fn check_count(count: u64, min_bytes: usize, left: usize, what: &str) -> Result<()> {
+    if count > (left / min_bytes) as u64 {
+        return Err(ModelError::Truncated {
+            what: format!("the header: {count} {what} cannot fit in the {left} bytes left"),
+        });
+    }
+    Ok(())
 }
 
-/// A bounds-checked little-endian cursor over the header.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    /// How many arrays the value being read is nested in.
-    depth: u32,
-}
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        let end = self.pos.checked_add(N).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or_else(|| ModelError::Truncated { what: what.to_string() })?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(&self.bytes[self.pos..end]);
-        self.pos = end;
-        Ok(out)
-    }
-
-    fn u32(&mut self, what: &str) -> Result<u32> {
-        self.take::<4>(what).map(u32::from_le_bytes)
-    }
-
-    fn u64(&mut self, what: &str) -> Result<u64> {
-        self.take::<8>(what).map(u64::from_le_bytes)
-    }
-
-    fn string(&mut self, what: &str) -> Result<String> {
-        let len = self.u64(what)?;
-        if len > MAX_STRING_BYTES {
-            return Err(ModelError::Truncated { what: what.to_string() });
-        }
-        let len = to_usize(len, what)?;
-        let end = self.pos.checked_add(len).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or_else(|| ModelError::Truncated { what: what.to_string() })?;
-        // Token lists of real files contain invalid UTF-8 now and then; keep what we can.
-        let s = String::from_utf8_lossy(&self.bytes[self.pos..end]).into_owned();
-        self.pos = end;
-        Ok(s)
-    }
-
-    fn value(&mut self, value_type: u32, key: &str) -> Result<MetadataValue> {
-        Ok(match value_type {
-            0 => MetadataValue::U8(self.take::<1>(key)?[0]),
-            1 => MetadataValue::I8(i8::from_le_bytes(self.take::<1>(key)?)),
-            2 => MetadataValue::U16(u16::from_le_bytes(self.take::<2>(key)?)),
-            3 => MetadataValue::I16(i16::from_le_bytes(self.take::<2>(key)?)),
-            4 => MetadataValue::U32(self.u32(key)?),
-            5 => MetadataValue::I32(i32::from_le_bytes(self.take::<4>(key)?)),
-            6 => MetadataValue::F32(f32::from_le_bytes(self.take::<4>(key)?)),
-            7 => MetadataValue::Bool(self.take::<1>(key)?[0] != 0),
-            8 => MetadataValue::String(self.string(key)?),
-            9 => {
-                let item_type = self.u32(key)?;
-                let n = self.u64(key)?;
-                if n > MAX_ARRAY_ITEMS || item_type == 9 && n > 1 << 16 {
-                    return Err(ModelError::metadata(key, format!("array of {n} items is too large")));
-                }
-                if self.depth >= MAX_ARRAY_DEPTH {
-                    return Err(ModelError::metadata(key, "arrays nested too deeply"));
-                }
-                let n = to_usize(n, key)?;
-                let mut items = Vec::with_capacity(n.min(1 << 20));
-                self.depth += 1;
-                for _ in 0..n {
-                    items.push(self.value(item_type, key)?);
-                }
-                self.depth -= 1;
-                MetadataValue::Array(items)
-            }
-            10 => MetadataValue::U64(self.u64(key)?),
-            11 => MetadataValue::I64(i64::from_le_bytes(self.take::<8>(key)?)),
-            12 => MetadataValue::F64(f64::from_le_bytes(self.take::<8>(key)?)),
-            other => return Err(ModelError::metadata(key, format!("unknown value type {other}"))),
-        })
-    }
+fn to_usize(v: u64, tensor: &str) -> Result<usize> {
+    usize::try_from(v).map_err(|_| ModelError::tensor(tensor, format!("{v} does not fit in memory on this machine")))
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bad_files;
+#[cfg(test)]
+mod tests_writer;
