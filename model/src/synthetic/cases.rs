@@ -107,7 +107,9 @@ impl FamilyCase {
         config.validate()?;
         let family = config.family.family();
         let mut writer = GgufWriter::new();
-        writer.add_string("general.name", format!("stellarchat-synthetic-{}", self.name))?;
+        // Not the case's name: llama.cpp special-cases the vocabulary of any model whose name
+        // mentions "phi3", which this vocabulary does not have the tokens for.
+        writer.add_string("general.name", "stellarchat synthetic checkpoint")?;
         for (key, value) in family.metadata(&config) {
             writer.add(key, value)?;
         }
