@@ -393,14 +393,18 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let good = dir.join("good.jinja");
         // Like Jinja2, the file's single trailing newline is not part of the output.
-        std::fs::write(&good, "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}\n").unwrap();
+        std::fs::write(&good, "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}\n")
+            .unwrap();
         let template = ChatTemplate::from_file(&good, &tokenizer).unwrap();
         assert_eq!(template.render(&[ChatMessage::new("user", "hi")], true).unwrap(), "<|im_start|>[user]hi");
 
         let broken = dir.join("broken.jinja");
         std::fs::write(&broken, "{% for m in messages %}{{ m.content }}").unwrap();
         let err = ChatTemplate::from_file(&broken, &tokenizer).unwrap_err();
-        assert!(matches!(&err, ModelError::ChatTemplate(m) if m.contains("broken.jinja") && m.contains("syntax error")), "{err}");
+        assert!(
+            matches!(&err, ModelError::ChatTemplate(m) if m.contains("broken.jinja") && m.contains("syntax error")),
+            "{err}"
+        );
         // Compiles, but cannot render any conversation: refused up front too.
         let unrenderable = dir.join("unrenderable.jinja");
         std::fs::write(&unrenderable, "{{ messages | no_such_filter }}").unwrap();

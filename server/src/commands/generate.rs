@@ -35,6 +35,10 @@ pub struct GenerateArgs {
     /// A JSON file with an array of OpenAI-style messages, rendered by the chat template.
     #[arg(long)]
     messages: Option<PathBuf>,
+    /// A Jinja chat template file that replaces the model's own (needed for --messages with a
+    /// model that has none).
+    #[arg(long, value_name = "FILE")]
+    chat_template: Option<PathBuf>,
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// 0 means greedy.
@@ -85,7 +89,9 @@ pub enum GenerateError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a JSON array of {{\"role\", \"content\"}} messages: {source}")]
     Messages { path: PathBuf, source: serde_json::Error },
-    #[error("the model has no chat template; use --prompt")]
+    #[error("--chat-template: {0}")]
+    ChatTemplate(ModelError),
+    #[error("the model has no chat template: pass --chat-template FILE (a Jinja chat template), or use --prompt")]
     NoTemplate,
     #[error("the engine stopped before finishing")]
     Interrupted,
@@ -93,11 +99,13 @@ pub enum GenerateError {
 
 pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
     let loader = ModelLoader::open(&args.model)?;
-    let info = loader.info();
+    let info = crate::serve::prompt::apply_chat_template_file(loader.info(), args.chat_template.as_deref())
+        .map_err(GenerateError::ChatTemplate)?;
     let prompt_ids = match (&args.prompt, &args.messages) {
         (Some(prompt), _) => info.tokenizer.encode_prompt(prompt)?,
         (None, Some(path)) => {
-            let raw = std::fs::read_to_string(path).map_err(|source| GenerateError::Read { path: path.clone(), source })?;
+            let raw =
+                std::fs::read_to_string(path).map_err(|source| GenerateError::Read { path: path.clone(), source })?;
             let messages: Vec<ChatMessage> =
                 serde_json::from_str(&raw).map_err(|source| GenerateError::Messages { path: path.clone(), source })?;
             let template = info.chat_template.as_ref().ok_or(GenerateError::NoTemplate)?;
@@ -159,9 +167,12 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
             }
             Some(GenerationEvent::Finished { reason, usage, text: tail, timings }) => {
                 text.push_str(&tail);
-                let prefill_s = timings.first_token.unwrap_or(timings.finished) - timings.scheduled.unwrap_or(timings.submitted);
+                let prefill_s =
+                    timings.first_token.unwrap_or(timings.finished) - timings.scheduled.unwrap_or(timings.submitted);
                 let decode_s = timings.finished - timings.first_token.unwrap_or(timings.finished);
-                let per_s = |n: usize, d: std::time::Duration| if d.as_secs_f64() > 0.0 { n as f64 / d.as_secs_f64() } else { 0.0 };
+                let per_s = |n: usize, d: std::time::Duration| {
+                    if d.as_secs_f64() > 0.0 { n as f64 / d.as_secs_f64() } else { 0.0 }
+                };
                 if args.json {
                     let out = JsonOutput {
                         prompt_ids,

@@ -5,10 +5,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::{Args, ValueEnum};
+use stellarchat_model::ModelError;
 use stellarchat_model::device::{DeviceSpec, Precision};
 use stellarchat_model::engine::EngineConfig;
-use stellarchat_model::model::LoadOptions;
+use stellarchat_model::model::{LoadOptions, ModelInfo, ModelLoader};
 use stellarchat_model::weights::WeightFormat;
 
 /// The default model: fetched into `weights/` by `just weights`.
@@ -26,6 +29,11 @@ pub struct ServeArgs {
     /// A GGUF file, or `synthetic:<preset>` (random weights, for tests and benchmarks).
     #[arg(long, env = "STELLARCHAT_MODEL", default_value = DEFAULT_MODEL)]
     pub model: String,
+
+    /// A Jinja chat template file that replaces the model's own (for every model); models
+    /// without one (base models such as Gemma 3 270M) need it for /v1/chat/completions.
+    #[arg(long, env = "STELLARCHAT_CHAT_TEMPLATE", value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
 
     /// The model id clients send and `/v1/models` lists (default: the file stem).
     #[arg(long, env = "STELLARCHAT_SERVED_MODEL_NAME")]
@@ -127,6 +135,11 @@ impl ServeArgs {
         LoadOptions { device: self.device, precision: self.dtype, weights: self.weights }
     }
 
+    /// The opened model's info, with `--chat-template` applied (a bad file is an error).
+    pub fn model_info(&self, loader: &ModelLoader) -> Result<Arc<ModelInfo>, ModelError> {
+        super::prompt::apply_chat_template_file(loader.info(), self.chat_template.as_deref())
+    }
+
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             max_num_seqs: self.max_num_seqs.max(1),
@@ -178,6 +191,7 @@ mod tests {
         assert_eq!(a.dtype, Precision::F32);
         assert!(!a.log_content);
         assert_eq!(a.log_format, LogFormat::Text);
+        assert_eq!(a.chat_template, None);
     }
 
     #[test]
@@ -192,8 +206,11 @@ mod tests {
             "http://x",
             "--port",
             "0",
+            "--chat-template",
+            "gemma.jinja",
         ])
         .expect("parse");
+        assert_eq!(cli.serve.chat_template, Some(PathBuf::from("gemma.jinja")));
         assert_eq!(cli.serve.api_keys, vec!["a", "b"]);
         assert_eq!(cli.serve.cors_origins, vec!["http://x"]);
         assert_eq!(cli.serve.port, 0);

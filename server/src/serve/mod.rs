@@ -50,6 +50,8 @@ use validate::Limits;
 pub enum ServeError {
     #[error("cannot open the model: {0}")]
     Model(#[from] ModelError),
+    #[error("--chat-template: {0}")]
+    ChatTemplate(ModelError),
     #[error("loading the model failed: {0}")]
     Load(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -113,7 +115,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let api_keys = args.load_api_keys().map_err(ServeError::ApiKeyFile)?;
     // Opening parses metadata, tokenizer and template only: a bad path fails here, fast.
     let loader = ModelLoader::open(&args.model)?;
-    let info = loader.info();
+    let info = args.model_info(&loader).map_err(ServeError::ChatTemplate)?;
 
     let addr = format!("{}:{}", args.host, args.port);
     let listener =

@@ -1,19 +1,65 @@
-//! From validated messages or prompts to token ids, with the model's own chat template and
-//! tokenizer, and the context-length check that needs the token count.
+//! From validated messages or prompts to token ids, with the model's chat template (its own,
+//! or the `--chat-template` file that replaces it) and tokenizer, and the context-length check
+//! that needs the token count.
 
-use stellarchat_model::chat_template::ChatMessage;
+use std::path::Path;
+use std::sync::Arc;
+
+use stellarchat_model::ModelError;
+use stellarchat_model::chat_template::{ChatMessage, ChatTemplate};
 use stellarchat_model::model::ModelInfo;
 
 use super::error::ApiError;
 use super::generate::PlannedPrompt;
 use super::validate::{GenerationSpec, Limits, Message, PromptSource, resolve_max_tokens};
 
+/// What a chat request to a model without a template is told (a 400, not a guess at a format
+/// the model was never tuned on).
+pub const NO_TEMPLATE_MESSAGE: &str = "This model has no chat template, so chat messages cannot be turned into a \
+     prompt. Send a raw prompt to /v1/completions instead, or restart the server with \
+     --chat-template FILE (a Jinja chat template).";
+
+/// The model's info with `--chat-template FILE` applied: the file's template (checked now,
+/// so a bad file stops start-up) replaces the model's own, for every model. Logs which
+/// template chats will use, or that there is none.
+pub fn apply_chat_template_file(info: Arc<ModelInfo>, file: Option<&Path>) -> Result<Arc<ModelInfo>, ModelError> {
+    let Some(file) = file else {
+        match &info.chat_template {
+            Some(_) => tracing::info!(model = %info.name, "chat template: the model's own"),
+            None => tracing::warn!(
+                model = %info.name,
+                "the model has no chat template: /v1/chat/completions answers 400 (use /v1/completions, \
+                 or pass --chat-template FILE)"
+            ),
+        }
+        return Ok(info);
+    };
+    let template = ChatTemplate::from_file(file, &info.tokenizer)?;
+    tracing::info!(
+        model = %info.name,
+        file = %file.display(),
+        replaces_models_own = info.chat_template.is_some(),
+        "chat template: from --chat-template"
+    );
+    Ok(Arc::new(with_template(&info, Some(template))))
+}
+
+/// A copy of `info` with another chat template (the rest is cheap to clone: the tokenizer is
+/// shared).
+fn with_template(info: &ModelInfo, chat_template: Option<ChatTemplate>) -> ModelInfo {
+    ModelInfo {
+        name: info.name.clone(),
+        tokenizer: info.tokenizer.clone(),
+        chat_template,
+        context_length: info.context_length,
+        config: info.config.clone(),
+    }
+}
+
 /// Renders a chat with the model's template (ending with the assistant header when
 /// `add_generation_prompt`).
 pub fn render_chat(model: &ModelInfo, messages: &[Message], add_generation_prompt: bool) -> Result<String, ApiError> {
-    let template = model.chat_template.as_ref().ok_or_else(|| {
-        ApiError::invalid("messages", "This model has no chat template; use /v1/completions with a raw prompt.")
-    })?;
+    let template = model.chat_template.as_ref().ok_or_else(|| ApiError::invalid("messages", NO_TEMPLATE_MESSAGE))?;
     let messages: Vec<ChatMessage> = messages
         .iter()
         .map(|m| ChatMessage { role: m.role.as_str().to_string(), content: m.content.clone() })
@@ -57,4 +103,45 @@ pub fn plan_completion(
             Ok(PlannedPrompt { ids, max_tokens })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use stellarchat_model::model::ModelLoader;
+
+    use super::*;
+    use crate::serve::validate::Role;
+
+    fn synthetic() -> Arc<ModelInfo> {
+        ModelLoader::open("synthetic:tiny").expect("synthetic model").info()
+    }
+
+    fn hello() -> Vec<Message> {
+        vec![Message { role: Role::User, content: "Hello".into() }]
+    }
+
+    #[test]
+    fn a_model_without_template_answers_chats_with_a_helpful_400() {
+        let info = with_template(&synthetic(), None);
+        let err = render_chat(&info, &hello(), true).unwrap_err();
+        assert_eq!(err.kind(), "invalid_request");
+        let message = err.to_string();
+        assert!(message.contains("--chat-template") && message.contains("/v1/completions"), "{message}");
+    }
+
+    #[test]
+    fn a_template_file_replaces_the_models_own() {
+        let dir = std::env::temp_dir().join(format!("stellarchat-prompt-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("turns.jinja");
+        std::fs::write(&file, "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}").unwrap();
+        let bare = Arc::new(with_template(&synthetic(), None));
+        assert!(Arc::ptr_eq(&apply_chat_template_file(bare.clone(), None).unwrap(), &bare));
+        let info = apply_chat_template_file(bare, Some(&file)).unwrap();
+        assert_eq!(render_chat(&info, &hello(), true).unwrap(), "<user>Hello");
+        std::fs::write(&file, "{% if %}").unwrap();
+        let err = apply_chat_template_file(info, Some(&file)).map(|_| ()).unwrap_err();
+        assert!(matches!(&err, ModelError::ChatTemplate(m) if m.contains("turns.jinja")), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
