@@ -99,6 +99,16 @@ impl ModelConfig {
             None if num_heads > 0 => hidden_size / num_heads,
             None => return Err(ModelError::metadata(&key("attention.head_count"), "must be positive")),
         };
+        // llama.cpp refuses a rotary dimension other than the head size for these families;
+        // so do we, rather than rotate the wrong number of elements.
+        if let Some(n_rot) = metadata.opt_usize(&key("rope.dimension_count"))?
+            && n_rot != head_dim
+        {
+            return Err(ModelError::metadata(
+                &key("rope.dimension_count"),
+                format!("{n_rot} rotated dimensions per head of {head_dim}: partial rotary embeddings are not supported"),
+            ));
+        }
         let vocab_size = match metadata.opt_usize(&key("vocab_size"))? {
             Some(v) => v,
             None => metadata

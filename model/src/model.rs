@@ -23,6 +23,7 @@ use crate::tokenizer::Tokenizer;
 use crate::weights::{WeightFormat, WeightSource};
 
 /// What the server and CLI need to know about a model.
+#[derive(Clone)]
 pub struct ModelInfo {
     /// A name for `/v1/models`: the file stem, or `synthetic-<preset>`.
     pub name: String,

@@ -102,6 +102,10 @@ fn absurd_dimensions_name_the_key() {
         let err = config_from_gguf(&Metadata::new(entries), &|_| true).expect_err(key);
         assert!(err.to_string().contains(key), "{key}: {err}");
     }
+    let mut entries: BTreeMap<String, MetadataValue> = family.metadata(&config).into_iter().collect();
+    entries.insert("llama.rope.dimension_count".into(), MetadataValue::U64(1 << 40));
+    let err = config_from_gguf(&Metadata::new(entries), &|_| true).expect_err("n_rot");
+    assert!(err.to_string().contains("llama.rope.dimension_count"), "{err}");
     // Each dimension plausible, their product not: refused before any allocation.
     let mut entries: BTreeMap<String, MetadataValue> = family.metadata(&config).into_iter().collect();
     entries.insert("llama.embedding_length".into(), MetadataValue::U64(1 << 23));

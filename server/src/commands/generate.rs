@@ -95,6 +95,8 @@ pub enum GenerateError {
     NoTemplate,
     #[error("the engine stopped before finishing")]
     Interrupted,
+    #[error("loading the model failed: {0}")]
+    Load(String),
 }
 
 pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
@@ -129,7 +131,7 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
     let engine = Engine::spawn(loader, options, EngineConfig::default(), progress);
     while !engine.is_ready() {
         if let Some(error) = engine.load_error() {
-            return Err(ModelError::Internal(error).into());
+            return Err(GenerateError::Load(error));
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }

@@ -41,19 +41,8 @@ pub fn apply_chat_template_file(info: Arc<ModelInfo>, file: Option<&Path>) -> Re
         replaces_models_own = info.chat_template.is_some(),
         "chat template: from --chat-template"
     );
-    Ok(Arc::new(with_template(&info, Some(template))))
-}
-
-/// A copy of `info` with another chat template (the rest is cheap to clone: the tokenizer is
-/// shared).
-fn with_template(info: &ModelInfo, chat_template: Option<ChatTemplate>) -> ModelInfo {
-    ModelInfo {
-        name: info.name.clone(),
-        tokenizer: info.tokenizer.clone(),
-        chat_template,
-        context_length: info.context_length,
-        config: info.config.clone(),
-    }
+    // The rest is cheap to clone: the tokenizer is shared.
+    Ok(Arc::new(ModelInfo { chat_template: Some(template), ..ModelInfo::clone(&info) }))
 }
 
 /// Renders a chat with the model's template (ending with the assistant header when
@@ -122,7 +111,7 @@ mod tests {
 
     #[test]
     fn a_model_without_template_answers_chats_with_a_helpful_400() {
-        let info = with_template(&synthetic(), None);
+        let info = ModelInfo { chat_template: None, ..ModelInfo::clone(&synthetic()) };
         let err = render_chat(&info, &hello(), true).unwrap_err();
         assert_eq!(err.kind(), "invalid_request");
         let message = err.to_string();
@@ -135,7 +124,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("turns.jinja");
         std::fs::write(&file, "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}").unwrap();
-        let bare = Arc::new(with_template(&synthetic(), None));
+        let bare = Arc::new(ModelInfo { chat_template: None, ..ModelInfo::clone(&synthetic()) });
         assert!(Arc::ptr_eq(&apply_chat_template_file(bare.clone(), None).unwrap(), &bare));
         let info = apply_chat_template_file(bare, Some(&file)).unwrap();
         assert_eq!(render_chat(&info, &hello(), true).unwrap(), "<user>Hello");
