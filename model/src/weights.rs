@@ -69,15 +69,20 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
 }
 
+/// Every tensor is read once into the model's own buffers, so its file pages are released
+/// right after (see [`GgufFile::release`]).
 impl WeightSource for GgufFile {
     fn f32_tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let (info, data) = self.tensor_f32(name)?;
+        self.release(&info);
         Ok((info.dims, data))
     }
 
     fn raw_tensor(&self, name: &str) -> Result<RawTensor> {
         let info = self.tensor_info(name).ok_or_else(|| ModelError::tensor(name, "missing from the file"))?;
-        Ok(RawTensor { dims: info.dims.clone(), ggml_type: info.ggml_type, bytes: self.tensor_bytes(info)?.to_vec() })
+        let bytes = self.tensor_bytes(info)?.to_vec();
+        self.release(info);
+        Ok(RawTensor { dims: info.dims.clone(), ggml_type: info.ggml_type, bytes })
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -221,7 +226,8 @@ pub struct EmbeddingTable {
     row_bytes: usize,
     dim: usize,
     vocab: usize,
-    bytes: Vec<u8>,
+    /// Shared with a tied output projection's [`QuantMatrix`].
+    bytes: Arc<Vec<u8>>,
 }
 
 impl EmbeddingTable {
@@ -237,7 +243,7 @@ impl EmbeddingTable {
         dequantize(raw.ggml_type, &raw.bytes[..row_bytes.min(raw.bytes.len())], &mut probe).map_err(|_| {
             ModelError::UnsupportedQuantization { tensor: name.to_string(), ggml_type: raw.ggml_type.to_string() }
         })?;
-        Ok(EmbeddingTable { ggml_type: raw.ggml_type, row_bytes, dim, vocab, bytes: raw.bytes })
+        Ok(EmbeddingTable { ggml_type: raw.ggml_type, row_bytes, dim, vocab, bytes: Arc::new(raw.bytes) })
     }
 
     pub fn dim(&self) -> usize {

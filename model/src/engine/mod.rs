@@ -116,6 +116,9 @@ impl Engine {
                         reason: format!("the backend failed while opening the device: {what}"),
                     })
                 });
+            // The model holds its own copy of every tensor: unmap the file now, or its pages,
+            // read once while loading, would stay in the process's resident memory.
+            drop(loader);
             match loaded {
                 Ok(model) => {
                     shared.ready.store(true, Ordering::Release);

@@ -208,6 +208,27 @@ impl GgufFile {
         Ok(&self.map[start..end])
     }
 
+    /// Tells the kernel this process is done with a tensor's data (after copying it): the pages
+    /// wholly inside it leave the resident set, so a model loaded into its own buffers does
+    /// not also hold the whole file in memory at its peak. Reading the tensor again stays
+    /// correct (the pages come back from the file); failure is harmless and ignored.
+    pub fn release(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        if let Ok((start, end)) = self.extent(info) {
+            const PAGE: usize = 4096;
+            let (first, last) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+            if last > first {
+                // SAFETY: the map is read-only and file-backed, so dropping its pages loses
+                // nothing: a later read faults them back in from the file. No reference into
+                // the range is used after this call by the loader, and one that were would
+                // still read the same bytes.
+                let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first) };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = info;
+    }
+
     /// A tensor dequantized to f32, in ggml element order (row-major over [`TensorInfo::shape`]).
     pub fn tensor_f32(&self, name: &str) -> Result<(TensorInfo, Vec<f32>)> {
         let info = self.tensor_info(name).ok_or_else(|| ModelError::tensor(name, "missing from the file"))?.clone();

@@ -39,6 +39,7 @@ mod tests;
 use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::error::ModelError;
 use crate::gguf::GgmlType;
@@ -71,7 +72,8 @@ pub struct QuantMatrix {
     rows: usize,
     cols: usize,
     row_bytes: usize,
-    bytes: Vec<u8>,
+    /// Shared, so a tied output projection and the embedding table hold one copy.
+    bytes: Arc<Vec<u8>>,
     /// The AVX2 kernels' proof of CPU support, looked up once.
     #[cfg(target_arch = "x86_64")]
     avx2: Option<avx2::Avx2>,
@@ -111,7 +113,12 @@ impl QuantMatrix {
     /// [`ModelError::UnsupportedQuantization`]; wrong sizes are [`ModelError::Tensor`]. Both
     /// leave the tensor name empty: callers that know it wrap the error (or use
     /// [`QuantMatrix::for_tensor`]).
-    pub fn new(ggml_type: GgmlType, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<QuantMatrix, ModelError> {
+    pub fn new(
+        ggml_type: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: impl Into<Arc<Vec<u8>>>,
+    ) -> Result<QuantMatrix, ModelError> {
         QuantMatrix::for_tensor("", ggml_type, rows, cols, bytes)
     }
 
@@ -121,10 +128,11 @@ impl QuantMatrix {
         ggml_type: GgmlType,
         rows: usize,
         cols: usize,
-        bytes: Vec<u8>,
+        bytes: impl Into<Arc<Vec<u8>>>,
     ) -> Result<QuantMatrix, ModelError> {
         let unsupported =
             || ModelError::UnsupportedQuantization { tensor: tensor.to_string(), ggml_type: ggml_type.to_string() };
+        let bytes = bytes.into();
         let (block_elems, block_bytes) = ggml_type.block_layout().ok_or_else(unsupported)?;
         if !QuantMatrix::supports(ggml_type) {
             return Err(unsupported());
