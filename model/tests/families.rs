@@ -12,8 +12,11 @@
 //! Greedy tokens must agree token for token (a near-tie would show here as a failure to look
 //! at, not be waived).
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::{argmax, ids, read_json, repo_root, weights_file};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use stellarchat_model::device::{DeviceSpec, Precision};
@@ -25,35 +28,15 @@ use stellarchat_model::weights::WeightFormat;
 
 const LOGIT_TOLERANCE: f32 = 0.01;
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn reference(case: &str) -> Value {
-    let path = repo_root().join(format!("tests/golden/families/{case}.json"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).expect("reference JSON")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
-}
-
 /// The case's checkpoint, written to a temporary file after checking its hash.
 fn checkpoint(case: &FamilyCase, expected_sha: &str) -> PathBuf {
-    let vocabulary = repo_root().join("weights/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(vocabulary.is_file(), "{} is missing: run `just weights`", vocabulary.display());
-    let vocabulary = GgufFile::open(&vocabulary).expect("default model");
+    let vocabulary = GgufFile::open(weights_file("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2")).expect("default model");
     let bytes = case.gguf(&vocabulary.metadata, CASE_SEED).expect("write case");
     let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(sha, expected_sha, "{}: the regenerated checkpoint differs from the one llama.cpp ran", case.name);
     let path = std::env::temp_dir().join(format!("stellarchat-family-{}-{}.gguf", case.name, std::process::id()));
     std::fs::write(&path, bytes).expect("write temp file");
     path
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0) as u32
 }
 
 fn check(model: &Transformer, loader: &ModelLoader, case: &FamilyCase, prompt: &Value, label: &str) {
@@ -113,7 +96,7 @@ fn check(model: &Transformer, loader: &ModelLoader, case: &FamilyCase, prompt: &
 
 fn run_case(name: &str) {
     let case = FamilyCase::by_name(name).expect("case");
-    let reference = reference(name);
+    let reference = read_json(&format!("tests/golden/families/{name}.json"));
     let path = checkpoint(&case, reference["sha256"].as_str().expect("sha256"));
     let loader = ModelLoader::open(path.to_str().expect("utf-8 path")).expect("open case");
     let mut specs = vec![DeviceSpec::Flex];

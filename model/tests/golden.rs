@@ -2,8 +2,9 @@
 //! top-5 logits within 0.02 of a float64 implementation and the exact greedy continuation,
 //! on every CPU backend compiled in, with f32 weights and arithmetic.
 
-use std::path::PathBuf;
+mod common;
 
+use common::{argmax, ids, read_json, weights_file};
 use serde_json::Value;
 use stellarchat_model::device::{DeviceSpec, Precision};
 use stellarchat_model::kv_cache::SequenceCache;
@@ -14,28 +15,8 @@ use stellarchat_model::weights::WeightFormat;
 const LOGIT_TOLERANCE: f32 = 0.02;
 const EOS: u32 = 2;
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn golden() -> Value {
-    let path = repo_root().join("tests/golden/smollm2-135m-instruct-q4_1.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).expect("golden JSON")
-}
-
-fn model_path() -> PathBuf {
-    let path = repo_root().join("weights/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.exists(), "{} is missing: run `just weights`", path.display());
-    path
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
-}
-
 fn load(spec: DeviceSpec, precision: Precision, weights: WeightFormat) -> Transformer {
-    let loader = ModelLoader::open(model_path().to_str().expect("utf-8 path")).expect("open model");
+    let loader = ModelLoader::open(weights_file("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2").to_str().expect("utf-8 path")).expect("open model");
     loader.load(&LoadOptions { device: spec, precision, weights }, &mut |_, _| {}).expect("load model")
 }
 
@@ -48,20 +29,10 @@ fn teacher_forced(model: &Transformer, prompt: &[u32]) -> (SequenceCache, Vec<f3
     (cache, logits.chunk(0).to_vec())
 }
 
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 fn check_device(spec: DeviceSpec, weights: WeightFormat) {
     let model = load(spec, Precision::F32, weights);
     let vocab = model.config().vocab_size;
-    for chat in golden()["chats"].as_array().expect("chats") {
+    for chat in golden_data()["chats"].as_array().expect("chats") {
         let name = chat["name"].as_str().expect("name");
         let prompt = ids(&chat["ids"]);
         let (mut cache, rows) = teacher_forced(&model, &prompt);
@@ -114,7 +85,7 @@ fn golden_logits_and_greedy_on_flex_with_quantized_weights() {
 fn golden_top5_within_f16_tolerance_on_flex() {
     let model = load(DeviceSpec::Flex, Precision::F16, WeightFormat::Dense);
     let vocab = model.config().vocab_size;
-    for chat in golden()["chats"].as_array().expect("chats") {
+    for chat in golden_data()["chats"].as_array().expect("chats") {
         let name = chat["name"].as_str().expect("name");
         let prompt = ids(&chat["ids"]);
         let (_, rows) = teacher_forced(&model, &prompt);
@@ -172,4 +143,8 @@ fn golden_logits_and_greedy_on_wgpu_software_adapter() {
 #[test]
 fn golden_logits_and_greedy_on_vulkan_software_adapter() {
     check_gpu_device_or_clear_refusal(DeviceSpec::Vulkan { adapter: stellarchat_model::device::WgpuAdapter::Cpu });
+}
+
+fn golden_data() -> Value {
+    read_json("tests/golden/smollm2-135m-instruct-q4_1.json")
 }

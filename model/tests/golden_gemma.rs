@@ -5,9 +5,9 @@
 //! weights dequantized to f32 and with weights kept in their K-quant blocks (f32 activations
 //! either way, so the float tolerance applies to both).
 
-use std::path::PathBuf;
+mod common;
 
-use serde_json::Value;
+use common::{argmax, ids, read_json, weights_file};
 use stellarchat_model::device::{DeviceSpec, Precision};
 use stellarchat_model::model::{LoadOptions, ModelLoader};
 use stellarchat_model::transformer::ForwardChunk;
@@ -17,36 +17,12 @@ const LOGIT_TOLERANCE: f32 = 0.02;
 /// `<eos>` and `<end_of_turn>`: where the reference's greedy stops.
 const STOP: [u32; 2] = [1, 106];
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn golden() -> Value {
-    let path = repo_root().join("tests/golden/gemma-3-270m-q4_k_m.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).expect("golden JSON")
-}
-
-fn model_path() -> PathBuf {
-    let path = repo_root().join("weights/gemma-3-270m-q4_k_m.gguf");
-    assert!(path.exists(), "{} is missing: run `just weights gemma3`", path.display());
-    path
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0) as u32
-}
-
 fn check(weights: WeightFormat) {
-    let loader = ModelLoader::open(model_path().to_str().expect("utf-8 path")).expect("open Gemma");
+    let loader = ModelLoader::open(weights_file("gemma-3-270m-q4_k_m.gguf", "gemma3").to_str().expect("utf-8 path")).expect("open Gemma");
     let options = LoadOptions { device: DeviceSpec::Flex, precision: Precision::F32, weights };
     let model = loader.load(&options, &mut |_, _| {}).expect("load Gemma");
     let vocab = model.config().vocab_size;
-    for prompt in golden()["prompts"].as_array().expect("prompts") {
+    for prompt in read_json("tests/golden/gemma-3-270m-q4_k_m.json")["prompts"].as_array().expect("prompts") {
         let name = prompt["name"].as_str().expect("name");
         let prompt_ids = ids(&prompt["ids"]);
         // The golden ids are llama.cpp's tokenization; ours must match (BOS included).

@@ -214,7 +214,7 @@ impl GgufFile {
     /// correct (the pages come back from the file); failure is harmless and ignored.
     pub fn release(&self, info: &TensorInfo) {
         #[cfg(unix)]
-        if let Ok((start, end)) = self.extent(info) {
+        if let (Storage::Mapped(map), Ok((start, end))) = (&self.map, self.extent(info)) {
             const PAGE: usize = 4096;
             let (first, last) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
             if last > first {
@@ -222,7 +222,7 @@ impl GgufFile {
                 // nothing: a later read faults them back in from the file. No reference into
                 // the range is used after this call by the loader, and one that were would
                 // still read the same bytes.
-                let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first) };
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first) };
             }
         }
         #[cfg(not(unix))]
