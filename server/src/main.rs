@@ -1,18 +1,15 @@
-//! `stellarchat`: an OpenAI-compatible LLM inference server in pure Rust.
+//! `stellarchat`: the command line over the [`stellarchat`] library.
 //!
-//! Subcommands: `serve` (the HTTP/SSE/WebSocket API, [`serve`]), `generate` and `tokenize`
-//! (the model from the command line, [`commands`]). The model, tokenizer and batching engine
-//! live in the `stellarchat-model` crate; this crate holds no tensors.
-
-mod commands;
-mod serve;
+//! Subcommands: `serve` (the API, [`stellarchat::serve`]), `generate`, `tokenize`, `bench`
+//! and `synthetic-gguf` ([`stellarchat::commands`]).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use stellarchat::{commands, serve};
 
 #[derive(Parser)]
-#[command(name = "stellarchat", version = version_with_backends(), about, long_about = None)]
+#[command(name = "stellarchat", version = version(), about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,9 +29,9 @@ enum Command {
     SyntheticGguf(commands::synthetic_gguf::SyntheticGgufArgs),
 }
 
-fn version_with_backends() -> &'static str {
-    let backends = stellarchat_model::device::compiled_backends().join(", ");
-    Box::leak(format!("{} (backends: {backends})", env!("CARGO_PKG_VERSION")).into_boxed_str())
+/// clap wants a `'static` version string; it is built once per process.
+fn version() -> &'static str {
+    Box::leak(stellarchat::version_with_backends().into_boxed_str())
 }
 
 fn main() -> ExitCode {
@@ -44,7 +41,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(Into::into)
-            .and_then(|runtime| runtime.block_on(serve::run(*args)).map_err(Into::into)),
+            .and_then(|runtime| runtime.block_on(serve::main(*args)).map_err(Into::into)),
         Command::Generate(args) => commands::generate::run(args).map_err(Into::into),
         Command::Tokenize(args) => commands::tokenize::run(args).map_err(Into::into),
         Command::Bench(args) => commands::bench::run(args).map_err(Into::into),

@@ -14,20 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// The server's routes. The server is a binary crate, so its `serve::routes` constants
-/// cannot be imported here; these must match them (the in-process tests use the originals).
-pub mod routes {
-    pub const HEALTH: &str = "/health";
-    pub const READY: &str = "/ready";
-    pub const MODELS: &str = "/v1/models";
-    pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
-    pub const COMPLETIONS: &str = "/v1/completions";
-    pub const CHAT_WS: &str = "/v1/chat/ws";
-    pub const TOKENIZE: &str = "/tokenize";
-    pub const DETOKENIZE: &str = "/detokenize";
-    pub const METRICS: &str = "/metrics";
-    pub const OPENAPI: &str = "/openapi.json";
-}
+/// The server's route paths, from the server library itself.
+pub use stellarchat::serve::routes;
 
 /// The default model's served name (the file stem).
 pub const DEFAULT_MODEL_NAME: &str = "SmolLM2-135M-Instruct.Q4_1";

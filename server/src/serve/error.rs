@@ -57,6 +57,55 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// One row of [`ERROR_TABLE`]: what the API says about one kind of error.
+#[derive(Debug)]
+pub struct ErrorClass {
+    /// [`ApiError::kind`]: metrics label, log field, and `error.code` when sent.
+    pub kind: &'static str,
+    pub status: StatusCode,
+    /// OpenAI's `error.type`.
+    pub error_type: &'static str,
+    /// Whether `error.code` carries the kind (OpenAI sends none for plain validation errors).
+    pub sends_code: bool,
+    /// Whether the catcher uses this row for a bare status of salvo's (see [`ApiError::for_status`]).
+    pub catches: bool,
+    /// For `/openapi.json`.
+    pub summary: &'static str,
+}
+
+const fn class(
+    kind: &'static str,
+    status: StatusCode,
+    error_type: &'static str,
+    sends_code: bool,
+    catches: bool,
+    summary: &'static str,
+) -> ErrorClass {
+    ErrorClass { kind, status, error_type, sends_code, catches, summary }
+}
+
+const INVALID: &str = "invalid_request_error";
+const INTERNAL_ROW: usize = 11;
+
+/// Every error the API answers, one row per [`ApiError`] variant (see [`ApiError::class`]). Status, `error.type`, `error.code`, the catcher's choice for a bare
+/// status, the access log's kind and the OpenAPI error responses all come from here.
+pub const ERROR_TABLE: &[ErrorClass] = &[
+    class("invalid_request", StatusCode::BAD_REQUEST, INVALID, false, false, "A field has a wrong value or type, or is missing"),
+    class("unsupported_parameter", StatusCode::BAD_REQUEST, INVALID, true, false, "A field we do not implement"),
+    class("unknown_parameter", StatusCode::BAD_REQUEST, INVALID, true, false, "A field unknown to the API"),
+    class("invalid_json", StatusCode::BAD_REQUEST, INVALID, false, false, "The body is not JSON"),
+    class("context_length_exceeded", StatusCode::BAD_REQUEST, INVALID, true, false, "Prompt and max tokens exceed the context"),
+    class("invalid_api_key", StatusCode::UNAUTHORIZED, "authentication_error", true, true, "Missing or wrong API key"),
+    class("model_not_found", StatusCode::NOT_FOUND, INVALID, true, false, "Unknown model"),
+    class("route_not_found", StatusCode::NOT_FOUND, INVALID, true, true, "Unknown route"),
+    class("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED, INVALID, true, true, "Method not allowed"),
+    class("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE, INVALID, true, true, "Request body too large"),
+    class("overloaded", StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", true, true, "Queue full; see Retry-After"),
+    class("internal", StatusCode::INTERNAL_SERVER_ERROR, "server_error", false, false, "Internal error"),
+    class("not_ready", StatusCode::SERVICE_UNAVAILABLE, "service_unavailable_error", true, true, "Model loading"),
+    class("shutting_down", StatusCode::SERVICE_UNAVAILABLE, "service_unavailable_error", true, false, "Server shutting down"),
+];
+
 impl ApiError {
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::InvalidRequest { message: message.into(), param: Some(param.into()) }
@@ -70,61 +119,68 @@ impl ApiError {
         ApiError::Unsupported { param: param.into(), message: message.into() }
     }
 
-    /// A stable, low-cardinality name: the metrics label, the log field, and the key from
-    /// which status, `error.type` and `error.code` are derived below.
+    /// A stable, low-cardinality name: the metrics label, the log field, and the key of the
+    /// variant's row in [`ERROR_TABLE`].
     pub fn kind(&self) -> &'static str {
-        match self {
+        self.class().kind
+    }
+
+    /// The variant's row in [`ERROR_TABLE`]: the one place status, `error.type` and
+    /// `error.code` are decided.
+    pub fn class(&self) -> &'static ErrorClass {
+        let kind = match self {
             ApiError::InvalidRequest { .. } => "invalid_request",
             ApiError::Unsupported { .. } => "unsupported_parameter",
             ApiError::UnknownField(_) => "unknown_parameter",
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::ContextLengthExceeded { .. } => "context_length_exceeded",
+            ApiError::InvalidApiKey => "invalid_api_key",
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::RouteNotFound(_) => "route_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::InvalidApiKey => "invalid_api_key",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Overloaded(_) => "overloaded",
+            ApiError::Internal(_) => "internal",
             ApiError::NotReady => "not_ready",
             ApiError::ShuttingDown => "shutting_down",
-            ApiError::Internal(_) => "internal",
-        }
+        };
+        // Every kind has its row: `every_variant_has_one_row` below checks the table.
+        ERROR_TABLE.iter().find(|c| c.kind == kind).unwrap_or(&ERROR_TABLE[INTERNAL_ROW])
     }
 
-    /// The HTTP status, from [`ApiError::kind`]. The only status table in the server.
+    /// The HTTP status, from [`ERROR_TABLE`].
     pub fn status(&self) -> StatusCode {
-        match self.kind() {
-            "invalid_request"
-            | "unsupported_parameter"
-            | "unknown_parameter"
-            | "invalid_json"
-            | "context_length_exceeded" => StatusCode::BAD_REQUEST,
-            "invalid_api_key" => StatusCode::UNAUTHORIZED,
-            "model_not_found" | "route_not_found" => StatusCode::NOT_FOUND,
-            "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
-            "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-            "overloaded" => StatusCode::TOO_MANY_REQUESTS,
-            "not_ready" | "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.class().status
     }
 
-    /// OpenAI's `error.type`, from the status class as OpenAI and vLLM use it.
+    /// OpenAI's `error.type`, from [`ERROR_TABLE`].
     pub fn error_type(&self) -> &'static str {
-        match self.status() {
-            StatusCode::UNAUTHORIZED => "authentication_error",
-            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
-            StatusCode::SERVICE_UNAVAILABLE => "service_unavailable_error",
-            StatusCode::INTERNAL_SERVER_ERROR => "server_error",
-            _ => "invalid_request_error",
-        }
+        self.class().error_type
     }
 
-    /// OpenAI's `error.code`: the kind, except where OpenAI's clients expect nothing.
+    /// OpenAI's `error.code`, from [`ERROR_TABLE`]: the kind, except where OpenAI's clients
+    /// expect none.
     pub fn code(&self) -> Option<&'static str> {
-        match self {
-            ApiError::InvalidRequest { .. } | ApiError::InvalidJson(_) | ApiError::Internal(_) => None,
-            other => Some(other.kind()),
+        let class = self.class();
+        class.sends_code.then_some(class.kind)
+    }
+
+    /// The error for a bare status that salvo produced without one of ours (unmatched
+    /// route, 405, a failed WebSocket handshake, a caught panic): the table row that
+    /// catches that status, or the generic client or server error.
+    pub fn for_status(status: StatusCode, path: &str, brief: Option<String>) -> ApiError {
+        let caught = ERROR_TABLE.iter().find(|c| c.catches && c.status == status).map(|c| c.kind);
+        match caught {
+            Some("route_not_found") => ApiError::RouteNotFound(path.to_string()),
+            Some("method_not_allowed") => ApiError::MethodNotAllowed,
+            Some("payload_too_large") => ApiError::PayloadTooLarge { limit: 0 },
+            Some("invalid_api_key") => ApiError::InvalidApiKey,
+            Some("overloaded") => ApiError::Overloaded("too many requests".into()),
+            Some("not_ready") => ApiError::NotReady,
+            _ if status.is_client_error() => ApiError::invalid_no_param(
+                brief.unwrap_or_else(|| status.canonical_reason().unwrap_or("Bad request").to_string()),
+            ),
+            _ => ApiError::Internal(format!("unhandled status {status}")),
         }
     }
 
@@ -213,18 +269,7 @@ impl Handler for OpenAiCatcher {
             ResBody::Error(e) if status.is_client_error() => Some(e.brief.clone()),
             _ => None,
         };
-        let error = match status {
-            StatusCode::NOT_FOUND => ApiError::RouteNotFound(req.uri().path().to_string()),
-            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit: 0 },
-            StatusCode::UNAUTHORIZED => ApiError::InvalidApiKey,
-            StatusCode::TOO_MANY_REQUESTS => ApiError::Overloaded("too many requests".into()),
-            StatusCode::SERVICE_UNAVAILABLE => ApiError::NotReady,
-            s if s.is_client_error() => ApiError::invalid_no_param(
-                brief.unwrap_or_else(|| s.canonical_reason().unwrap_or("Bad request").to_string()),
-            ),
-            s => ApiError::Internal(format!("unhandled status {s}")),
-        };
+        let error = ApiError::for_status(status, req.uri().path(), brief);
         depot.insert(ERROR_KIND_KEY, error.kind());
         let mut body = error.to_body();
         if let ApiError::PayloadTooLarge { .. } = error {
@@ -242,20 +287,61 @@ impl Handler for OpenAiCatcher {
 impl salvo::oapi::EndpointOutRegister for ApiError {
     fn register(components: &mut salvo::oapi::Components, operation: &mut salvo::oapi::Operation) {
         let schema = <ErrorBody as salvo::oapi::ToSchema>::to_schema(components);
-        for (code, description) in [
-            ("400", "Invalid request (validation, unsupported field, context too long)"),
-            ("401", "Missing or wrong API key"),
-            ("404", "Unknown model"),
-            ("413", "Request body too large"),
-            ("429", "Queue full; see Retry-After"),
-            ("500", "Internal error"),
-            ("503", "Model loading or server shutting down"),
-        ] {
+        let mut statuses: Vec<StatusCode> = ERROR_TABLE.iter().map(|c| c.status).collect();
+        statuses.sort_by_key(|s| s.as_u16());
+        statuses.dedup();
+        for status in statuses {
+            let description =
+                ERROR_TABLE.iter().filter(|c| c.status == status).map(|c| c.summary).collect::<Vec<_>>().join("; ");
+            let code = status.as_str();
             operation.responses.insert(
                 code,
-                salvo::oapi::Response::new(description)
+                salvo::oapi::Response::new(description.as_str())
                     .add_content("application/json", salvo::oapi::Content::new(schema.clone())),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    fn one_of_each() -> Vec<ApiError> {
+        vec![
+            ApiError::invalid("x", "y"),
+            ApiError::unsupported("x", "y"),
+            ApiError::UnknownField("x".into()),
+            ApiError::InvalidJson("x".into()),
+            ApiError::ContextLengthExceeded { message: "x".into(), param: None },
+            ApiError::InvalidApiKey,
+            ApiError::ModelNotFound("x".into()),
+            ApiError::RouteNotFound("/x".into()),
+            ApiError::MethodNotAllowed,
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::Overloaded("x".into()),
+            ApiError::Internal("x".into()),
+            ApiError::NotReady,
+            ApiError::ShuttingDown,
+        ]
+    }
+
+    #[test]
+    fn every_variant_has_one_row() {
+        let errors = one_of_each();
+        assert_eq!(errors.len(), ERROR_TABLE.len());
+        for (error, row) in errors.iter().zip(ERROR_TABLE) {
+            assert_eq!(error.kind(), row.kind, "{error:?} is not on its own row");
+        }
+        assert_eq!(ERROR_TABLE[INTERNAL_ROW].kind, "internal");
+    }
+
+    #[test]
+    fn bare_statuses_map_to_their_catching_rows() {
+        for row in ERROR_TABLE.iter().filter(|c| c.catches) {
+            assert_eq!(ApiError::for_status(row.status, "/p", None).kind(), row.kind);
+        }
+        assert_eq!(ApiError::for_status(StatusCode::FORBIDDEN, "/p", None).kind(), "invalid_request");
+        assert_eq!(ApiError::for_status(StatusCode::BAD_GATEWAY, "/p", None).kind(), "internal");
     }
 }

@@ -161,15 +161,10 @@ impl Handler for AccessLog {
     }
 }
 
-/// For errors rendered later by the catcher (unmatched routes, salvo's own errors).
+/// For errors rendered later by the catcher (unmatched routes, salvo's own errors): the
+/// kind the catcher will choose.
 fn kind_for_status(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::NOT_FOUND => ApiError::RouteNotFound(String::new()).kind(),
-        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed.kind(),
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit: 0 }.kind(),
-        s if s.is_client_error() => ApiError::invalid_no_param("").kind(),
-        _ => ApiError::Internal(String::new()).kind(),
-    }
+    ApiError::for_status(status, "", None).kind()
 }
 
 /// `Authorization: Bearer <key>` against `--api-key`s, in constant time per key. Every

@@ -2,7 +2,8 @@
 //!
 //! Module map:
 //! - [`config`]: the flags ([`ServeArgs`]), each also from `STELLARCHAT_<FLAG>`.
-//! - [`routes`]: path constants, the router, the service (middleware, catcher, OpenAPI).
+//! - [`routes`]: path constants (the bottom layer); [`router`]: the router and the service
+//!   (middleware, catcher, OpenAPI), the top layer.
 //! - [`protocol`]: OpenAI's wire types (serde + `ToSchema`).
 //! - [`validate`]: pure request validation → typed valid requests.
 //! - [`prompt`]: chat template + tokenizer + context-length check.
@@ -24,12 +25,16 @@ pub mod metrics;
 pub mod middleware;
 pub mod prompt;
 pub mod protocol;
+pub mod responses_store;
+pub mod router;
 pub mod routes;
 pub mod sse;
 pub mod state;
+pub mod tools;
 pub mod validate;
 pub mod ws;
 
+use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,21 +110,34 @@ pub fn build_state(
         sse_keepalive: Duration::from_secs(args.sse_keepalive.max(1)),
         started: protocol::unix_now(),
         lifecycle: Arc::new(Lifecycle::default()),
+        responses: Arc::new(responses_store::ResponseStore::new(args.responses_store_size)),
     }))
 }
 
-/// Runs `stellarchat serve` until SIGTERM/SIGINT (then shuts down gracefully) or until
-/// the model fails to load.
-pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
+/// `stellarchat serve` from the command line: logging, then the listener on `--host`/`--port`,
+/// then [`run`] until SIGTERM or SIGINT.
+pub async fn main(args: ServeArgs) -> Result<(), ServeError> {
     init_logging(args.log_format);
+    let addr = format!("{}:{}", args.host, args.port);
+    let listener =
+        tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
+    run(listener, args, shutdown_signal()).await
+}
+
+/// Serves the API on `listener` until `shutdown` completes (then drains gracefully) or the
+/// model fails to load. The caller binds the listener (tests bind 127.0.0.1:0) and decides
+/// what shutdown means (signals in [`main`], a channel in tests). `args.host`/`args.port`
+/// are not used here.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    args: ServeArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let api_keys = args.load_api_keys().map_err(ServeError::ApiKeyFile)?;
     // Opening parses metadata, tokenizer and template only: a bad path fails here, fast.
     let loader = ModelLoader::open(&args.model)?;
     let info = args.model_info(&loader).map_err(ServeError::ChatTemplate)?;
 
-    let addr = format!("{}:{}", args.host, args.port);
-    let listener =
-        tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
     let bound = listener.local_addr().map_err(ServeError::Server)?;
     let acceptor = TcpAcceptor::try_from(listener).map_err(ServeError::Server)?;
 
@@ -152,11 +170,11 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
 
     let server = Server::new(acceptor);
     let handle = server.handle();
-    let service = routes::service(state.clone(), &args.cors_origins);
+    let service = router::service(state.clone(), &args.cors_origins);
     let mut serving = tokio::spawn(server.try_serve(service));
 
     let load_failure = tokio::select! {
-        _ = shutdown_signal() => None,
+        _ = shutdown => None,
         failure = watch_loading(&engine, load_started) => failure,
         result = &mut serving => {
             // The accept loop ended on its own: nothing left to drain.
@@ -168,7 +186,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             };
         }
     };
-    shutdown(&state, &handle, &mut serving, args.shutdown_timeout()).await;
+    shutdown_gracefully(&state, &handle, &mut serving, args.shutdown_timeout()).await;
     engine.shutdown();
     match load_failure {
         Some(message) => Err(ServeError::Load(message)),
@@ -195,7 +213,7 @@ async fn watch_loading(engine: &EngineHandle, started: Instant) -> Option<String
 /// Graceful shutdown: stop accepting and refuse new generations, let running ones finish
 /// for up to `timeout`, then cut them (SSE streams end with an error event, WebSockets
 /// close), and give connections a moment to flush before forcing them closed.
-async fn shutdown(
+async fn shutdown_gracefully(
     state: &AppState,
     handle: &ServerHandle,
     serving: &mut tokio::task::JoinHandle<std::io::Result<()>>,

@@ -1,20 +1,5 @@
-//! The API's paths, as constants shared by the router, the metrics' `route` label and the
-//! tests, and the [`service`] that wires routes, middleware, the catcher and the OpenAPI
-//! document together.
-
-use std::sync::Arc;
-
-use salvo::catch_panic::CatchPanic;
-use salvo::catcher::Catcher;
-use salvo::oapi::security::{Http, HttpAuthScheme};
-use salvo::oapi::swagger_ui::SwaggerUi;
-use salvo::oapi::{OpenApi, SecurityScheme};
-use salvo::prelude::*;
-
-use super::error::OpenAiCatcher;
-use super::handlers;
-use super::middleware::{AccessLog, ApiKeyAuth, cors};
-use super::state::AppState;
+//! The API's paths, as constants shared by the router ([`super::router`]), the metrics'
+//! `route` label and the tests. The bottom layer of `serve/`: it imports nothing.
 
 pub const HEALTH: &str = "/health";
 pub const READY: &str = "/ready";
@@ -57,44 +42,4 @@ pub fn route_label(matched_path: &str) -> &'static str {
         .copied()
         .find(|r| r.trim_start_matches('/') == matched || (*r == DOCS && matched.starts_with("docs")))
         .unwrap_or("unmatched")
-}
-
-fn path(p: &str) -> Router {
-    Router::with_path(p.trim_start_matches('/'))
-}
-
-/// The router with every route (without service-level middleware).
-pub fn router(state: &Arc<AppState>) -> Router {
-    let auth = ApiKeyAuth { keys: Arc::new(state.api_keys.clone()) };
-    let open = Router::new()
-        .push(path(HEALTH).get(handlers::health::health))
-        .push(path(READY).get(handlers::health::ready))
-        .push(path(METRICS).get(handlers::health::metrics));
-    let protected = Router::new()
-        .hoop(auth)
-        .push(path(MODELS).get(handlers::models::list_models))
-        .push(path(MODEL).get(handlers::models::get_model))
-        .push(path(CHAT_COMPLETIONS).post(handlers::chat::chat_completions))
-        .push(path(COMPLETIONS).post(handlers::completions::completions))
-        .push(path(TOKENIZE).post(handlers::tokenize::tokenize))
-        .push(path(DETOKENIZE).post(handlers::tokenize::detokenize))
-        .push(path(CHAT_WS).goal(super::ws::chat_ws));
-    let router = Router::new().push(open).push(protected);
-
-    let doc = OpenApi::new("StellarChat", env!("CARGO_PKG_VERSION"))
-        .add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)))
-        .merge_router(&router);
-    router.push(doc.into_router(OPENAPI)).push(SwaggerUi::new(OPENAPI).title("StellarChat API").into_router(DOCS))
-}
-
-/// The whole HTTP service: router, catcher (every error as an OpenAI error object), and
-/// the service-level hoops: access log outermost, then CORS (on the service so that
-/// preflights, which match no route, are answered), then panic catching.
-pub fn service(state: Arc<AppState>, cors_origins: &[String]) -> Service {
-    let mut service =
-        Service::new(router(&state)).catcher(Catcher::new(OpenAiCatcher)).hoop(AccessLog { state: state.clone() });
-    if let Some(cors) = cors(cors_origins) {
-        service = service.hoop(cors);
-    }
-    service.hoop(CatchPanic::new())
 }

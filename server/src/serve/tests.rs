@@ -52,7 +52,7 @@ async fn app(extra: &[&str]) -> App {
     assert!(engine.is_ready(), "the synthetic engine did not load in time");
     let keys = args.load_api_keys().expect("keys");
     let state = build_state(&args, info, engine, keys).expect("state");
-    App { service: routes::service(state.clone(), &args.cors_origins), state }
+    App { service: super::router::service(state.clone(), &args.cors_origins), state }
 }
 
 fn url(path: &str) -> String {
