@@ -5,7 +5,13 @@
 //! (`trim_blocks`, `lstrip_blocks`, loop controls), `minijinja-contrib`'s Python string and
 //! dict methods (`.strip()`, `.items()`, …) and HF's extras: `raise_exception`,
 //! `strftime_now`, a `tojson` that writes like Python's `json.dumps`, and the variables
-//! `messages`, `add_generation_prompt`, `bos_token`, `eos_token` and `tools` (none).
+//! `messages`, `add_generation_prompt`, `bos_token`, `eos_token` and `tools` (none, or the
+//! function definitions of a tool-calling request).
+//!
+//! Messages are passed the way `transformers` passes OpenAI messages: `content` may be null
+//! (an assistant turn that only calls tools), assistant turns carry `tool_calls` (with
+//! `function.arguments` as an object, not a JSON string), tool results carry `tool_call_id`
+//! and `name`. Keys a message does not have are absent, so templates' `is defined` tests work.
 
 use std::path::Path;
 
@@ -24,15 +30,26 @@ const TEMPLATE_NAME: &str = "chat_template";
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
 /// One message of a conversation, OpenAI style.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
-    pub content: String,
+    /// Null for an assistant turn that only calls tools.
+    pub content: Option<String>,
+    /// An assistant turn's calls: `{"id", "type": "function", "function": {"name",
+    /// "arguments": {…}}}` (arguments as an object, as Hugging Face templates expect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A tool result's call id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A tool result's function name (or a participant's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage { role: role.into(), content: Some(content.into()), ..ChatMessage::default() }
     }
 }
 
@@ -40,6 +57,7 @@ impl ChatMessage {
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -57,7 +75,17 @@ impl ChatTemplate {
         // Replaces the built-in, which escapes `<`, `>`, `&` and `'` for HTML.
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_owned()).map_err(template_error)?;
-        Ok(ChatTemplate { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() })
+        Ok(ChatTemplate {
+            env,
+            source: source.to_owned(),
+            bos_token: bos_token.to_owned(),
+            eos_token: eos_token.to_owned(),
+        })
+    }
+
+    /// The Jinja source (callers look for what a template supports, e.g. `tools`).
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// The template in a GGUF file's `tokenizer.chat_template`, if it has one.
@@ -106,6 +134,18 @@ impl ChatTemplate {
     /// opening of an assistant turn. A failure while rendering (including the template's
     /// own `raise_exception`) is a [`ModelError::ChatTemplate`].
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// [`ChatTemplate::render`] with `tools`: the list of function definitions
+    /// (`[{"type": "function", "function": {"name", "description", "parameters"}}]`), or
+    /// `None` for a template's `tools` to be none.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = self.env.get_template(TEMPLATE_NAME).map_err(template_error)?;
         template
             .render(context! {
@@ -113,7 +153,7 @@ impl ChatTemplate {
                 add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
-                tools => (),
+                tools => tools.map(|t| Value::from(Serde(t))),
             })
             .map_err(template_error)
     }
@@ -413,6 +453,28 @@ mod tests {
         let err = ChatTemplate::from_file(&dir.join("missing.jinja"), &tokenizer).unwrap_err();
         assert!(matches!(&err, ModelError::Io { path, .. } if path.ends_with("missing.jinja")), "{err}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn tools_tool_calls_and_null_content_reach_the_template() {
+        let source = "{% if tools %}[{% for t in tools %}{{ t.function.name }}{% endfor %}]{% endif %}{% for m in messages %}<{{ m.role }}>{% if m.content is none %}(null){% else %}{{ m.content }}{% endif %}{% if m.tool_calls is defined %}{% for c in m.tool_calls %}{{ c.function.name }}{{ c.function.arguments | tojson }}{% endfor %}{% endif %}{% if m.tool_call_id is defined %}#{{ m.tool_call_id }}{% endif %}{% endfor %}";
+        let template = ChatTemplate::new(source, "", "").unwrap();
+        let call = serde_json::json!({"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}});
+        let messages = [
+            ChatMessage::new("user", "u"),
+            ChatMessage { role: "assistant".into(), content: None, tool_calls: Some(vec![call]), ..Default::default() },
+            ChatMessage { tool_call_id: Some("c1".into()), ..ChatMessage::new("tool", "r") },
+        ];
+        let tools = serde_json::json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+        assert_eq!(
+            template.render_with_tools(&messages, Some(&tools), false).unwrap(),
+            "[f]<user>u<assistant>(null)f{\"x\": 1}<tool>r#c1"
+        );
+        // Without tools, `tools` is none and absent keys stay undefined.
+        assert_eq!(template.render(&messages[..1], false).unwrap(), "<user>u");
+        // A message from JSON without the optional keys.
+        let message: ChatMessage = serde_json::from_str(r#"{"role":"assistant","content":null}"#).unwrap();
+        assert_eq!(message, ChatMessage { role: "assistant".into(), ..Default::default() });
     }
 
     #[test]

@@ -1,17 +1,23 @@
 //! From validated messages or prompts to token ids, with the model's chat template (its own,
 //! or the `--chat-template` file that replaces it) and tokenizer, and the context-length check
 //! that needs the token count.
+//!
+//! Tools: a template that uses `tools` receives the definitions and the messages' calls and
+//! results as Hugging Face passes them; any other template gets the conversation rewritten
+//! by [`tools::fallback`] (tools described in the system prompt, calls and results as text).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use stellarchat_model::ModelError;
+use serde_json::{Value, json};
 use stellarchat_model::chat_template::{ChatMessage, ChatTemplate};
 use stellarchat_model::model::ModelInfo;
 
 use super::error::ApiError;
 use super::generate::PlannedPrompt;
-use super::validate::{GenerationSpec, Limits, Message, PromptSource, resolve_max_tokens};
+use super::tools::{self, ToolSet};
+use super::validate::{GenerationSpec, Limits, Message, PromptSource, Role, resolve_max_tokens};
 
 /// What a chat request to a model without a template is told (a 400, not a guess at a format
 /// the model was never tuned on).
@@ -48,12 +54,49 @@ pub fn apply_chat_template_file(info: Arc<ModelInfo>, file: Option<&Path>) -> Re
 /// Renders a chat with the model's template (ending with the assistant header when
 /// `add_generation_prompt`).
 pub fn render_chat(model: &ModelInfo, messages: &[Message], add_generation_prompt: bool) -> Result<String, ApiError> {
+    render_chat_with_tools(model, messages, None, add_generation_prompt)
+}
+
+/// [`render_chat`] with the request's tools (shown to the model even with `tool_choice:
+/// "none"`, as OpenAI does).
+pub fn render_chat_with_tools(
+    model: &ModelInfo,
+    messages: &[Message],
+    tools: Option<&ToolSet>,
+    add_generation_prompt: bool,
+) -> Result<String, ApiError> {
     let template = model.chat_template.as_ref().ok_or_else(|| ApiError::invalid("messages", NO_TEMPLATE_MESSAGE))?;
-    let messages: Vec<ChatMessage> = messages
-        .iter()
-        .map(|m| ChatMessage { role: m.role.as_str().to_string(), content: m.content.clone() })
-        .collect();
-    Ok(template.render(&messages, add_generation_prompt)?)
+    let messages: Vec<ChatMessage> = messages.iter().map(template_message).collect();
+    let tools = tools.filter(|t| !t.is_empty());
+    if tools::format::mentions_tools(template.source()) {
+        let tools = tools.map(ToolSet::template_value);
+        Ok(template.render_with_tools(&messages, tools.as_ref(), add_generation_prompt)?)
+    } else {
+        Ok(template.render(&tools::fallback::rewrite(messages, tools), add_generation_prompt)?)
+    }
+}
+
+/// A message as Hugging Face templates receive it: null content on an assistant turn that
+/// only calls tools, and each call's arguments as an object.
+fn template_message(m: &Message) -> ChatMessage {
+    let only_calls = m.role == Role::Assistant && m.content.is_empty() && !m.tool_calls.is_empty();
+    let tool_calls = (!m.tool_calls.is_empty()).then(|| {
+        m.tool_calls
+            .iter()
+            .map(|call| {
+                // Validation checked that the arguments parse.
+                let arguments: Value = serde_json::from_str(&call.arguments).unwrap_or_else(|_| json!({}));
+                json!({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}})
+            })
+            .collect()
+    });
+    ChatMessage {
+        role: m.role.as_str().to_string(),
+        content: (!only_calls).then(|| m.content.clone()),
+        tool_calls,
+        tool_call_id: m.tool_call_id.clone(),
+        name: m.name.clone(),
+    }
 }
 
 /// Text → ids as a prompt: special tokens parsed, BOS if the model wants one.
@@ -68,7 +111,18 @@ pub fn plan_chat(
     messages: &[Message],
     spec: &GenerationSpec,
 ) -> Result<(String, PlannedPrompt), ApiError> {
-    let text = render_chat(model, messages, true)?;
+    plan_chat_with_tools(model, limits, messages, None, spec)
+}
+
+/// [`plan_chat`] with the request's tools.
+pub fn plan_chat_with_tools(
+    model: &ModelInfo,
+    limits: &Limits,
+    messages: &[Message],
+    tools: Option<&ToolSet>,
+    spec: &GenerationSpec,
+) -> Result<(String, PlannedPrompt), ApiError> {
+    let text = render_chat_with_tools(model, messages, tools, true)?;
     let ids = encode_prompt(model, &text)?;
     let max_tokens = resolve_max_tokens(ids.len(), spec.max_tokens, limits, "messages")?;
     Ok((text, PlannedPrompt { ids, max_tokens }))
@@ -99,14 +153,13 @@ mod tests {
     use stellarchat_model::model::ModelLoader;
 
     use super::*;
-    use crate::serve::validate::Role;
 
     fn synthetic() -> Arc<ModelInfo> {
         ModelLoader::open("synthetic:tiny").expect("synthetic model").info()
     }
 
     fn hello() -> Vec<Message> {
-        vec![Message { role: Role::User, content: "Hello".into() }]
+        vec![Message::new(Role::User, "Hello")]
     }
 
     #[test]

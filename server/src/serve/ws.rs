@@ -20,9 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::generate::{DriverEvent, Generation};
-use super::handlers::chat::ChatChunker;
+use super::handlers::chat::{ChatChunker, prepare_chat};
 use super::middleware::{RequestId, RequestLog};
-use super::prompt::plan_chat;
 use super::protocol::ChatCompletionRequest;
 use super::protocol::ws::{TYPE_CANCEL, TYPE_CREATE, WsServerFrame};
 use super::routes;
@@ -230,8 +229,9 @@ async fn stream_request(
     let request: ChatCompletionRequest = serde_json::to_vec(&request)
         .map_err(|e| ApiError::Internal(e.to_string()))
         .and_then(|bytes| super::validate::parse_json(&bytes))?;
-    let valid = validate_chat(request, &state.validation_context())?;
-    let (prompt_text, prompt) = plan_chat(&state.model, &state.limits, &valid.messages, &valid.spec)?;
+    let mut valid = validate_chat(request, &state.validation_context())?;
+    // The same tools and response formats as over HTTP.
+    let (prompt_text, prompt, plan) = prepare_chat(state, &mut valid)?;
     let mut generation = Generation::start(state, &valid.spec, std::slice::from_ref(&prompt))?;
     if log.log_content() {
         log.prompt = Some(prompt_text);
@@ -240,6 +240,7 @@ async fn stream_request(
 
     let mut chunker = ChatChunker::new(format!("chatcmpl-{log_id}"), valid.model.clone(), valid.spec.include_usage);
     chunker.choices = generation.choices();
+    chunker.parse_tool_calls(&plan);
     let send = |frame: WsServerFrame| async move { outbox.send(frame).await.is_ok() };
     for chunk in chunker.role_chunks() {
         if !send(WsServerFrame::Chunk { id: id.to_string(), chunk }).await {

@@ -53,7 +53,7 @@ pub struct ChatCompletionRequest {
     /// Accepted and ignored.
     #[serde(default)]
     pub service_tier: Option<String>,
-    /// Accepted; only meaningful with `tools`, which are unsupported.
+    /// With `tools`: whether the model may make several calls in one turn (default true).
     #[serde(default)]
     pub parallel_tool_calls: Option<bool>,
 
@@ -72,22 +72,26 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub skip_special_tokens: Option<bool>,
 
-    // Understood, not supported: a 400 naming the field when set.
-    /// Unsupported.
+    /// Functions the model may call.
     #[serde(default)]
-    pub tools: Option<serde_json::Value>,
-    /// Unsupported unless `"none"`.
+    pub tools: Option<Vec<ChatTool>>,
+    /// `"none"`, `"auto"` (the default with tools), `"required"`, or
+    /// `{"type":"function","function":{"name":…}}`.
     #[serde(default)]
     pub tool_choice: Option<serde_json::Value>,
-    /// Unsupported.
-    #[serde(default)]
-    pub functions: Option<serde_json::Value>,
-    /// Unsupported unless `"none"`.
-    #[serde(default)]
-    pub function_call: Option<serde_json::Value>,
-    /// Only `{"type":"text"}` is supported.
+    /// `{"type":"text"}`, `{"type":"json_object"}` or
+    /// `{"type":"json_schema","json_schema":{"name","schema","strict"}}`: the answer is
+    /// constrained to JSON (valid for the schema).
     #[serde(default)]
     pub response_format: Option<serde_json::Value>,
+
+    // Understood, not supported: a 400 naming the field when set.
+    /// Unsupported (the deprecated form of `tools`).
+    #[serde(default)]
+    pub functions: Option<serde_json::Value>,
+    /// Unsupported unless `"none"` or `"auto"`.
+    #[serde(default)]
+    pub function_call: Option<serde_json::Value>,
     /// Only `["text"]` is supported.
     #[serde(default)]
     pub modalities: Option<serde_json::Value>,
@@ -105,27 +109,85 @@ pub struct ChatCompletionRequest {
     pub web_search_options: Option<serde_json::Value>,
 }
 
+/// One entry of `tools`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ChatTool {
+    /// Only `function`.
+    pub r#type: String,
+    #[serde(default)]
+    pub function: Option<FunctionDefinition>,
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct FunctionDefinition {
+    /// `^[a-zA-Z0-9_-]{1,64}$`.
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// A JSON schema for the arguments object.
+    #[serde(default)]
+    pub parameters: Option<serde_json::Value>,
+    /// Objects in `parameters` without `additionalProperties` get `false`.
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// A call in an assistant message (request) or in a response.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ToolCallOut {
+    pub id: String,
+    /// Always `function`.
+    pub r#type: String,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FunctionCallOut {
+    pub name: String,
+    /// The arguments as a JSON string.
+    pub arguments: String,
+}
+
 /// A message in a request. Unknown keys are ignored here (clients round-trip response
-/// messages that carry `refusal`, `annotations`, …); those that would change the meaning
-/// (`tool_calls`, `function_call`) are rejected when set.
+/// messages that carry `refusal`, `annotations`, …); `function_call` (the deprecated form
+/// of `tool_calls`) is rejected when set.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ChatMessageIn {
-    /// `system`, `developer`, `user` or `assistant`.
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
     pub role: String,
-    /// A string, or an array of `{"type":"text","text":…}` parts.
+    /// A string, or an array of `{"type":"text","text":…}` parts; may be null on an
+    /// assistant message with `tool_calls`.
     #[serde(default)]
     pub content: Option<MessageContent>,
     #[serde(default)]
     pub name: Option<String>,
-    /// Unsupported when set.
+    /// An assistant message's calls.
     #[serde(default)]
-    pub tool_calls: Option<serde_json::Value>,
-    /// Unsupported when set.
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// A `tool` message: the id of the call it answers.
     #[serde(default)]
     pub tool_call_id: Option<String>,
     /// Unsupported when set.
     #[serde(default)]
     pub function_call: Option<serde_json::Value>,
+}
+
+/// A call in a request's assistant message (as an earlier response returned it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ToolCallIn {
+    pub id: String,
+    /// `function` (the default).
+    #[serde(default)]
+    pub r#type: Option<String>,
+    pub function: FunctionCallIn,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct FunctionCallIn {
+    pub name: String,
+    /// A JSON string.
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -162,7 +224,7 @@ pub struct ChatChoice {
     pub index: usize,
     pub message: ChatMessageOut,
     pub logprobs: Option<ChatLogprobs>,
-    /// `stop` or `length`.
+    /// `stop`, `length` or `tool_calls`.
     pub finish_reason: Option<String>,
 }
 
@@ -170,8 +232,12 @@ pub struct ChatChoice {
 pub struct ChatMessageOut {
     /// Always `assistant`.
     pub role: String,
+    /// The text; null when the message only calls tools.
     pub content: Option<String>,
     pub refusal: Option<String>,
+    /// The calls the model made (absent when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
 }
 
 /// `choices[].logprobs`.
@@ -220,13 +286,36 @@ pub struct ChatChunkChoice {
 }
 
 /// The increment of one chunk: `{"role":"assistant","content":""}` first, then
-/// `{"content":"…"}`, and `{}` with the `finish_reason`.
+/// `{"content":"…"}` or `{"tool_calls":[…]}`, and `{}` with the `finish_reason`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ChatDelta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// A piece of a streamed call: the first carries `id`, `type` and `function.name` (with
+/// `arguments: ""`), the next ones fragments of `function.arguments`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ToolCallDelta {
+    /// The call's position among the choice's calls.
+    pub index: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<String>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FunctionCallDelta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
 }
 
 /// The `usage` field of a stream chunk: absent without `include_usage`, `null` on ordinary

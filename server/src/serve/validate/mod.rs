@@ -10,11 +10,14 @@
 use serde::de::DeserializeOwned;
 
 mod sampling;
+mod tools;
 
 use sampling::{SpecFields, build_spec, check_top_logprobs, token_id};
+pub use tools::{validate_response_format, validate_tools};
 
 use super::error::ApiError;
 use super::protocol::{ChatCompletionRequest, ChatMessageIn, CompletionRequest, MessageContent, PromptInput};
+use super::tools::{ResponseFormat, ToolCall, ToolChoice, ToolSet};
 
 /// Most stop strings a request may carry (OpenAI's limit).
 pub const MAX_STOP_STRINGS: usize = 4;
@@ -73,14 +76,20 @@ pub struct GenerationSpec {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// What the output must match (a JSON schema, tool calls); set after validation, once
+    /// the model's chat template is known ([`crate::serve::tools::OutputPlan`]).
+    pub constraint: Option<stellarchat_model::constraint::Constraint>,
 }
 
 /// A chat message role the chat template understands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Role {
     System,
+    #[default]
     User,
     Assistant,
+    /// A tool's result, answering an earlier call.
+    Tool,
 }
 
 impl Role {
@@ -89,14 +98,29 @@ impl Role {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Message {
     pub role: Role,
+    /// The text (empty for an assistant message that only calls tools).
     pub content: String,
+    /// An assistant message's calls (arguments as JSON text that parses).
+    pub tool_calls: Vec<ToolCall>,
+    /// A tool message: the call it answers (it matches an earlier call's id).
+    pub tool_call_id: Option<String>,
+    /// A tool message's function name (from the request, or the matching call's).
+    pub name: Option<String>,
+}
+
+impl Message {
+    /// A plain text message.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Message { role, content: content.into(), ..Message::default() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +128,12 @@ pub struct ValidChat {
     pub model: String,
     pub messages: Vec<Message>,
     pub spec: GenerationSpec,
+    /// The request's functions (none when it declared none).
+    pub tools: Option<ToolSet>,
+    pub tool_choice: ToolChoice,
+    /// `parallel_tool_calls` (default true).
+    pub parallel_tool_calls: bool,
+    pub response_format: ResponseFormat,
 }
 
 /// One prompt of a completion request.
@@ -199,23 +229,15 @@ fn unsupported(param: &str, what: &str) -> ApiError {
 pub fn validate_chat(req: ChatCompletionRequest, ctx: &Context<'_>) -> Result<ValidChat, ApiError> {
     let model = check_model(&req.model, ctx)?;
 
-    if is_set(&req.tools) {
-        return Err(unsupported("tools", "Tool calling"));
-    }
-    if is_set(&req.tool_choice) && !is_str(&req.tool_choice, &["none", "auto"]) {
-        return Err(unsupported("tool_choice", "Tool calling"));
-    }
+    let tools = validate_tools(req.tools.as_deref())?;
+    let tool_choice = ToolChoice::parse(req.tool_choice.as_ref(), tools.as_ref(), "tool_choice")?;
     if is_set(&req.functions) {
-        return Err(unsupported("functions", "Function calling"));
+        return Err(unsupported("functions", "The deprecated `functions` (use `tools`)"));
     }
     if is_set(&req.function_call) && !is_str(&req.function_call, &["none", "auto"]) {
-        return Err(unsupported("function_call", "Function calling"));
+        return Err(unsupported("function_call", "The deprecated `function_call` (use `tool_choice`)"));
     }
-    if let Some(rf) = req.response_format.as_ref().filter(|v| !v.is_null())
-        && rf.get("type").and_then(|t| t.as_str()) != Some("text")
-    {
-        return Err(unsupported("response_format", "A response_format other than {\"type\": \"text\"}"));
-    }
+    let response_format = validate_response_format(req.response_format.as_ref(), "response_format")?;
     if let Some(m) = req.modalities.as_ref().filter(|v| !v.is_null())
         && *m != serde_json::json!(["text"])
     {
@@ -269,37 +291,56 @@ pub fn validate_chat(req: ChatCompletionRequest, ctx: &Context<'_>) -> Result<Va
         },
         ctx,
     )?;
-    Ok(ValidChat { model, messages, spec })
+    Ok(ValidChat {
+        model,
+        messages,
+        spec,
+        tools,
+        tool_choice,
+        parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
+        response_format,
+    })
 }
 
-/// Messages → roles and plain text. Text parts are joined with a newline (as vLLM does).
+/// Messages → roles, plain text and tool calls. Text parts are joined with a newline (as
+/// vLLM does). Every `tool` message must answer a call of an earlier assistant message.
 pub fn validate_messages(messages: &[ChatMessageIn]) -> Result<Vec<Message>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "`messages` must contain at least one message."));
     }
-    let mut out = Vec::with_capacity(messages.len());
+    let mut out: Vec<Message> = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
         let at = |field: &str| format!("messages[{i}].{field}");
         let role = match m.role.as_str() {
             "system" | "developer" => Role::System,
             "user" => Role::User,
             "assistant" => Role::Assistant,
-            "tool" | "function" => return Err(unsupported(&at("role"), &format!("The `{}` role", m.role))),
+            "tool" => Role::Tool,
+            "function" => return Err(unsupported(&at("role"), "The deprecated `function` role (use `tool`)")),
             other => {
                 return Err(ApiError::invalid(
                     at("role"),
                     format!(
-                        "Invalid value: '{other}'. Supported values are: 'system', 'developer', 'user' and 'assistant'."
+                        "Invalid value: '{other}'. Supported values are: 'system', 'developer', 'user', 'assistant' \
+                         and 'tool'."
                     ),
                 ));
             }
         };
-        if is_set(&m.tool_calls) {
-            return Err(unsupported(&at("tool_calls"), "Tool calling"));
-        }
-        if m.tool_call_id.is_some() {
-            return Err(unsupported(&at("tool_call_id"), "Tool calling"));
-        }
+        let tool_calls = match (&m.tool_calls, role) {
+            (Some(calls), Role::Assistant) => tools::message_tool_calls(calls, i)?,
+            (Some(calls), _) if !calls.is_empty() => {
+                return Err(ApiError::invalid(at("tool_calls"), "Only assistant messages carry `tool_calls`."));
+            }
+            _ => Vec::new(),
+        };
+        let (tool_call_id, name) = match role {
+            Role::Tool => {
+                let (id, name) = tools::answered_call(m, &out, i)?;
+                (Some(id), name)
+            }
+            _ => (None, None),
+        };
         if is_set(&m.function_call) {
             return Err(unsupported(&at("function_call"), "Function calling"));
         }
@@ -328,6 +369,9 @@ pub fn validate_messages(messages: &[ChatMessageIn]) -> Result<Vec<Message>, Api
             }
             // OpenAI allows a null content only on assistant messages (with tool calls).
             None if role == Role::Assistant => String::new(),
+            None if role == Role::Tool => {
+                return Err(ApiError::invalid(at("content"), "A tool message needs the tool's result as `content`."));
+            }
             None => {
                 return Err(ApiError::invalid(
                     at("content"),
@@ -335,7 +379,7 @@ pub fn validate_messages(messages: &[ChatMessageIn]) -> Result<Vec<Message>, Api
                 ));
             }
         };
-        out.push(Message { role, content });
+        out.push(Message { role, content, tool_calls, tool_call_id, name });
     }
     Ok(out)
 }

@@ -158,5 +158,6 @@ pub(super) fn build_spec(f: SpecFields, ctx: &Context<'_>) -> Result<GenerationS
         n: n as usize,
         stream,
         include_usage: f.include_usage.flatten().unwrap_or(false),
+        constraint: None,
     })
 }

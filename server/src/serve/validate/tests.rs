@@ -42,7 +42,9 @@ fn err(r: Result<impl std::fmt::Debug, ApiError>) -> (u16, &'static str, Option<
 fn a_minimal_request_gets_openai_defaults() {
     let v = chat(base()).unwrap();
     assert_eq!(v.model, "m");
-    assert_eq!(v.messages, vec![Message { role: Role::User, content: "hi".into() }]);
+    assert_eq!(v.messages, vec![Message::new(Role::User, "hi")]);
+    assert_eq!((v.tools, v.tool_choice, v.parallel_tool_calls), (None, ToolChoice::None, true));
+    assert_eq!(v.response_format, ResponseFormat::Text);
     let s = v.spec;
     assert_eq!((s.temperature, s.top_p, s.top_k, s.n), (1.0, 1.0, 0, 1));
     assert_eq!(s.max_tokens, None);
@@ -92,7 +94,9 @@ fn messages_must_be_well_formed() {
     let unknown_role = with(base(), "messages", json!([{"role": "wizard", "content": "x"}]));
     assert_eq!(err(chat(unknown_role)), (400, "invalid_request", Some("messages[0].role".into())));
     let tool_role = with(base(), "messages", json!([{"role": "tool", "content": "x", "tool_call_id": "1"}]));
-    assert_eq!(err(chat(tool_role)), (400, "unsupported_parameter", Some("messages[0].role".into())));
+    assert_eq!(err(chat(tool_role)), (400, "invalid_request", Some("messages[0].tool_call_id".into())));
+    let function_role = with(base(), "messages", json!([{"role": "function", "content": "x", "name": "f"}]));
+    assert_eq!(err(chat(function_role)), (400, "unsupported_parameter", Some("messages[0].role".into())));
     let no_content = with(base(), "messages", json!([{"role": "user"}]));
     assert_eq!(err(chat(no_content)).2, Some("messages[0].content".into()));
     let image = with(
@@ -115,18 +119,16 @@ fn content_parts_and_developer_role_are_understood() {
         ]),
     );
     let v = chat(parts).unwrap();
-    assert_eq!(v.messages[0], Message { role: Role::System, content: "be brief".into() });
+    assert_eq!(v.messages[0], Message::new(Role::System, "be brief"));
     assert_eq!(v.messages[1].content, "a\nb");
-    assert_eq!(v.messages[2], Message { role: Role::Assistant, content: String::new() });
+    assert_eq!(v.messages[2], Message::new(Role::Assistant, ""));
 }
 
 #[test]
 fn understood_but_unsupported_fields_are_400_naming_them() {
     for (field, value) in [
-        ("tools", json!([{"type": "function", "function": {"name": "f"}}])),
-        ("tool_choice", json!({"type": "function", "function": {"name": "f"}})),
         ("functions", json!([{"name": "f"}])),
-        ("response_format", json!({"type": "json_object"})),
+        ("function_call", json!({"name": "f"})),
         ("audio", json!({"voice": "x"})),
         ("modalities", json!(["text", "audio"])),
     ] {
@@ -137,9 +139,13 @@ fn understood_but_unsupported_fields_are_400_naming_them() {
         );
     }
     // Their neutral values pass.
-    for (field, value) in
-        [("tools", json!([])), ("tool_choice", json!("none")), ("response_format", json!({"type": "text"}))]
-    {
+    for (field, value) in [
+        ("tools", json!([])),
+        ("tool_choice", json!("none")),
+        ("tool_choice", json!("auto")),
+        ("function_call", json!("none")),
+        ("response_format", json!({"type": "text"})),
+    ] {
         assert!(chat(with(base(), field, value)).is_ok(), "{field}");
     }
 }
@@ -292,4 +298,123 @@ fn error_bodies_are_openai_shaped_and_internal_errors_do_not_leak() {
     assert_eq!(ApiError::Overloaded("x".into()).status().as_u16(), 429);
     assert_eq!(ApiError::NotReady.status().as_u16(), 503);
     assert_eq!(ApiError::PayloadTooLarge { limit: 1 }.status().as_u16(), 413);
+}
+
+fn weather_tool() -> serde_json::Value {
+    json!({"type": "function", "function": {
+        "name": "get_weather",
+        "description": "Weather now",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "strict": true,
+    }})
+}
+
+#[test]
+fn tools_and_tool_choice() {
+    let v = chat(with(with(base(), "tools", json!([weather_tool()])), "parallel_tool_calls", json!(false))).unwrap();
+    let tools = v.tools.expect("tools");
+    assert_eq!(tools.tools()[0].name, "get_weather");
+    assert!(tools.tools()[0].strict);
+    assert_eq!((v.tool_choice, v.parallel_tool_calls), (ToolChoice::Auto, false));
+    let named = with(
+        with(base(), "tools", json!([weather_tool()])),
+        "tool_choice",
+        json!({"type": "function", "function": {"name": "get_weather"}}),
+    );
+    assert_eq!(chat(named).unwrap().tool_choice, ToolChoice::Named("get_weather".into()));
+
+    for (body, param) in [
+        (with(with(base(), "tools", json!([weather_tool()])), "tool_choice", json!({"type": "function", "function": {"name": "nope"}})), "tool_choice"),
+        (with(base(), "tool_choice", json!("required")), "tool_choice"),
+        (with(base(), "tools", json!([{"type": "code_interpreter"}])), "tools[0].type"),
+        (with(base(), "tools", json!([{"type": "function"}])), "tools[0].function"),
+        (with(base(), "tools", json!([{"type": "function", "function": {"name": "a b"}}])), "tools[0].function.name"),
+        (with(base(), "tools", json!([{"type": "function", "function": {"name": "f", "parameters": [1]}}])), "tools[0].function.parameters"),
+        (with(base(), "tools", json!([weather_tool(), weather_tool()])), "tools[1]"),
+        (with(base(), "tools", json!([{"function": {"name": "f"}}])), "tools[0].type"),
+    ] {
+        let (status, _, got) = err(chat(body.clone()));
+        assert_eq!((status, got.as_deref()), (400, Some(param)), "{body}");
+    }
+}
+
+#[test]
+fn response_formats() {
+    let format = |v: serde_json::Value| chat(with(base(), "response_format", v)).map(|c| c.response_format);
+    assert_eq!(format(json!({"type": "json_object"})).unwrap(), ResponseFormat::JsonObject);
+    let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+    assert_eq!(
+        format(json!({"type": "json_schema", "json_schema": {"name": "A", "schema": schema, "strict": true}})).unwrap(),
+        ResponseFormat::JsonSchema { name: "A".into(), schema, strict: true }
+    );
+    // OpenAI's defaults: no strict, any object.
+    assert_eq!(
+        format(json!({"type": "json_schema", "json_schema": {"name": "B"}})).unwrap(),
+        ResponseFormat::JsonSchema { name: "B".into(), schema: json!({"type": "object"}), strict: false }
+    );
+    for (value, param) in [
+        (json!({"type": "yaml"}), "response_format.type"),
+        (json!({}), "response_format.type"),
+        (json!("json"), "response_format"),
+        (json!({"type": "json_schema"}), "response_format.json_schema"),
+        (json!({"type": "json_schema", "json_schema": {"name": "x", "schema": "object"}}), "response_format.json_schema.schema"),
+        (json!({"type": "json_schema", "json_schema": {"name": "a b", "schema": {}}}), "response_format.json_schema.name"),
+        (json!({"type": "json_schema", "json_schema": {"name": "x", "strict": "yes"}}), "response_format.json_schema.strict"),
+    ] {
+        let (status, _, got) = err(format(value.clone()));
+        assert_eq!((status, got.as_deref()), (400, Some(param)), "{value}");
+    }
+    // The Responses API's flat `text.format`.
+    assert_eq!(
+        validate_response_format(Some(&json!({"type": "json_schema", "name": "C", "schema": {"type": "object"}})), "text.format")
+            .unwrap(),
+        ResponseFormat::JsonSchema { name: "C".into(), schema: json!({"type": "object"}), strict: false }
+    );
+}
+
+#[test]
+fn tool_calls_and_tool_results_in_messages() {
+    let call = json!({"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}});
+    let messages = json!([
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21 C"},
+    ]);
+    let v = chat(with(base(), "messages", messages.clone())).unwrap();
+    assert_eq!(v.messages[1].tool_calls[0].name, "get_weather");
+    assert_eq!(v.messages[1].tool_calls[0].arguments, "{\"city\": \"Paris\"}");
+    assert_eq!(v.messages[2].role, Role::Tool);
+    assert_eq!(v.messages[2].tool_call_id.as_deref(), Some("call_1"));
+    assert_eq!(v.messages[2].name.as_deref(), Some("get_weather"), "the name comes from the call");
+
+    let bad = |path: &[&str], value: serde_json::Value| {
+        let mut m = messages.clone();
+        let mut slot = &mut m;
+        for key in path {
+            slot = match key.parse::<usize>() {
+                Ok(i) => &mut slot[i],
+                Err(_) => &mut slot[*key],
+            };
+        }
+        *slot = value;
+        chat(with(base(), "messages", m))
+    };
+    for (path, value, param) in [
+        (&["2", "tool_call_id"][..], json!("call_2"), "messages[2].tool_call_id"),
+        (&["2", "tool_call_id"][..], json!(null), "messages[2].tool_call_id"),
+        (&["2", "content"][..], json!(null), "messages[2].content"),
+        (&["1", "tool_calls", "0", "function", "arguments"][..], json!("{not json"), "messages[1].tool_calls[0].function.arguments"),
+        (&["1", "tool_calls", "0", "function", "arguments"][..], json!({"city": "Paris"}), "messages[1].tool_calls[0].function.arguments"),
+        (&["1", "tool_calls", "0", "id"][..], json!(""), "messages[1].tool_calls[0].id"),
+        (&["1", "tool_calls", "0", "type"][..], json!("retrieval"), "messages[1].tool_calls[0].type"),
+        (&["1", "tool_calls", "0", "function", "name"][..], json!("a b"), "messages[1].tool_calls[0].function.name"),
+        (&["1", "tool_calls"][..], json!("call"), "messages[1].tool_calls"),
+        (&["0", "tool_calls"][..], json!([call]), "messages[0].tool_calls"),
+    ] {
+        let (status, _, got) = err(bad(path, value.clone()));
+        assert_eq!((status, got.as_deref()), (400, Some(param)), "{path:?} = {value}");
+    }
+    // A result before its call does not count.
+    let early = json!([{"role": "tool", "tool_call_id": "call_1", "content": "x"}, messages[1].clone()]);
+    assert_eq!(err(chat(with(base(), "messages", early))).2.as_deref(), Some("messages[0].tool_call_id"));
 }
