@@ -15,9 +15,8 @@ struct Cli {
     serve: ServeArgs,
 }
 
-fn args(extra: &[&str]) -> ServeArgs {
-    let mut argv = vec!["stellarchat", "--model", "synthetic:tiny"];
-    argv.extend_from_slice(extra);
+fn args(model: &str) -> ServeArgs {
+    let argv = ["stellarchat", "--model", model];
     Cli::try_parse_from(argv).expect("flags").serve
 }
 
@@ -38,7 +37,7 @@ async fn run_serves_on_the_given_listener_until_shutdown() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve::run(listener, args(&[]), async move {
+    let server = tokio::spawn(serve::run(listener, args("synthetic:tiny"), async move {
         let _ = stopped.await;
     }));
 
@@ -63,7 +62,7 @@ async fn run_serves_on_the_given_listener_until_shutdown() {
 #[tokio::test]
 async fn run_reports_a_missing_model_file_without_serving() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let result = serve::run(listener, args(&["--model", "/nonexistent/model.gguf"]), std::future::pending()).await;
+    let result = serve::run(listener, args("/nonexistent/model.gguf"), std::future::pending()).await;
     let error = result.expect_err("a missing file is an error");
     assert!(matches!(error, serve::ServeError::Model(_)), "{error}");
 }
