@@ -46,6 +46,11 @@ pub enum ModelError {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// A constraint's schema or grammar is invalid or uses what llguidance does not support;
+    /// the text is llguidance's explanation.
+    #[error("invalid grammar: {0}")]
+    InvalidGrammar(String),
+
     #[error("prompt of {prompt_tokens} tokens plus {max_tokens} new tokens exceeds the context length of {context_length}")]
     ContextLengthExceeded { prompt_tokens: usize, max_tokens: usize, context_length: usize },
 
@@ -79,6 +84,7 @@ impl ModelError {
             ModelError::DeviceUnavailable { .. } => "device_unavailable",
             ModelError::UnsupportedDtype { .. } => "unsupported_dtype",
             ModelError::InvalidRequest(_) => "invalid_request",
+            ModelError::InvalidGrammar(_) => "invalid_grammar",
             ModelError::ContextLengthExceeded { .. } => "context_length_exceeded",
             ModelError::Overloaded(_) => "overloaded",
             ModelError::EngineStopped => "engine_stopped",

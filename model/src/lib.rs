@@ -9,7 +9,8 @@
 //!   `host_attention`: attention over a host KV cache, for CPU devices at f32.
 //! - [`device`]: `--device`/`--dtype` and the burn backends compiled in.
 //! - [`tokenizer`], [`chat_template`]: text in and out, as the model's authors do it.
-//! - [`sampler`], [`stop`]: choosing the next token and stopping.
+//! - [`sampler`], [`stop`]: choosing the next token and stopping; [`constraint`]: masks that
+//!   keep the output inside a JSON schema or grammar (llguidance).
 //! - [`synthetic`]: deterministic random-weight models for tests and benchmarks; [`rng`]: the
 //!   one seeded generator (SplitMix64) behind them, the sampler's seeding and test data.
 //! - [`model`]: opening a model and loading it onto a device.
@@ -19,6 +20,7 @@ pub mod arch;
 pub mod attention;
 pub mod chat_template;
 pub mod config;
+pub mod constraint;
 pub mod device;
 pub mod engine;
 pub mod error;

@@ -274,6 +274,28 @@ impl Sampler {
     }
 }
 
+/// The logprob of `id` under a raw logits row, and the row's `top` most likely tokens, with
+/// exactly the numbers [`Sampler::sample`] reports for a sampled token: for scoring tokens
+/// the model did not choose (prompt logprobs). `row` is cleaned in place (NaN → -inf).
+pub fn score_token(row: &mut [f32], id: u32, top: usize) -> SampledToken {
+    let max = sanitize(row);
+    let ln_sum = if max == f32::NEG_INFINITY {
+        (row.len().max(1) as f32).ln()
+    } else {
+        block_sums(row, &mut Vec::new(), |x| exp(x - max)).ln() as f32
+    };
+    let norm = LogSoftmax { max, ln_sum };
+    let mut cands = Vec::new();
+    if top > 0 {
+        top_n(&mut cands, row, max, top.min(row.len()));
+    }
+    SampledToken {
+        id,
+        logprob: norm.logprob(row.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY)),
+        top_logprobs: cands.iter().map(|&(t, x)| (t, norm.logprob(x))).collect(),
+    }
+}
+
 fn uses_repetition_penalty(params: &SamplingParams) -> bool {
     params.repetition_penalty != 1.0
 }

@@ -52,6 +52,7 @@ fn collect(mut stream: EventStream) -> Outcome {
                 out.reason = Some(reason);
                 break;
             }
+            GenerationEvent::PromptLogprobs(_) => panic!("prompt logprobs were not asked for"),
             GenerationEvent::Error(e) => panic!("engine error: {e}"),
         }
     }

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use crate::constraint::Constraint;
 use crate::error::ModelError;
 use crate::sampler::SamplingParams;
 
@@ -30,6 +31,14 @@ pub struct GenerateRequest {
     pub logprobs: Option<usize>,
     /// Leave special tokens (e.g. `<|im_end|>`) out of the text.
     pub skip_special_tokens: bool,
+    /// Keep the output inside a JSON schema or grammar. Under a constraint, logprobs are
+    /// those of the masked row: the model's distribution renormalized over the tokens the
+    /// grammar allows, and the alternatives are only allowed tokens.
+    pub constraint: Option<Constraint>,
+    /// `Some(n)`: before the first token, report every prompt token's logprob given its
+    /// prefix and the `n` most likely tokens at its position, as one
+    /// [`GenerationEvent::PromptLogprobs`]. With it, `max_tokens` may be 0 (score only).
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl GenerateRequest {
@@ -44,6 +53,8 @@ impl GenerateRequest {
             ignore_eos: false,
             logprobs: None,
             skip_special_tokens: true,
+            constraint: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -82,10 +93,13 @@ pub struct TokenLogprob {
     pub top: Vec<(u32, f32)>,
 }
 
-/// What the engine reports about one request, in order: zero or more `Token`s, then exactly
-/// one `Finished` or `Error`.
+/// What the engine reports about one request, in order: `PromptLogprobs` once if the request
+/// asked for it, zero or more `Token`s, then exactly one `Finished` or `Error`.
 #[derive(Debug)]
 pub enum GenerationEvent {
+    /// One entry per prompt token: its logprob given the tokens before it and the most likely
+    /// tokens at its position. The first token has no prefix, so its entry is `None`.
+    PromptLogprobs(Vec<Option<TokenLogprob>>),
     /// One generated token. `text` is the text it completes (may be empty while a multi-byte
     /// character or a possible stop string is held back). `step` numbers the engine step
     /// that produced it (the order of batching decisions, for tests and tracing).

@@ -8,6 +8,11 @@
 //! every sequence whose prompt is fully cached. Finished sequences leave at once and free
 //! their cache. The thread never blocks the async runtime: events go out over unbounded
 //! channels and the thread sleeps on its command channel when idle.
+//!
+//! Constrained sequences ([`crate::constraint`]) are compiled at submission; in a step, their
+//! token masks are computed on a helper thread while the forward runs on the engine thread
+//! (CubeCL binds its streams to the thread that created them). Sequences that want prompt
+//! logprobs get logits for every position of their prefill chunks.
 
 pub mod api;
 mod scheduler;
@@ -23,6 +28,7 @@ use tokio::sync::mpsc;
 pub use api::*;
 pub use scheduler::{SequenceView, plan_step};
 
+use crate::constraint::{Constraint, ConstraintCompiler, ConstraintState};
 use crate::error::{ModelError, Result};
 use crate::kv_cache::{KV_BLOCK_TOKENS, SequenceCache};
 use crate::transformer::{ForwardChunk, Transformer};
@@ -76,6 +82,8 @@ pub struct EngineHandle {
     shared: Arc<Shared>,
     config: EngineConfig,
     context_length: usize,
+    /// Shared by all clones: the grammar compiler is built once, on the first constraint.
+    constraints: Arc<ConstraintCompiler>,
 }
 
 /// Starts engines.
@@ -97,6 +105,7 @@ impl Engine {
             shared: shared.clone(),
             config,
             context_length: loader.info().context_length,
+            constraints: Arc::new(ConstraintCompiler::new(loader.info().tokenizer.clone())),
         };
         let tokenizer = loader.info().tokenizer.clone();
         let spawned = std::thread::Builder::new().name("stellarchat-engine".into()).spawn(move || {
@@ -146,8 +155,10 @@ impl Engine {
 
 impl EngineHandle {
     /// Queues a request. Errors: `Overloaded` when the queue is full, `ContextLengthExceeded`
-    /// when the prompt leaves no room to generate, `NotReady` while loading,
-    /// `EngineStopped` after shutdown or a failed load.
+    /// when the prompt leaves no room to generate, `InvalidGrammar` when its constraint does
+    /// not compile, `NotReady` while loading, `EngineStopped` after shutdown or a failed load.
+    /// A constraint is compiled here, on the caller's thread (milliseconds for usual schemas;
+    /// the first one also builds the grammar compiler's token tables).
     pub fn submit(&self, request: GenerateRequest) -> Result<EventStream> {
         if self.shared.stopped.load(Ordering::Acquire) {
             return Err(ModelError::EngineStopped);
@@ -158,16 +169,20 @@ impl EngineHandle {
         if request.prompt_ids.is_empty() {
             return Err(ModelError::InvalidRequest("the prompt is empty".into()));
         }
-        if request.max_tokens == 0 {
+        let scoring_only = request.max_tokens == 0;
+        if scoring_only && request.prompt_logprobs.is_none() {
             return Err(ModelError::InvalidRequest("max_tokens must be at least 1".into()));
         }
-        if request.prompt_ids.len() >= self.context_length {
+        // Scoring only needs room for the prompt; generating needs one more position.
+        if request.prompt_ids.len() > self.context_length || (!scoring_only && request.prompt_ids.len() == self.context_length)
+        {
             return Err(ModelError::ContextLengthExceeded {
                 prompt_tokens: request.prompt_ids.len(),
                 max_tokens: request.max_tokens,
                 context_length: self.context_length,
             });
         }
+        let constraint = request.constraint.as_ref().map(|c| self.constraints.compile(c)).transpose()?;
         let capacity = self.config.max_num_seqs + self.config.max_queue;
         if self.shared.in_flight.fetch_add(1, Ordering::AcqRel) >= capacity {
             self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -178,12 +193,18 @@ impl EngineHandle {
         }
         let (sender, events) = mpsc::unbounded_channel();
         let cancelled = Arc::new(AtomicBool::new(false));
-        let pending = Pending { request, events: sender, cancelled: cancelled.clone(), submitted: Instant::now() };
+        let pending = Pending { request, constraint, events: sender, cancelled: cancelled.clone(), submitted: Instant::now() };
         if self.commands.send(Command::Submit(pending)).is_err() {
             self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(ModelError::EngineStopped);
         }
         Ok(EventStream { events, cancelled })
+    }
+
+    /// Compiles `constraint` as [`EngineHandle::submit`] would, without submitting anything:
+    /// `Err(InvalidGrammar)` with llguidance's explanation when it does not compile.
+    pub fn check_constraint(&self, constraint: &Constraint) -> Result<()> {
+        self.constraints.check(constraint)
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -324,18 +345,36 @@ impl EngineLoop {
         let plan = plan_step(&views, self.config.max_prefill_tokens);
         let scheduled: Vec<usize> = plan.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, _)| i).collect();
 
-        let mut chunks: Vec<ForwardChunk> = self
-            .running
-            .iter_mut()
-            .zip(&plan)
-            .filter(|(_, n)| **n > 0)
-            .map(|(seq, &n)| {
-                let start = seq.cache.len();
-                let Sequence { cache, tokens, .. } = seq;
-                ForwardChunk { cache, tokens: &tokens[start..start + n], all_logits: false }
+        // Where each scheduled chunk starts, and whether it returns logits for all positions.
+        let mut starts = Vec::with_capacity(scheduled.len());
+        let mut chunks = Vec::with_capacity(scheduled.len());
+        // Constraints of the sequences that sample after this forward: their masks are
+        // computed meanwhile.
+        let mut masks: Vec<&mut ConstraintState> = Vec::new();
+        for (seq, &n) in self.running.iter_mut().zip(&plan) {
+            if n == 0 {
+                continue;
+            }
+            let all_logits = seq.wants_all_logits();
+            let Sequence { cache, tokens, constraint, .. } = seq;
+            let start = cache.len();
+            starts.push((start, all_logits));
+            if start + n == tokens.len()
+                && let Some(c) = constraint.as_mut().filter(|c| c.is_active())
+            {
+                masks.push(c);
+            }
+            chunks.push(ForwardChunk { cache, tokens: &tokens[start..start + n], all_logits });
+        }
+        let model = &self.model;
+        let result = if masks.is_empty() {
+            model.forward(&mut chunks)
+        } else {
+            std::thread::scope(|scope| {
+                scope.spawn(move || prepare_masks(masks));
+                model.forward(&mut chunks)
             })
-            .collect();
-        let result = self.model.forward(&mut chunks);
+        };
         drop(chunks);
         let step = self.shared.steps.fetch_add(1, Ordering::Relaxed);
 
@@ -344,6 +383,9 @@ impl EngineLoop {
             Ok(logits) => {
                 for (row, &i) in scheduled.iter().enumerate() {
                     let seq = &mut self.running[i];
+                    if let (start, true) = starts[row] {
+                        seq.score_prompt(start, logits.chunk(row), logits.vocab());
+                    }
                     if seq.cache.len() < seq.tokens.len() {
                         continue; // mid-prefill: nothing to sample yet
                     }
@@ -384,5 +426,15 @@ impl EngineLoop {
         self.shared.running.store(self.running.len(), Ordering::Relaxed);
         let allocated = self.running.iter().map(|s| s.cache.capacity()).sum();
         self.shared.kv_allocated.store(allocated, Ordering::Relaxed);
+    }
+}
+
+/// Computes the next token's mask of each constraint, in parallel when there are several.
+fn prepare_masks(mut masks: Vec<&mut ConstraintState>) {
+    use rayon::prelude::*;
+    if masks.len() == 1 {
+        masks.iter_mut().for_each(|c| c.prepare_mask());
+    } else {
+        masks.par_iter_mut().for_each(|c| c.prepare_mask());
     }
 }

@@ -1,5 +1,5 @@
-//! One request inside the engine: its cache, sampler, detokenizer and stop conditions, and
-//! the channel its events go out on.
+//! One request inside the engine: its cache, sampler, constraint, detokenizer and stop
+//! conditions, the logprobs of its prompt, and the channel its events go out on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,15 +8,18 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::api::{FinishReason, GenerateRequest, GenerationEvent, Timings, TokenLogprob, Usage};
+use crate::constraint::{Committed, ConstraintState};
 use crate::error::ModelError;
 use crate::kv_cache::SequenceCache;
-use crate::sampler::Sampler;
+use crate::sampler::{Sampler, score_token};
 use crate::stop::{StopOutcome, StopStrings};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
 /// A request as submitted, before the scheduler admits it.
 pub(crate) struct Pending {
     pub request: GenerateRequest,
+    /// The request's constraint, compiled at submission.
+    pub constraint: Option<ConstraintState>,
     pub events: mpsc::UnboundedSender<GenerationEvent>,
     pub cancelled: Arc<AtomicBool>,
     pub submitted: Instant,
@@ -35,6 +38,11 @@ pub(crate) struct Sequence {
     pub prompt_len: usize,
     /// KV positions this sequence may grow to (its share of the budget).
     pub reserved_tokens: usize,
+    /// The grammar the output must follow, if any.
+    pub constraint: Option<ConstraintState>,
+    /// `(n, entries so far)` while prompt logprobs with `n` alternatives are being gathered;
+    /// taken when they are sent.
+    prompt_scores: Option<(usize, Vec<Option<TokenLogprob>>)>,
     max_tokens: usize,
     sampler: Sampler,
     decoder: IncrementalDecoder,
@@ -55,12 +63,13 @@ pub(crate) enum Progress {
 
 impl Sequence {
     pub fn start(pending: Pending, cache: SequenceCache, tokenizer: &Tokenizer, reserved_tokens: usize) -> Sequence {
-        let Pending { request, events, cancelled, submitted } = pending;
+        let Pending { request, constraint, events, cancelled, submitted } = pending;
         let mut stop_token_ids = request.stop_token_ids.clone();
         if !request.ignore_eos {
             stop_token_ids.extend_from_slice(tokenizer.stop_ids());
         }
         let now = Instant::now();
+        let prompt_scores = request.prompt_logprobs.map(|n| (n, Vec::with_capacity(request.prompt_ids.len())));
         Sequence {
             sampler: Sampler::new(request.sampling.clone(), &request.prompt_ids),
             decoder: IncrementalDecoder::new(request.skip_special_tokens),
@@ -71,6 +80,8 @@ impl Sequence {
             logprobs: request.logprobs,
             stop_token_ids,
             reserved_tokens,
+            constraint,
+            prompt_scores,
             cache,
             events,
             cancelled,
@@ -87,19 +98,63 @@ impl Sequence {
         self.tokens.len() - self.prompt_len
     }
 
-    /// Samples the next token from `logits` and reports it.
+    /// Whether the next forward must return logits for every position of this sequence's
+    /// chunk: prompt logprobs are wanted and the prompt is not fully cached yet.
+    pub fn wants_all_logits(&self) -> bool {
+        self.prompt_scores.is_some() && self.cache.len() < self.prompt_len
+    }
+
+    /// Scores the prompt tokens that `rows` predict: `rows` are the logits of positions
+    /// `start..start + rows.len() / vocab`, and the row at position `p` predicts token `p + 1`.
+    pub fn score_prompt(&mut self, start: usize, rows: &[f32], vocab: usize) {
+        let Some((top, scores)) = &mut self.prompt_scores else { return };
+        if start == 0 && scores.is_empty() {
+            scores.push(None);
+        }
+        let mut scratch = Vec::with_capacity(vocab);
+        for (offset, row) in rows.chunks_exact(vocab).enumerate() {
+            let Some(&next) = self.tokens[..self.prompt_len].get(start + offset + 1) else { break };
+            scratch.clear();
+            scratch.extend_from_slice(row);
+            let scored = score_token(&mut scratch, next, *top);
+            scores.push(Some(TokenLogprob { logprob: scored.logprob, top: scored.top_logprobs }));
+        }
+    }
+
+    /// Called once the prompt is fully cached, with the logits of its last position: sends
+    /// the prompt logprobs if asked for, then samples the next token and reports it.
     pub fn accept_logits(&mut self, logits: &[f32], tokenizer: &Tokenizer, step: u64) -> Progress {
+        if let Some((_, scores)) = self.prompt_scores.take() {
+            self.send(GenerationEvent::PromptLogprobs(scores));
+        }
+        if self.max_tokens == 0 {
+            return self.finish(FinishReason::Length, tokenizer);
+        }
         let mut row = logits.to_vec();
+        if let Some(constraint) = &mut self.constraint
+            && let Err(e) = constraint.apply_mask(&mut row)
+        {
+            return self.fail(e);
+        }
         let sampled = self.sampler.sample(&mut row, self.logprobs);
         self.timings.first_token.get_or_insert_with(Instant::now);
         let id = sampled.id;
-        self.tokens.push(id);
-        let logprob = self.logprobs.map(|_| TokenLogprob { logprob: sampled.logprob, top: sampled.top_logprobs });
+        let mut top = sampled.top_logprobs;
+        // Under a mask, disallowed tokens are -inf: no alternative at all, not a candidate.
+        top.retain(|&(_, logprob)| logprob > f32::NEG_INFINITY);
+        let logprob = self.logprobs.map(|_| TokenLogprob { logprob: sampled.logprob, top });
 
         if self.stop_token_ids.contains(&id) {
+            self.tokens.push(id);
             self.send(GenerationEvent::Token { id, text: String::new(), logprob, step });
             return self.finish(FinishReason::Stop, tokenizer);
         }
+        let grammar = match self.constraint.as_mut().map(|c| c.commit(id)) {
+            Some(Err(e)) => return self.fail(e),
+            Some(Ok(committed)) => committed,
+            None => Committed::Continue,
+        };
+        self.tokens.push(id);
         let piece = match self.decoder.push(tokenizer, id) {
             Ok(piece) => piece,
             Err(e) => return self.fail(e),
@@ -110,6 +165,9 @@ impl Sequence {
                 self.send(GenerationEvent::Token { id, text: emit, logprob, step });
                 return self.finish_with_text(FinishReason::Stop, String::new());
             }
+        }
+        if grammar == Committed::Complete {
+            return self.finish(FinishReason::Stop, tokenizer);
         }
         if self.generated() >= self.max_tokens || self.tokens.len() >= self.cache.max_len() {
             return self.finish(FinishReason::Length, tokenizer);

@@ -405,3 +405,24 @@ fn infinite_logits_do_not_poison_the_row() {
         }
     }
 }
+
+#[test]
+fn score_token_reports_what_sample_reports() {
+    let row = random_row(5000, 7);
+    let mut sampler = Sampler::new(SamplingParams::greedy(), &[]);
+    let sampled = sampler.sample(&mut row.clone(), Some(4));
+    let scored = score_token(&mut row.clone(), sampled.id, 4);
+    assert_eq!(scored, sampled);
+    // Any other token: the log-softmax of the row.
+    let other = (sampled.id + 1) % 5000;
+    let scored = score_token(&mut row.clone(), other, 0);
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let ln_sum = row.iter().map(|&x| f64::from(x - max).exp()).sum::<f64>().ln() as f32;
+    assert_close(scored.logprob, row[other as usize] - max - ln_sum, 1e-4);
+    assert!(scored.top_logprobs.is_empty());
+    // An id outside the row has probability zero; NaN logits are cleaned, not propagated.
+    assert_eq!(score_token(&mut row.clone(), 9999, 0).logprob, f32::NEG_INFINITY);
+    let mut broken = row.clone();
+    broken[3] = f32::NAN;
+    assert!(score_token(&mut broken, 4, 1).logprob.is_finite());
+}

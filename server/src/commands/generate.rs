@@ -196,6 +196,8 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
                 engine.shutdown();
                 return Ok(());
             }
+            // The CLI does not ask for prompt logprobs.
+            Some(GenerationEvent::PromptLogprobs(_)) => {}
             Some(GenerationEvent::Error(e)) => return Err(e.into()),
             None => return Err(GenerateError::Interrupted),
         }
