@@ -116,6 +116,11 @@ pub struct ServeArgs {
     /// Seconds between `: keep-alive` comments on an idle SSE stream.
     #[arg(long, env = "STELLARCHAT_SSE_KEEPALIVE", default_value_t = 15)]
     pub sse_keepalive: u64,
+
+    /// Responses kept in memory for `previous_response_id` and `GET /v1/responses/{id}`
+    /// (the least recently used go first); 0 keeps none.
+    #[arg(long, env = "STELLARCHAT_RESPONSES_STORE_SIZE", default_value_t = 1024)]
+    pub responses_store_size: usize,
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -192,6 +197,14 @@ mod tests {
         assert!(!a.log_content);
         assert_eq!(a.log_format, LogFormat::Text);
         assert_eq!(a.chat_template, None);
+    }
+
+    #[test]
+    fn responses_store_size_defaults_to_1024() {
+        let cli = Cli::try_parse_from(["stellarchat"]).expect("defaults parse");
+        assert_eq!(cli.serve.responses_store_size, 1024);
+        let cli = Cli::try_parse_from(["stellarchat", "--responses-store-size", "0"]).expect("parse");
+        assert_eq!(cli.serve.responses_store_size, 0);
     }
 
     #[test]

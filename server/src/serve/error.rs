@@ -40,6 +40,9 @@ pub enum ApiError {
     ModelNotFound(String),
     #[error("Route not found: {0}")]
     RouteNotFound(String),
+    /// A stored `/v1/responses` response that does not exist (or is another key's).
+    #[error("Response with id '{0}' not found.")]
+    ResponseNotFound(String),
     #[error("Method not allowed")]
     MethodNotAllowed,
     #[error("Incorrect API key provided")]
@@ -104,6 +107,7 @@ pub const ERROR_TABLE: &[ErrorClass] = &[
     class("internal", StatusCode::INTERNAL_SERVER_ERROR, "server_error", false, false, "Internal error"),
     class("not_ready", StatusCode::SERVICE_UNAVAILABLE, "service_unavailable_error", true, true, "Model loading"),
     class("shutting_down", StatusCode::SERVICE_UNAVAILABLE, "service_unavailable_error", true, false, "Server shutting down"),
+    class("response_not_found", StatusCode::NOT_FOUND, INVALID, false, false, "Unknown stored response"),
 ];
 
 impl ApiError {
@@ -137,6 +141,7 @@ impl ApiError {
             ApiError::InvalidApiKey => "invalid_api_key",
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::RouteNotFound(_) => "route_not_found",
+            ApiError::ResponseNotFound(_) => "response_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Overloaded(_) => "overloaded",
@@ -323,6 +328,7 @@ mod table_tests {
             ApiError::Internal("x".into()),
             ApiError::NotReady,
             ApiError::ShuttingDown,
+            ApiError::ResponseNotFound("resp_x".into()),
         ]
     }
 

@@ -59,6 +59,8 @@ pub struct Generation {
     /// Whether a choice is the first one of its prompt (its cached-token count is reported).
     first_of_prompt: Vec<bool>,
     pending_logprobs: Vec<Vec<LogprobToken>>,
+    /// Per choice, its prompt's scores once the engine reported them (`start_scoring`).
+    prompt_logprobs: Vec<Option<Vec<Option<TokenLogprob>>>>,
     last_token_at: Vec<Option<Instant>>,
     tokenizer: Arc<Tokenizer>,
     want_logprobs: bool,
@@ -89,6 +91,17 @@ impl Generation {
     /// Submits `prompts.len() × spec.n` sequences; choice `p * n + j` is prompt `p`'s `j`-th.
     /// If any submit fails (queue full), the ones already submitted are cancelled.
     pub fn start(state: &Arc<AppState>, spec: &GenerationSpec, prompts: &[PlannedPrompt]) -> Result<Self, ApiError> {
+        Self::start_scoring(state, spec, prompts, None)
+    }
+
+    /// [`Generation::start`] that also scores every prompt token, with `prompt_logprobs`
+    /// alternatives each (see [`Generation::prompt_logprobs`]); `None` scores nothing.
+    pub fn start_scoring(
+        state: &Arc<AppState>,
+        spec: &GenerationSpec,
+        prompts: &[PlannedPrompt],
+        prompt_logprobs: Option<usize>,
+    ) -> Result<Self, ApiError> {
         state.check_accepting()?;
         let n = spec.n.max(1);
         let choices = prompts.len() * n;
@@ -108,6 +121,7 @@ impl Generation {
                     ignore_eos: spec.ignore_eos,
                     logprobs: spec.logprobs,
                     skip_special_tokens: spec.skip_special_tokens,
+                    prompt_logprobs,
                 };
                 // On error, `streams` is dropped here, cancelling what was submitted.
                 let events = state.engine.submit(request)?;
@@ -123,6 +137,7 @@ impl Generation {
             usage: UsageInfo::new(prompt_tokens, 0, 0),
             first_of_prompt,
             pending_logprobs: vec![Vec::new(); choices],
+            prompt_logprobs: vec![None; choices],
             last_token_at: vec![None; choices],
             tokenizer: state.model.tokenizer.clone(),
             want_logprobs: spec.logprobs.is_some(),
@@ -221,6 +236,7 @@ impl Generation {
                 );
                 self.remaining = self.remaining.saturating_sub(1);
             }
+            GenerationEvent::PromptLogprobs(scores) => self.prompt_logprobs[index] = Some(scores),
             GenerationEvent::Error(e) => {
                 self.queue.push_back(DriverEvent::Error(e.into()));
                 self.finished = true;
@@ -240,6 +256,27 @@ impl Generation {
         self.tokenizer.decode(&[id], false).unwrap_or_default()
     }
 
+    /// Choice `index`'s prompt scores (one per prompt token; the first is `None`), once
+    /// they arrived: they come before the choice's first token.
+    pub fn prompt_logprobs(&self, index: usize) -> Option<&[Option<TokenLogprob>]> {
+        self.prompt_logprobs.get(index)?.as_deref()
+    }
+
+    /// Waits until every choice's prompt scores arrived (for a stream that must send them
+    /// first), keeping the events that come meanwhile for [`Generation::next`].
+    pub async fn wait_prompt_logprobs(&mut self) -> Result<(), ApiError> {
+        while !self.finished && self.prompt_logprobs.iter().any(Option::is_none) {
+            match self.streams.next().await {
+                Some((index, event)) => self.on_event(index, event),
+                None => break,
+            }
+            if let Some(DriverEvent::Error(e)) = self.queue.back() {
+                return Err(e.clone());
+            }
+        }
+        Ok(())
+    }
+
     /// Runs to the end and gathers each choice (the non-streaming responses).
     pub async fn collect(mut self) -> Result<Collected, ApiError> {
         let mut choices = vec![CollectedChoice::default(); self.choices];
@@ -250,7 +287,12 @@ impl Generation {
                     choices[index].logprobs.extend(logprobs);
                 }
                 DriverEvent::Finish { index, reason } => choices[index].finish_reason = Some(reason),
-                DriverEvent::Done(usage) => return Ok(Collected { choices, usage }),
+                DriverEvent::Done(usage) => {
+                    for (choice, scores) in choices.iter_mut().zip(std::mem::take(&mut self.prompt_logprobs)) {
+                        choice.prompt_logprobs = scores;
+                    }
+                    return Ok(Collected { choices, usage });
+                }
                 DriverEvent::Error(e) => return Err(e),
             }
         }
@@ -262,6 +304,8 @@ impl Generation {
 pub struct CollectedChoice {
     pub text: String,
     pub logprobs: Vec<LogprobToken>,
+    /// The prompt's scores, when the generation was started scoring them.
+    pub prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
     pub finish_reason: Option<FinishReason>,
 }
 

@@ -217,7 +217,7 @@ pub fn cors(origins: &[String]) -> Option<CorsHandler> {
     Some(
         Cors::new()
             .allow_origin(allow_origin)
-            .allow_methods(AllowMethods::list([Method::GET, Method::POST, Method::OPTIONS]))
+            .allow_methods(AllowMethods::list([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS]))
             .allow_headers(AllowHeaders::list([
                 AUTHORIZATION,
                 salvo::http::header::CONTENT_TYPE,

@@ -34,6 +34,8 @@ pub fn router(state: &Arc<AppState>) -> Router {
         .push(path(MODEL).get(handlers::models::get_model))
         .push(path(CHAT_COMPLETIONS).post(handlers::chat::chat_completions))
         .push(path(COMPLETIONS).post(handlers::completions::completions))
+        .push(path(RESPONSES).post(handlers::responses::create_response))
+        .push(path(RESPONSE).get(handlers::responses::get_response).delete(handlers::responses::delete_response))
         .push(path(TOKENIZE).post(handlers::tokenize::tokenize))
         .push(path(DETOKENIZE).post(handlers::tokenize::detokenize))
         .push(path(CHAT_WS).goal(super::ws::chat_ws));

@@ -9,6 +9,9 @@ pub const MODEL: &str = "/v1/models/{**id}";
 pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
 pub const COMPLETIONS: &str = "/v1/completions";
 pub const CHAT_WS: &str = "/v1/chat/ws";
+pub const RESPONSES: &str = "/v1/responses";
+/// One stored response (`GET`, `DELETE`).
+pub const RESPONSE: &str = "/v1/responses/{id}";
 pub const TOKENIZE: &str = "/tokenize";
 pub const DETOKENIZE: &str = "/detokenize";
 pub const METRICS: &str = "/metrics";
@@ -24,6 +27,8 @@ pub const ALL: &[&str] = &[
     CHAT_COMPLETIONS,
     COMPLETIONS,
     CHAT_WS,
+    RESPONSES,
+    RESPONSE,
     TOKENIZE,
     DETOKENIZE,
     METRICS,

@@ -15,6 +15,7 @@ use salvo::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use salvo::prelude::*;
 use serde::Serialize;
 
+use super::error::ApiError;
 use super::generate::{DriverEvent, Generation};
 use super::middleware::RequestLog;
 
@@ -39,6 +40,15 @@ pub trait StreamFormat: Send + 'static {
     fn opening(&mut self) -> Vec<Bytes>;
     /// Frames for one event (`Error` is handled by the writer).
     fn event(&mut self, event: &DriverEvent) -> Vec<Bytes>;
+    /// Frames reporting a failure after the stream started (default: OpenAI's
+    /// `data: {"error":…}` chunk).
+    fn error(&mut self, error: &ApiError) -> Vec<Bytes> {
+        vec![data_frame(&error.to_body())]
+    }
+    /// The stream's last frame (default `data: [DONE]`; the Responses API sends none).
+    fn end(&mut self) -> Option<Bytes> {
+        Some(Bytes::from_static(DONE))
+    }
 }
 
 struct SseState<F> {
@@ -80,7 +90,7 @@ pub fn respond<F: StreamFormat>(
             };
             match event {
                 None => {
-                    st.pending.push_back(Bytes::from_static(DONE));
+                    st.pending.extend(st.format.end());
                     st.done = true;
                 }
                 Some(DriverEvent::Error(error)) => {
@@ -88,8 +98,9 @@ pub fn respond<F: StreamFormat>(
                     if let super::error::ApiError::Internal(detail) = &error {
                         tracing::error!(request_id = %st.log.request_id, error = %detail, "stream failed");
                     }
-                    st.pending.push_back(data_frame(&error.to_body()));
-                    st.pending.push_back(Bytes::from_static(DONE));
+                    let frames = st.format.error(&error);
+                    st.pending.extend(frames);
+                    st.pending.extend(st.format.end());
                     st.done = true;
                 }
                 Some(event) => {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::metrics::Metrics;
+use super::responses_store::ResponseStore;
 use super::validate::{Context, Limits};
 
 pub struct AppState {
@@ -29,6 +30,8 @@ pub struct AppState {
     /// Unix seconds at start-up, for `created` in `/v1/models`.
     pub started: u64,
     pub lifecycle: Arc<Lifecycle>,
+    /// Stored `/v1/responses` responses (`--responses-store-size`).
+    pub responses: Arc<ResponseStore>,
 }
 
 impl AppState {

@@ -1,11 +1,20 @@
 //! `POST /v1/completions`: the legacy text completion API, with the same streaming rules
 //! as chat (no role chunk; the finishing chunk has `text: ""` and the `finish_reason`).
+//!
+//! Two legacy features evaluation tools rely on:
+//! - `echo`: each choice's text starts with its prompt; with `logprobs`, the prompt's
+//!   tokens are scored too (the engine's prompt logprobs), which is how lm-evaluation-harness
+//!   computes a text's log-likelihood (`max_tokens` 0 or 1).
+//! - `suffix`: fill-in-the-middle in the PSM order (`<fim_prefix>` prompt `<fim_suffix>`
+//!   suffix `<fim_middle>`), for vocabularies with FIM tokens.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use salvo::oapi::endpoint;
 use salvo::prelude::*;
+use stellarchat_model::engine::TokenLogprob;
+use stellarchat_model::model::ModelInfo;
 
 use super::read_body;
 use crate::serve::error::ApiError;
@@ -17,7 +26,12 @@ use crate::serve::protocol::{
 };
 use crate::serve::sse::{self, StreamFormat, data_frame};
 use crate::serve::state::AppState;
-use crate::serve::validate::{parse_json, validate_completion};
+use crate::serve::validate::{PromptSource, parse_json, validate_completion};
+
+/// Fill-in-the-middle token spellings: StarCoder's (SmolLM's family) and Qwen2.5-Coder's /
+/// CodeGemma's.
+const FIM_TOKENS: [[&str; 3]; 2] =
+    [["<fim_prefix>", "<fim_suffix>", "<fim_middle>"], ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]];
 
 /// Creates a text completion: JSON, or Server-Sent Events with `"stream": true`.
 #[endpoint(
@@ -33,25 +47,41 @@ pub async fn completions(req: &mut Request, depot: &mut Depot, res: &mut Respons
     let body = read_body(req, state.max_body_bytes).await?;
     let request: CompletionRequest = parse_json(&body)?;
     let valid = validate_completion(request, &state.validation_context())?;
-    let prompts = plan_completion(&state.model, &state.limits, &valid.prompts, &valid.spec)?;
-    let generation = Generation::start(&state, &valid.spec, &prompts)?;
-
-    let request_id = depot.get_typed::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
-    let format = CompletionFormat {
-        id: format!("cmpl-{request_id}"),
-        model: valid.model.clone(),
-        created: unix_now(),
-        include_usage: valid.spec.include_usage,
-        want_logprobs: valid.spec.logprobs.is_some(),
-        offsets: vec![0; generation.choices()],
+    let sources = match &valid.suffix {
+        Some(suffix) => {
+            valid.prompts.iter().map(|p| fill_in_the_middle(&state.model, p, suffix)).collect::<Result<Vec<_>, _>>()?
+        }
+        None => valid.prompts.clone(),
     };
-    let prompt_text = || {
+    let prompts = plan_completion(&state.model, &state.limits, &sources, &valid.spec)?;
+    let mut generation = Generation::start_scoring(&state, &valid.spec, &prompts, valid.prompt_logprobs)?;
+    let n = valid.spec.n.max(1);
+    let want_logprobs = valid.spec.logprobs.is_some();
+    // The prompt text each choice echoes (choice `i` answers prompt `i / n`).
+    let echo_texts: Option<Vec<String>> = valid.echo.then(|| {
         valid
             .prompts
             .iter()
+            .zip(&prompts)
+            .map(|(source, planned)| echo_text(&state.model, source, &planned.ids))
+            .collect()
+    });
+    // Choice `index`'s echo, given its prompt's scores (when logprobs are wanted).
+    let echo_of = |index: usize, scores: Option<&[Option<TokenLogprob>]>| -> Option<Echo> {
+        let p = index / n;
+        let text = echo_texts.as_ref()?[p].clone();
+        let logprobs =
+            want_logprobs.then(|| prompt_logprobs(&state.model, &prompts[p].ids, scores.unwrap_or_default()));
+        Some(Echo { text, logprobs })
+    };
+
+    let request_id = depot.get_typed::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let prompt_text = || {
+        sources
+            .iter()
             .map(|p| match p {
-                crate::serve::validate::PromptSource::Text(t) => t.clone(),
-                crate::serve::validate::PromptSource::Tokens(ids) => format!("{ids:?}"),
+                PromptSource::Text(t) => t.clone(),
+                PromptSource::Tokens(ids) => format!("{ids:?}"),
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -63,6 +93,20 @@ pub async fn completions(req: &mut Request, depot: &mut Depot, res: &mut Respons
         if log.log_content() {
             log.prompt = Some(prompt_text());
         }
+        if echo_texts.is_some() && want_logprobs {
+            // The echo chunk goes first and carries the prompt's logprobs.
+            generation.wait_prompt_logprobs().await?;
+        }
+        let echoes = (0..generation.choices()).map(|i| echo_of(i, generation.prompt_logprobs(i))).collect();
+        let format = CompletionFormat {
+            id: format!("cmpl-{request_id}"),
+            model: valid.model.clone(),
+            created: unix_now(),
+            include_usage: valid.spec.include_usage,
+            want_logprobs,
+            offsets: vec![0; generation.choices()],
+            echoes,
+        };
         sse::respond(res, generation, format, state.sse_keepalive, log);
         return Ok(());
     }
@@ -72,11 +116,17 @@ pub async fn completions(req: &mut Request, depot: &mut Depot, res: &mut Respons
         .choices
         .into_iter()
         .enumerate()
-        .map(|(index, c)| CompletionChoice {
-            logprobs: valid.spec.logprobs.map(|_| completion_logprobs(&c.logprobs, 0)),
-            text: c.text,
-            index,
-            finish_reason: c.finish_reason.map(|r| r.as_str().to_string()),
+        .map(|(index, c)| {
+            let echo = echo_of(index, c.prompt_logprobs.as_deref());
+            let (mut text, mut logprobs) = match echo {
+                Some(echo) => (echo.text, echo.logprobs),
+                None => (String::new(), want_logprobs.then(CompletionLogprobs::default)),
+            };
+            if let Some(lp) = logprobs.as_mut() {
+                append(lp, completion_logprobs(&c.logprobs, char_len(&text)));
+            }
+            text.push_str(&c.text);
+            CompletionChoice { logprobs, text, index, finish_reason: c.finish_reason.map(|r| r.as_str().to_string()) }
         })
         .collect();
     if let Ok(log) = depot.get_typed_mut::<RequestLog>() {
@@ -88,9 +138,9 @@ pub async fn completions(req: &mut Request, depot: &mut Depot, res: &mut Respons
         }
     }
     res.render(Json(CompletionResponse {
-        id: format.id,
+        id: format!("cmpl-{request_id}"),
         object: "text_completion".into(),
-        created: format.created,
+        created: unix_now(),
         model: valid.model,
         choices,
         usage: collected.usage,
@@ -99,19 +149,97 @@ pub async fn completions(req: &mut Request, depot: &mut Depot, res: &mut Respons
     Ok(())
 }
 
-/// Legacy logprobs: parallel arrays, `text_offset` counted from `offset` (bytes of the
-/// choice's text before these tokens).
+/// What `echo` puts before a choice's completion.
+#[derive(Debug, Clone)]
+struct Echo {
+    text: String,
+    logprobs: Option<CompletionLogprobs>,
+}
+
+fn char_len(text: &str) -> usize {
+    text.chars().count()
+}
+
+/// The prompt as echoed: a text prompt as sent, token ids as their text.
+fn echo_text(model: &ModelInfo, source: &PromptSource, ids: &[u32]) -> String {
+    match source {
+        PromptSource::Text(text) => text.clone(),
+        PromptSource::Tokens(_) => model.tokenizer.decode(ids, false).unwrap_or_default(),
+    }
+}
+
+fn token_string(model: &ModelInfo, id: u32) -> String {
+    model.tokenizer.decode(&[id], false).unwrap_or_default()
+}
+
+/// The prompt part of echoed logprobs: one entry per prompt token, `null` for the first
+/// (and for any position the engine did not score), offsets from 0.
+fn prompt_logprobs(model: &ModelInfo, ids: &[u32], scores: &[Option<TokenLogprob>]) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    let mut at = 0;
+    for (i, &id) in ids.iter().enumerate() {
+        let token = token_string(model, id);
+        let score = scores.get(i).and_then(Option::as_ref);
+        out.token_logprobs.push(score.map(|s| s.logprob));
+        out.top_logprobs
+            .push(score.map(|s| s.top.iter().map(|&(t, l)| (token_string(model, t), l)).collect::<BTreeMap<_, _>>()));
+        out.text_offset.push(at);
+        at += char_len(&token);
+        out.tokens.push(token);
+    }
+    out
+}
+
+fn append(to: &mut CompletionLogprobs, more: CompletionLogprobs) {
+    to.tokens.extend(more.tokens);
+    to.token_logprobs.extend(more.token_logprobs);
+    to.top_logprobs.extend(more.top_logprobs);
+    to.text_offset.extend(more.text_offset);
+}
+
+/// Legacy logprobs of generated tokens: parallel arrays, `text_offset` counted from
+/// `offset` (characters of the choice's text before these tokens).
 pub fn completion_logprobs(tokens: &[LogprobToken], offset: usize) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     let mut at = offset;
     for t in tokens {
         out.tokens.push(t.token.clone());
-        out.token_logprobs.push(t.logprob);
-        out.top_logprobs.push(t.top.iter().map(|(s, l)| (s.clone(), *l)).collect::<BTreeMap<_, _>>());
+        out.token_logprobs.push(Some(t.logprob));
+        out.top_logprobs.push(Some(t.top.iter().map(|(s, l)| (s.clone(), *l)).collect::<BTreeMap<_, _>>()));
         out.text_offset.push(at);
-        at += t.token.len();
+        at += char_len(&t.token);
     }
     out
+}
+
+/// The fill-in-the-middle prompt (PSM): `<fim_prefix>` prompt `<fim_suffix>` suffix
+/// `<fim_middle>`, as ids (BOS first when the model wants one). A vocabulary without FIM
+/// tokens cannot do this: 400 naming `suffix`.
+fn fill_in_the_middle(model: &ModelInfo, source: &PromptSource, suffix: &str) -> Result<PromptSource, ApiError> {
+    let tokenizer = &model.tokenizer;
+    let ids_of = |names: &[&str; 3]| -> Option<[u32; 3]> {
+        Some([tokenizer.token_id(names[0])?, tokenizer.token_id(names[1])?, tokenizer.token_id(names[2])?])
+    };
+    let Some([prefix, suffix_id, middle]) = FIM_TOKENS.iter().find_map(ids_of) else {
+        return Err(ApiError::unsupported(
+            "suffix",
+            "This model's vocabulary has no fill-in-the-middle tokens (<fim_prefix>, <fim_suffix>, <fim_middle>), \
+             so it cannot complete between a prompt and a `suffix`.",
+        ));
+    };
+    let mut ids = Vec::new();
+    if let (true, Some(bos)) = (tokenizer.add_bos(), tokenizer.bos_id()) {
+        ids.push(bos);
+    }
+    ids.push(prefix);
+    match source {
+        PromptSource::Text(text) => ids.extend(tokenizer.encode(text, true)?),
+        PromptSource::Tokens(prompt) => ids.extend(prompt.iter().copied().filter(|&t| Some(t) != tokenizer.bos_id())),
+    }
+    ids.push(suffix_id);
+    ids.extend(tokenizer.encode(suffix, true)?);
+    ids.push(middle);
+    Ok(PromptSource::Tokens(ids))
 }
 
 struct CompletionFormat {
@@ -120,8 +248,10 @@ struct CompletionFormat {
     created: u64,
     include_usage: bool,
     want_logprobs: bool,
-    /// Text emitted so far per choice, for `text_offset`.
+    /// Characters emitted so far per choice, for `text_offset`.
     offsets: Vec<usize>,
+    /// Per choice, the echoed prompt sent as its first chunk.
+    echoes: Vec<Option<Echo>>,
 }
 
 impl CompletionFormat {
@@ -140,7 +270,15 @@ impl CompletionFormat {
 
 impl StreamFormat for CompletionFormat {
     fn opening(&mut self) -> Vec<Bytes> {
-        Vec::new()
+        let echoes = std::mem::take(&mut self.echoes);
+        let mut frames = Vec::new();
+        for (index, echo) in echoes.into_iter().enumerate() {
+            let Some(echo) = echo else { continue };
+            self.offsets[index] = char_len(&echo.text);
+            let choice = CompletionChoice { text: echo.text, index, logprobs: echo.logprobs, finish_reason: None };
+            frames.push(data_frame(&self.chunk(vec![choice])));
+        }
+        frames
     }
 
     fn event(&mut self, event: &DriverEvent) -> Vec<Bytes> {
@@ -148,7 +286,7 @@ impl StreamFormat for CompletionFormat {
             DriverEvent::Delta { index, text, logprobs } => {
                 let offset = self.offsets.get(*index).copied().unwrap_or(0);
                 if let Some(o) = self.offsets.get_mut(*index) {
-                    *o += text.len();
+                    *o += char_len(text);
                 }
                 self.chunk(vec![CompletionChoice {
                     text: text.clone(),

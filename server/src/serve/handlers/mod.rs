@@ -6,6 +6,7 @@ pub mod chat;
 pub mod completions;
 pub mod health;
 pub mod models;
+pub mod responses;
 pub mod tokenize;
 
 use salvo::Request;

@@ -57,16 +57,20 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub skip_special_tokens: Option<bool>,
 
-    // Understood, not supported.
-    /// Unsupported when true.
+    /// Return the prompt before the completion; with `logprobs`, the prompt tokens'
+    /// logprobs come first too (the first token's are `null`). With `echo`, `max_tokens` may
+    /// be 0: the prompt is scored, nothing is generated.
     #[serde(default)]
     pub echo: Option<bool>,
+    /// Text that comes after the completion: fill-in-the-middle, for models whose vocabulary
+    /// has FIM tokens (`<fim_prefix>`, `<fim_suffix>`, `<fim_middle>`); otherwise a 400.
+    #[serde(default)]
+    pub suffix: Option<String>,
+
+    // Understood, not supported.
     /// Unsupported unless equal to `n`.
     #[serde(default)]
     pub best_of: Option<i64>,
-    /// Unsupported.
-    #[serde(default)]
-    pub suffix: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -104,12 +108,15 @@ pub struct CompletionChoice {
     pub finish_reason: Option<String>,
 }
 
-/// Legacy logprobs: parallel arrays.
+/// Legacy logprobs: parallel arrays, one entry per token. With `echo`, the prompt's tokens
+/// come first, and the first prompt token (which has no prefix to be predicted from) has
+/// `null` in `token_logprobs` and `top_logprobs`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f32>,
-    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    pub token_logprobs: Vec<Option<f32>>,
+    pub top_logprobs: Vec<Option<BTreeMap<String, f32>>>,
+    /// Where each token starts in the choice's `text`, in characters (as Python indexes).
     pub text_offset: Vec<usize>,
 }
 

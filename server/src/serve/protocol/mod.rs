@@ -9,13 +9,16 @@
 //! - [`common`] — errors, usage, `stop`, models, health, tokenize.
 //! - [`chat`] — `/v1/chat/completions` request, response and stream chunk.
 //! - [`completions`] — `/v1/completions`.
+//! - [`responses`] — `/v1/responses` (request, response object, stream events).
 //! - [`ws`] — the frames of `/v1/chat/ws`.
 
 pub mod chat;
 pub mod common;
 pub mod completions;
+pub mod responses;
 pub mod ws;
 
 pub use chat::*;
 pub use common::*;
 pub use completions::*;
+pub use responses::*;

@@ -9,6 +9,7 @@
 
 use serde::de::DeserializeOwned;
 
+pub mod responses;
 mod sampling;
 mod tools;
 
@@ -148,6 +149,13 @@ pub struct ValidCompletion {
     pub model: String,
     pub prompts: Vec<PromptSource>,
     pub spec: GenerationSpec,
+    /// Each choice's text starts with its prompt.
+    pub echo: bool,
+    /// Fill-in-the-middle: the text that follows the completion (never with `echo`).
+    pub suffix: Option<String>,
+    /// `Some(k)`: score the prompt's tokens too, with `k` alternatives each (`echo` with
+    /// `logprobs`, or `echo` with `max_tokens: 0`, which only scores).
+    pub prompt_logprobs: Option<usize>,
 }
 
 /// Bytes → a typed request. Invalid UTF-8 and malformed JSON are 400 `invalid_json`;
@@ -386,16 +394,15 @@ pub fn validate_messages(messages: &[ChatMessageIn]) -> Result<Vec<Message>, Api
 
 pub fn validate_completion(req: CompletionRequest, ctx: &Context<'_>) -> Result<ValidCompletion, ApiError> {
     let model = check_model(&req.model, ctx)?;
-    if req.echo == Some(true) {
-        return Err(unsupported("echo", "`echo`"));
+    let echo = req.echo.unwrap_or(false);
+    let suffix = req.suffix.filter(|s| !s.is_empty());
+    if echo && suffix.is_some() {
+        return Err(ApiError::invalid("suffix", "`suffix` cannot be combined with `echo`."));
     }
     if let Some(best_of) = req.best_of
         && best_of != req.n.unwrap_or(1)
     {
         return Err(unsupported("best_of", "A `best_of` different from `n`"));
-    }
-    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-        return Err(unsupported("suffix", "`suffix`"));
     }
     let vocab = ctx.limits.vocab_size;
     let tokens = |ids: &[i64], param: &str| -> Result<Vec<u32>, ApiError> {
@@ -422,7 +429,9 @@ pub fn validate_completion(req: CompletionRequest, ctx: &Context<'_>) -> Result<
     }
     let logprobs = req.logprobs.map(|k| check_top_logprobs("logprobs", k)).transpose()?;
     let n = req.n;
-    let spec = build_spec(
+    // `max_tokens: 0` only scores the prompt, which only `echo` shows.
+    let score_only = echo && req.max_tokens == Some(0);
+    let mut spec = build_spec(
         SpecFields {
             temperature: req.temperature,
             top_p: req.top_p,
@@ -434,7 +443,7 @@ pub fn validate_completion(req: CompletionRequest, ctx: &Context<'_>) -> Result<
             logit_bias: req.logit_bias,
             seed: req.seed,
             // The legacy API's default is 16 tokens.
-            max_tokens: Some(req.max_tokens.unwrap_or(16)),
+            max_tokens: Some(if score_only { 1 } else { req.max_tokens.unwrap_or(16) }),
             max_tokens_param: "max_tokens",
             stop: req.stop,
             stop_token_ids: req.stop_token_ids,
@@ -453,7 +462,16 @@ pub fn validate_completion(req: CompletionRequest, ctx: &Context<'_>) -> Result<
             format!("At most {} choices (prompts × n) per request.", ctx.limits.max_n),
         ));
     }
-    Ok(ValidCompletion { model, prompts, spec })
+    if score_only {
+        spec.max_tokens = Some(0);
+    }
+    let prompt_logprobs = match (echo, logprobs) {
+        (true, Some(k)) => Some(k),
+        // The engine generates nothing only while scoring the prompt.
+        (true, None) if score_only => Some(0),
+        _ => None,
+    };
+    Ok(ValidCompletion { model, prompts, spec, echo, suffix, prompt_logprobs })
 }
 
 /// After tokenizing: how many tokens to generate. A prompt that leaves no room, or a

@@ -252,20 +252,32 @@ fn completions_prompt_forms_and_unsupported_fields() {
     assert_eq!(err(completion(with(base.clone(), "prompt", json!([5000])))).2, Some("prompt".into()));
     assert_eq!(err(completion(with(base.clone(), "prompt", json!("")))).2, Some("prompt".into()));
     assert_eq!(
-        err(completion(with(base.clone(), "echo", json!(true)))),
-        (400, "unsupported_parameter", Some("echo".into()))
-    );
-    assert_eq!(
         err(completion(with(base.clone(), "best_of", json!(3)))),
         (400, "unsupported_parameter", Some("best_of".into()))
-    );
-    assert_eq!(
-        err(completion(with(base.clone(), "suffix", json!("x")))),
-        (400, "unsupported_parameter", Some("suffix".into()))
     );
     assert!(completion(with(base.clone(), "echo", json!(false))).is_ok());
     assert_eq!(err(completion(with(base.clone(), "logprobs", json!(21)))).2, Some("logprobs".into()));
     assert_eq!(completion(with(base, "logprobs", json!(2))).unwrap().spec.logprobs, Some(2));
+}
+
+#[test]
+fn completions_echo_scoring_and_suffix() {
+    let base = json!({"model": "m", "prompt": "Once"});
+    let plain = completion(base.clone()).unwrap();
+    assert_eq!((plain.echo, plain.suffix.clone(), plain.prompt_logprobs), (false, None, None));
+    // echo + logprobs scores the prompt with as many alternatives.
+    let v = completion(with(with(base.clone(), "echo", json!(true)), "logprobs", json!(3))).unwrap();
+    assert_eq!((v.echo, v.prompt_logprobs, v.spec.logprobs, v.spec.max_tokens), (true, Some(3), Some(3), Some(16)));
+    // max_tokens 0 only with echo: the prompt is scored, nothing generated.
+    let v = completion(with(with(base.clone(), "echo", json!(true)), "max_tokens", json!(0))).unwrap();
+    assert_eq!((v.spec.max_tokens, v.prompt_logprobs), (Some(0), Some(0)));
+    assert_eq!(err(completion(with(base.clone(), "max_tokens", json!(0)))).2, Some("max_tokens".into()));
+    assert_eq!(completion(with(base.clone(), "echo", json!(true))).unwrap().prompt_logprobs, None);
+    // suffix: kept for the handler (which knows the vocabulary); never with echo.
+    assert_eq!(completion(with(base.clone(), "suffix", json!("end"))).unwrap().suffix.as_deref(), Some("end"));
+    assert_eq!(completion(with(base.clone(), "suffix", json!(""))).unwrap().suffix, None);
+    let both = with(with(base, "echo", json!(true)), "suffix", json!("end"));
+    assert_eq!(err(completion(both)), (400, "invalid_request", Some("suffix".into())));
 }
 
 #[test]
