@@ -260,10 +260,11 @@ async fn validation_statuses() {
         .await;
     assert_error(&mut res, 400, Some("context_length_exceeded"), Some("messages")).await;
     let mut res = TestClient::post(url(routes::COMPLETIONS))
-        .json(&json!({"model": MODEL, "prompt": "x", "echo": true}))
+        .json(&json!({"model": MODEL, "prompt": "x", "suffix": "y"}))
         .send(&app.service)
         .await;
-    assert_error(&mut res, 400, Some("unsupported_parameter"), Some("echo")).await;
+    // The synthetic vocabulary has no fill-in-the-middle tokens.
+    assert_error(&mut res, 400, Some("unsupported_parameter"), Some("suffix")).await;
 }
 
 #[tokio::test]
