@@ -28,7 +28,8 @@ pub(crate) enum Committed {
 }
 
 pub(crate) struct ConstraintState {
-    matcher: Matcher,
+    /// Boxed: a matcher is large, and requests move through channels and queues.
+    matcher: Box<Matcher>,
     env: TokEnv,
     waiting: Option<Waiting>,
     /// The mask for the next token, computed ahead by `prepare_mask`.
@@ -42,7 +43,7 @@ fn grammar_error(what: &str, error: impl std::fmt::Display) -> ModelError {
 impl ConstraintState {
     pub(crate) fn new(matcher: Matcher, env: TokEnv, trigger: Option<String>) -> Self {
         let waiting = trigger.map(|t| Waiting { trigger: t.into_bytes(), recent: Vec::new() });
-        ConstraintState { matcher, env, waiting, mask: None }
+        ConstraintState { matcher: Box::new(matcher), env, waiting, mask: None }
     }
 
     /// Whether the grammar applies to the next token (a lazy one only after its trigger).
@@ -71,6 +72,11 @@ impl ConstraintState {
         let words = mask.as_slice();
         for (w, lanes) in row.chunks_mut(32).enumerate() {
             let bits = words.get(w).copied().unwrap_or(0);
+            // Most words of a mask are all-out or all-in: one write or none for 32 ids.
+            if bits == 0 {
+                lanes.fill(f32::NEG_INFINITY);
+                continue;
+            }
             if bits == u32::MAX && (w + 1) * 32 <= vocab {
                 continue;
             }

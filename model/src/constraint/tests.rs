@@ -228,3 +228,45 @@ fn strict_allows_no_key_beyond_the_listed_ones() {
         assert!(row[id("2") as usize].is_finite(), "the number may go on");
     }
 }
+
+/// What a constraint costs per token without a model: mask (on the engine, overlapped with
+/// the forward) and commit. Prints figures, asserts nothing about speed. `cargo test
+/// --workspace --features stellarchat/flex,stellarchat/ndarray,stellarchat/wgpu --lib
+/// constraint::tests::mask_cost -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn mask_cost_per_token() {
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "size": {"type": "integer", "enum": [1, 2, 3]},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["name", "size", "tags"],
+    });
+    let text = r#"{"name": "Mango Dreams of a summer afternoon", "size": 2, "tags": ["sweet", "yellow", "tropical", "juicy"]}"#;
+    let constraint = Constraint::new(Grammar::JsonSchema { schema, strict: true });
+    let started = std::time::Instant::now();
+    compiler().check(&constraint).expect("compile");
+    println!("first compile (token tables + grammar): {:?}", started.elapsed());
+    let started = std::time::Instant::now();
+    let mut state = compiler().compile(&constraint).expect("compile");
+    println!("later compile: {:?}", started.elapsed());
+    let ids = smollm_tokenizer().encode(text, false).expect("encode");
+    let mut row = vec![0.0f32; smollm_tokenizer().vocab_size()];
+    let (mut mask, mut apply, mut commit) = (std::time::Duration::ZERO, std::time::Duration::ZERO, std::time::Duration::ZERO);
+    for &id in &ids {
+        let t = std::time::Instant::now();
+        state.prepare_mask();
+        mask += t.elapsed();
+        let t = std::time::Instant::now();
+        state.apply_mask(&mut row).expect("mask");
+        apply += t.elapsed();
+        let t = std::time::Instant::now();
+        state.commit(id).expect("commit");
+        commit += t.elapsed();
+    }
+    let per = |d: std::time::Duration| d / ids.len() as u32;
+    println!("{} tokens: mask {:?}/token, apply {:?}/token, commit {:?}/token", ids.len(), per(mask), per(apply), per(commit));
+}

@@ -71,7 +71,8 @@ struct Shared {
 }
 
 enum Command {
-    Submit(Pending),
+    // Boxed: a request with its compiled constraint is large next to `Shutdown`.
+    Submit(Box<Pending>),
     Shutdown,
 }
 
@@ -194,7 +195,7 @@ impl EngineHandle {
         let (sender, events) = mpsc::unbounded_channel();
         let cancelled = Arc::new(AtomicBool::new(false));
         let pending = Pending { request, constraint, events: sender, cancelled: cancelled.clone(), submitted: Instant::now() };
-        if self.commands.send(Command::Submit(pending)).is_err() {
+        if self.commands.send(Command::Submit(Box::new(pending))).is_err() {
             self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(ModelError::EngineStopped);
         }
@@ -303,7 +304,7 @@ impl EngineLoop {
     fn handle(&mut self, command: Command) -> bool {
         match command {
             Command::Submit(pending) => {
-                self.waiting.push_back(pending);
+                self.waiting.push_back(*pending);
                 true
             }
             Command::Shutdown => false,
