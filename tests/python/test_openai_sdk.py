@@ -170,10 +170,11 @@ def test_bad_request(client, capital):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=capital["messages"], temperature=7)
     assert e.value.param == "temperature"
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(
-            model=MODEL, messages=capital["messages"], tools=[{"type": "function", "function": {"name": "f"}}]
+            model=MODEL, messages=capital["messages"], tools=[{"type": "function", "function": {"name": "bad name"}}]
         )
+    assert e.value.param == "tools[0].function.name"
 
 
 def test_not_found(client, capital):

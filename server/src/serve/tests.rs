@@ -244,10 +244,10 @@ async fn validation_statuses() {
         .await;
     assert_error(&mut res, 400, None, Some("temperature")).await;
     let mut res = TestClient::post(url(routes::CHAT_COMPLETIONS))
-        .json(&chat_body(json!({"tools": [{"type": "function"}]})))
+        .json(&chat_body(json!({"functions": [{"name": "f"}]})))
         .send(&app.service)
         .await;
-    assert_error(&mut res, 400, Some("unsupported_parameter"), Some("tools")).await;
+    assert_error(&mut res, 400, Some("unsupported_parameter"), Some("functions")).await;
     let mut res = TestClient::post(url(routes::CHAT_COMPLETIONS))
         .json(&chat_body(json!({"model": "nope"})))
         .send(&app.service)

@@ -6,6 +6,11 @@
 //! whitespace `", "` / `": "` with no newlines: small models otherwise loop on whitespace), so
 //! calls look like the engine's JSON answers; the prompt renders earlier calls the same way
 //! ([`to_compact_json`]).
+//!
+//! Objects that list their `properties` admit no others unless the schema says so
+//! ([`close_listed_objects`]), strict or not, as llama.cpp's schema grammars do: JSON
+//! Schema's default would let a small model append invented keys until `max_tokens`.
+//! `strict` goes further and closes objects without a property list too.
 
 use std::io;
 
@@ -21,7 +26,32 @@ pub fn answer_grammar(format: &ResponseFormat) -> Option<Grammar> {
         ResponseFormat::Text => None,
         ResponseFormat::JsonObject => Some(Grammar::JsonObject),
         ResponseFormat::JsonSchema { schema, strict, .. } => {
-            Some(Grammar::JsonSchema { schema: schema.clone(), strict: *strict })
+            let mut schema = schema.clone();
+            close_listed_objects(&mut schema);
+            Some(Grammar::JsonSchema { schema, strict: *strict })
+        }
+    }
+}
+
+/// Gives `"additionalProperties": false` to every object schema that lists `properties` and
+/// says nothing about others. Walks only the keywords that hold subschemas.
+pub fn close_listed_objects(schema: &mut Value) {
+    let Value::Object(map) = schema else { return };
+    if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+        map.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    for (key, value) in map.iter_mut() {
+        match (key.as_str(), value) {
+            ("properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas", Value::Object(children)) => {
+                children.values_mut().for_each(close_listed_objects)
+            }
+            ("anyOf" | "oneOf" | "allOf" | "prefixItems" | "items", Value::Array(children)) => {
+                children.iter_mut().for_each(close_listed_objects)
+            }
+            ("items" | "additionalProperties" | "additionalItems" | "not" | "if" | "then" | "else" | "contains", child) => {
+                close_listed_objects(child)
+            }
+            _ => {}
         }
     }
 }
@@ -106,7 +136,9 @@ impl CallsGrammar<'_> {
             .enumerate()
             .filter(|(_, t)| self.only.is_none_or(|name| t.name == name))
             .map(|(i, tool)| {
-                let mut parameters = prepare_json_schema(&tool.parameters, tool.strict)?;
+                let mut parameters = tool.parameters.clone();
+                close_listed_objects(&mut parameters);
+                let mut parameters = prepare_json_schema(&parameters, tool.strict)?;
                 // The whitespace options belong at the top of the embedded schema only.
                 if let Value::Object(map) = &mut parameters {
                     map.remove("x-guidance");

@@ -151,7 +151,9 @@ fn every_format_and_choice_compiles() {
     let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
     let json_only = ResponseFormat::JsonSchema { name: "r".into(), schema: schema.clone(), strict: true };
     let planned = plan_with(None, ToolChoice::None, true, &json_only, ToolFormat::Hermes).unwrap();
-    assert_eq!(planned.constraint, Some(Constraint::new(Grammar::JsonSchema { schema, strict: true })));
+    let mut closed = schema;
+    closed["additionalProperties"] = json!(false);
+    assert_eq!(planned.constraint, Some(Constraint::new(Grammar::JsonSchema { schema: closed, strict: true })));
     assert!(planned.format.is_none());
 }
 
@@ -279,4 +281,27 @@ fn the_fallback_keeps_roles_alternating_for_strict_templates() {
     let rendered = template.render(&fallback::rewrite(messages, Some(&tools)), true).unwrap();
     assert!(rendered.contains("<tool_response>\n{\"temp\": 21}\n</tool_response>\nAnd tomorrow?"), "{rendered}");
     assert!(rendered.contains("<tools>") && rendered.contains("<tool_call>\n{\"name\": \"get_weather\""), "{rendered}");
+}
+
+#[test]
+fn objects_that_list_properties_admit_no_others() {
+    let mut schema = json!({
+        "type": "object",
+        "properties": {
+            "properties": {"type": "object", "properties": {"x": {"type": "string"}}},
+            "free": {"type": "object"},
+            "open": {"type": "object", "properties": {}, "additionalProperties": true},
+            "list": {"type": "array", "items": {"properties": {"y": {}}}},
+        },
+        "$defs": {"D": {"properties": {"z": {}}}},
+    });
+    grammar::close_listed_objects(&mut schema);
+    assert_eq!(schema["additionalProperties"], json!(false));
+    let properties = &schema["properties"];
+    assert_eq!(properties["properties"]["additionalProperties"], json!(false), "a property called `properties`");
+    assert!(properties.get("additionalProperties").is_none(), "the property map itself is not a schema");
+    assert!(properties["free"].get("additionalProperties").is_none(), "a free-form object stays free");
+    assert_eq!(properties["open"]["additionalProperties"], json!(true));
+    assert_eq!(properties["list"]["items"]["additionalProperties"], json!(false));
+    assert_eq!(schema["$defs"]["D"]["additionalProperties"], json!(false));
 }
