@@ -121,6 +121,7 @@ impl Generation {
                     ignore_eos: spec.ignore_eos,
                     logprobs: spec.logprobs,
                     skip_special_tokens: spec.skip_special_tokens,
+                    constraint: spec.constraint.clone(),
                     prompt_logprobs,
                 };
                 // On error, `streams` is dropped here, cancelling what was submitted.
