@@ -197,6 +197,12 @@ impl ConstraintCompiler {
         Ok(ConstraintState::new(matcher, factory.tok_env().clone(), constraint.trigger.clone()))
     }
 
+    /// Builds the token environment and llguidance's factory now (they are otherwise built
+    /// by the first compile); a failure is kept and reported by every later compile.
+    pub fn prepare(&self) {
+        let _ = self.factory();
+    }
+
     /// Compiles `constraint` and throws the result away: for validating a request up front.
     pub fn check(&self, constraint: &Constraint) -> Result<()> {
         self.compile(constraint).map(drop)

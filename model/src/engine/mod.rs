@@ -109,6 +109,7 @@ impl Engine {
             constraints: Arc::new(ConstraintCompiler::new(loader.info().tokenizer.clone())),
         };
         let tokenizer = loader.info().tokenizer.clone();
+        let constraints = handle.constraints.clone();
         let spawned = std::thread::Builder::new().name("stellarchat-engine".into()).spawn(move || {
             let mut progress = progress;
             // CubeCL keeps one stream per OS thread: the model is built on the thread that runs it.
@@ -131,6 +132,12 @@ impl Engine {
             drop(loader);
             match loaded {
                 Ok(model) => {
+                    // The grammar compiler's token tables take ~0.5 s (more for a 262k
+                    // vocabulary): build them beside the engine now rather than on the async
+                    // worker of the first structured-output request.
+                    let _ = std::thread::Builder::new()
+                        .name("stellarchat-grammar-tables".into())
+                        .spawn(move || constraints.prepare());
                     shared.ready.store(true, Ordering::Release);
                     EngineLoop::new(model, tokenizer, config, shared.clone(), receiver).run();
                 }

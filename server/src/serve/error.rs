@@ -240,6 +240,8 @@ impl From<ModelError> for ApiError {
                 ApiError::ContextLengthExceeded { message: e.to_string(), param: Some("messages".into()) }
             }
             ModelError::InvalidRequest(m) => ApiError::InvalidRequest { message: m, param: None },
+            // Handlers that know which field held the schema name it; this is the fallback.
+            ModelError::InvalidGrammar(m) => ApiError::InvalidRequest { message: format!("Invalid grammar: {m}"), param: None },
             // A template that raises (e.g. "roles must alternate") is the caller's mistake.
             ModelError::ChatTemplate(m) => ApiError::invalid("messages", m),
             ModelError::NotReady => ApiError::NotReady,
