@@ -137,6 +137,12 @@ async fn tool_calls_on_the_default_model() {
     let unique: std::collections::HashSet<&&str> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "call ids are unique: {ids:?}");
 
+    // Parallel calls are bounded: a model that keeps calling stops after 8 calls.
+    let (status, body) = post(&server, &request(json!({"tool_choice": "required", "max_tokens": 600}))).await;
+    assert_eq!(status, 200, "{body}");
+    let count = calls(&body).len();
+    assert!((1..=8).contains(&count), "{count} calls: {body}");
+
     // Named: only that function, with arguments valid for its schema.
     let named = json!({"tool_choice": {"type": "function", "function": {"name": "get_time"}}});
     let (status, body) = post(&server, &request(named.clone())).await;

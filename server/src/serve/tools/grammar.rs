@@ -56,7 +56,13 @@ pub fn close_listed_objects(schema: &mut Value) {
     }
 }
 
-/// Tool calls in one format: over all tools, or the named one only; one call, or one or more.
+/// Most calls in one turn with `parallel_tool_calls`. Without a bound, a small model that
+/// keeps choosing "another call" over end-of-turn repeats its call until `max_tokens`
+/// (SmolLM2-135M does, greedy); capable models stop well before.
+pub const MAX_PARALLEL_CALLS: usize = 8;
+
+/// Tool calls in one format: over all tools, or the named one only; one call, or one or more
+/// (at most [`MAX_PARALLEL_CALLS`]).
 pub struct CallsGrammar<'a> {
     pub format: ToolFormat,
     pub tools: &'a ToolSet,
@@ -91,7 +97,11 @@ impl CallsGrammar<'_> {
 
     fn rules(&self, out: &mut String, special: &dyn Fn(&str) -> Option<u32>) -> Result<(), ModelError> {
         let repeat = |one: &str, separator: &str| {
-            if self.parallel { format!("{one} ({} {one})*", lark_literal(separator)) } else { one.to_string() }
+            if self.parallel {
+                format!("{one} ({} {one}){{0,{}}}", lark_literal(separator), MAX_PARALLEL_CALLS - 1)
+            } else {
+                one.to_string()
+            }
         };
         match self.format {
             ToolFormat::Hermes => {
@@ -111,12 +121,10 @@ impl CallsGrammar<'_> {
                 out.push_str(&format!("calls: {} body\n", token_or_text("[TOOL_CALLS]", special)));
                 let mut items = self.call_schema_value()?;
                 let defs = items.as_object_mut().and_then(|o| o.remove("$defs"));
-                let mut array = json!({"type": "array", "items": items, "minItems": 1});
+                let most = if self.parallel { MAX_PARALLEL_CALLS } else { 1 };
+                let mut array = json!({"type": "array", "items": items, "minItems": 1, "maxItems": most});
                 if let Some(defs) = defs {
                     array["$defs"] = defs;
-                }
-                if !self.parallel {
-                    array["maxItems"] = json!(1);
                 }
                 out.push_str(&format!("body: %json {}\n", prepare_json_schema(&array, false)?));
             }
