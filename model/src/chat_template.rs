@@ -459,7 +459,8 @@ mod tests {
     fn tools_tool_calls_and_null_content_reach_the_template() {
         let source = "{% if tools %}[{% for t in tools %}{{ t.function.name }}{% endfor %}]{% endif %}{% for m in messages %}<{{ m.role }}>{% if m.content is none %}(null){% else %}{{ m.content }}{% endif %}{% if m.tool_calls is defined %}{% for c in m.tool_calls %}{{ c.function.name }}{{ c.function.arguments | tojson }}{% endfor %}{% endif %}{% if m.tool_call_id is defined %}#{{ m.tool_call_id }}{% endif %}{% endfor %}";
         let template = ChatTemplate::new(source, "", "").unwrap();
-        let call = serde_json::json!({"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}});
+        let call =
+            serde_json::json!({"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}});
         let messages = [
             ChatMessage::new("user", "u"),
             ChatMessage { role: "assistant".into(), content: None, tool_calls: Some(vec![call]), ..Default::default() },

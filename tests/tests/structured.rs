@@ -98,7 +98,10 @@ async fn structured_outputs_on_the_default_model() {
             json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/Nope"}}, "required": ["a"]}}}),
             "response_format",
         ),
-        (json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frobnicate"}}}), "response_format"),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frobnicate"}}}),
+            "response_format",
+        ),
         (json!({"type": "json_schema"}), "response_format.json_schema"),
         (json!({"type": "xml"}), "response_format.type"),
     ] {

@@ -132,8 +132,12 @@ async fn tool_calls_on_the_default_model() {
     let required = calls(&body);
     assert!(["get_weather", "get_time"].contains(&required[0].0.as_str()), "{body}");
     assert_eq!(body["choices"][0]["message"]["content"], Value::Null, "{body}");
-    let ids: Vec<&str> =
-        body["choices"][0]["message"]["tool_calls"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = body["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
     let unique: std::collections::HashSet<&&str> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "call ids are unique: {ids:?}");
 
@@ -181,7 +185,9 @@ async fn tool_calls_on_the_default_model() {
     let call_id = assistant["tool_calls"][0]["id"].as_str().unwrap().to_string();
     let mut messages = question().as_array().unwrap().clone();
     messages.push(assistant);
-    messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": "{\"temperature_c\": 21, \"sky\": \"sunny\"}"}));
+    messages.push(
+        json!({"role": "tool", "tool_call_id": call_id, "content": "{\"temperature_c\": 21, \"sky\": \"sunny\"}"}),
+    );
     let (status, answer) = post(&server, &request(json!({"messages": messages, "max_tokens": 40}))).await;
     assert_eq!(status, 200, "{answer}");
     let choice = &answer["choices"][0];
@@ -290,7 +296,8 @@ async fn websocket(server: &Server) {
 async fn tool_calls_through_a_template_with_tool_support() {
     let template = repo_root().join("tests/fixtures/hermes-tools.jinja");
     let server = Server::default_model(&["--chat-template", template.to_str().unwrap()]).await;
-    let (status, body) = post(&server, &request(json!({"tool_choice": "required", "parallel_tool_calls": false}))).await;
+    let (status, body) =
+        post(&server, &request(json!({"tool_choice": "required", "parallel_tool_calls": false}))).await;
     assert_eq!(status, 200, "{body}");
     let first = calls(&body);
     assert_eq!(first.len(), 1);

@@ -9,8 +9,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use stellarchat_model::ModelError;
 use serde_json::{Value, json};
+use stellarchat_model::ModelError;
 use stellarchat_model::chat_template::{ChatMessage, ChatTemplate};
 use stellarchat_model::model::ModelInfo;
 

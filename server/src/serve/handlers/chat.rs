@@ -27,8 +27,12 @@ use crate::serve::validate::{ValidChat, parse_json, validate_chat};
 /// After validation: the output plan (constraint and call format, checked with the engine's
 /// grammar compiler, which sets `valid.spec`'s constraint), then the prompt with the tools
 /// rendered. Returns the prompt text, the tokenized prompt and the plan.
-pub fn prepare_chat(state: &Arc<AppState>, valid: &mut ValidChat) -> Result<(String, PlannedPrompt, OutputPlan), ApiError> {
-    let format = state.model.chat_template.as_ref().map_or(ToolFormat::Hermes, |t| ToolFormat::for_template(t.source()));
+pub fn prepare_chat(
+    state: &Arc<AppState>,
+    valid: &mut ValidChat,
+) -> Result<(String, PlannedPrompt, OutputPlan), ApiError> {
+    let format =
+        state.model.chat_template.as_ref().map_or(ToolFormat::Hermes, |t| ToolFormat::for_template(t.source()));
     let request = OutputRequest {
         tools: valid.tools.as_ref(),
         tool_choice: &valid.tool_choice,
@@ -37,7 +41,8 @@ pub fn prepare_chat(state: &Arc<AppState>, valid: &mut ValidChat) -> Result<(Str
         response_format_param: "response_format",
         tool_parameters_param: &|i: usize| format!("tools[{i}].function.parameters"),
     };
-    let plan = OutputPlan::new(&request, format, &state.model.tokenizer, &|c: &Constraint| state.engine.check_constraint(c))?;
+    let plan =
+        OutputPlan::new(&request, format, &state.model.tokenizer, &|c: &Constraint| state.engine.check_constraint(c))?;
     valid.spec.constraint = plan.constraint.clone();
     if plan.keep_special_tokens {
         valid.spec.skip_special_tokens = false;
@@ -98,12 +103,21 @@ pub async fn chat_completions(req: &mut Request, depot: &mut Depot, res: &mut Re
                     (message, if called { Some("tool_calls".into()) } else { finish })
                 }
                 None => {
-                    let message =
-                        ChatMessageOut { role: "assistant".into(), content: Some(c.text), refusal: None, tool_calls: None };
+                    let message = ChatMessageOut {
+                        role: "assistant".into(),
+                        content: Some(c.text),
+                        refusal: None,
+                        tool_calls: None,
+                    };
                     (message, finish)
                 }
             };
-            ChatChoice { index, message, logprobs: valid.spec.logprobs.map(|_| chat_logprobs(&c.logprobs)), finish_reason }
+            ChatChoice {
+                index,
+                message,
+                logprobs: valid.spec.logprobs.map(|_| chat_logprobs(&c.logprobs)),
+                finish_reason,
+            }
         })
         .collect::<Vec<_>>();
     if let Ok(log) = depot.get_typed_mut::<RequestLog>() {
@@ -214,7 +228,8 @@ impl ChatChunker {
     pub fn role_chunks(&self) -> Vec<ChatCompletionChunk> {
         (0..self.choices)
             .map(|index| {
-                let delta = ChatDelta { role: Some("assistant".into()), content: Some(String::new()), tool_calls: None };
+                let delta =
+                    ChatDelta { role: Some("assistant".into()), content: Some(String::new()), tool_calls: None };
                 self.chunk(vec![Self::choice(index, delta, None, None)])
             })
             .collect()

@@ -88,7 +88,10 @@ mod tests {
             ToolFormat::for_template("{% if tools %}{{ '<|start_header_id|>ipython' }}{% endif %}"),
             ToolFormat::Llama3Json
         );
-        assert_eq!(ToolFormat::for_template("{% if tools %}[AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]"), ToolFormat::Mistral);
+        assert_eq!(
+            ToolFormat::for_template("{% if tools %}[AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]"),
+            ToolFormat::Mistral
+        );
         // `[TOOL_CALLS]` without the tools variable: the template cannot render tools.
         assert_eq!(ToolFormat::for_template("[TOOL_CALLS]"), ToolFormat::Hermes);
     }

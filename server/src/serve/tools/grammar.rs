@@ -42,15 +42,17 @@ pub fn close_listed_objects(schema: &mut Value) {
     }
     for (key, value) in map.iter_mut() {
         match (key.as_str(), value) {
-            ("properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas", Value::Object(children)) => {
-                children.values_mut().for_each(close_listed_objects)
-            }
+            (
+                "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas",
+                Value::Object(children),
+            ) => children.values_mut().for_each(close_listed_objects),
             ("anyOf" | "oneOf" | "allOf" | "prefixItems" | "items", Value::Array(children)) => {
                 children.iter_mut().for_each(close_listed_objects)
             }
-            ("items" | "additionalProperties" | "additionalItems" | "not" | "if" | "then" | "else" | "contains", child) => {
-                close_listed_objects(child)
-            }
+            (
+                "items" | "additionalProperties" | "additionalItems" | "not" | "if" | "then" | "else" | "contains",
+                child,
+            ) => close_listed_objects(child),
             _ => {}
         }
     }
@@ -84,7 +86,11 @@ impl CallsGrammar<'_> {
 
     /// Lark text whose `start` is either the answer of `answer` or the calls (`tool_choice`
     /// `auto` together with a `response_format`).
-    pub fn lark_or_answer(&self, answer: &Grammar, special: &dyn Fn(&str) -> Option<u32>) -> Result<String, ModelError> {
+    pub fn lark_or_answer(
+        &self,
+        answer: &Grammar,
+        special: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<String, ModelError> {
         let answer = match answer {
             Grammar::JsonSchema { schema, strict } => prepare_json_schema(schema, *strict)?,
             _ => prepare_json_schema(&json!({"type": "object"}), false)?,

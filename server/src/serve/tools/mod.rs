@@ -326,7 +326,11 @@ impl OutputPlan {
 
 /// A refused grammar as a 400 naming the schema at fault: the response format's, or the
 /// first function's whose parameters do not compile on their own, else `tools`.
-fn blame(request: &OutputRequest<'_>, check: &dyn Fn(&Constraint) -> Result<(), ModelError>, error: ModelError) -> ApiError {
+fn blame(
+    request: &OutputRequest<'_>,
+    check: &dyn Fn(&Constraint) -> Result<(), ModelError>,
+    error: ModelError,
+) -> ApiError {
     let message = match error {
         ModelError::InvalidGrammar(message) => format!("Invalid JSON schema: {message}"),
         other => return other.into(),

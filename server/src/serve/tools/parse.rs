@@ -69,7 +69,15 @@ pub struct ToolCallParser {
 
 impl ToolCallParser {
     pub fn new(format: ToolFormat) -> Self {
-        ToolCallParser { format, buf: String::new(), emitted: 0, region: None, calls: Vec::new(), plain: false, unfinished: false }
+        ToolCallParser {
+            format,
+            buf: String::new(),
+            emitted: 0,
+            region: None,
+            calls: Vec::new(),
+            plain: false,
+            unfinished: false,
+        }
     }
 
     /// Feeds the next piece of generated text.
@@ -137,7 +145,10 @@ impl ToolCallParser {
                     let held = if end {
                         0
                     } else {
-                        (1..trigger.len().min(rest.len() + 1)).rev().find(|&k| rest.ends_with(&trigger[..k])).unwrap_or(0)
+                        (1..trigger.len().min(rest.len() + 1))
+                            .rev()
+                            .find(|&k| rest.ends_with(&trigger[..k]))
+                            .unwrap_or(0)
                     };
                     self.content(events, self.buf.len() - held, end);
                     return;
@@ -173,12 +184,12 @@ impl ToolCallParser {
                 events.push(ToolEvent::CallStart { index, id: new_call_id(), name: name.clone() });
             }
             let progress = &mut self.calls[index];
-            if let Some((from, to)) = call.arguments {
-                if to - from > progress.arguments_sent {
-                    let fragment = &self.buf[start + from + progress.arguments_sent..start + to];
-                    events.push(ToolEvent::Arguments { index, fragment: fragment.to_string() });
-                    progress.arguments_sent = to - from;
-                }
+            if let Some((from, to)) = call.arguments
+                && to - from > progress.arguments_sent
+            {
+                let fragment = &self.buf[start + from + progress.arguments_sent..start + to];
+                events.push(ToolEvent::Arguments { index, fragment: fragment.to_string() });
+                progress.arguments_sent = to - from;
             }
             if call.complete && !progress.complete {
                 progress.complete = true;

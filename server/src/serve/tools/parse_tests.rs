@@ -72,7 +72,8 @@ fn check_all_splits(format: ToolFormat, text: &str) -> ParsedOutput {
 
 #[test]
 fn hermes_text_then_a_call() {
-    let text = "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    let text =
+        "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
     let out = check_all_splits(ToolFormat::Hermes, text);
     assert_eq!(out.content.as_deref(), Some("Let me look.\n"));
     assert_eq!(calls_of(&out), vec![call("get_weather", json!({"city": "Paris"}))]);
@@ -82,7 +83,8 @@ fn hermes_text_then_a_call() {
 
 #[test]
 fn a_closing_tag_inside_a_string_argument_does_not_end_the_call() {
-    let text = "<tool_call>\n{\"name\": \"echo\", \"arguments\": {\"s\": \"a</tool_call>b \\\"q\\\" ]}\"}}\n</tool_call>";
+    let text =
+        "<tool_call>\n{\"name\": \"echo\", \"arguments\": {\"s\": \"a</tool_call>b \\\"q\\\" ]}\"}}\n</tool_call>";
     let out = check_all_splits(ToolFormat::Hermes, text);
     assert_eq!(out.content, None);
     assert_eq!(calls_of(&out), vec![call("echo", json!({"s": "a</tool_call>b \"q\" ]}"}))]);

@@ -5,7 +5,6 @@
 
 use super::ToolFormat;
 
-
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct ScannedCall {
     /// Known once its JSON string is complete.
@@ -165,9 +164,7 @@ impl<'a> Cursor<'a> {
             if is_arguments {
                 call.arguments = Some((value_start, self.s.len()));
             }
-            if let Err(stop) = self.value() {
-                return Err(stop);
-            }
+            self.value()?;
             let raw = &self.s[value_start..self.i];
             if key == "name" {
                 call.name = Some(serde_json::from_str(raw).map_err(|_| Stop::Bad)?);

@@ -52,11 +52,19 @@ fn booking() -> Tool {
 }
 
 fn tool_set() -> ToolSet {
-    ToolSet::new(vec![weather(), booking(), Tool::new("ping", None, None, false, "tools[2].function").unwrap()], "tools")
-        .unwrap()
+    ToolSet::new(
+        vec![weather(), booking(), Tool::new("ping", None, None, false, "tools[2].function").unwrap()],
+        "tools",
+    )
+    .unwrap()
 }
 
-fn plan(tools: Option<&ToolSet>, choice: ToolChoice, parallel: bool, format: ToolFormat) -> Result<OutputPlan, ApiError> {
+fn plan(
+    tools: Option<&ToolSet>,
+    choice: ToolChoice,
+    parallel: bool,
+    format: ToolFormat,
+) -> Result<OutputPlan, ApiError> {
     plan_with(tools, choice, parallel, &ResponseFormat::Text, format)
 }
 
@@ -87,7 +95,10 @@ fn tool_definitions_are_checked() {
     let e = Tool::new("f", None, Some(json!("object")), false, "tools[0].function").unwrap_err();
     assert_eq!(e.param().as_deref(), Some("tools[0].function.parameters"));
     // No parameters: an object without properties.
-    assert_eq!(Tool::new("f-1_x", None, None, false, "t").unwrap().parameters, json!({"type": "object", "properties": {}}));
+    assert_eq!(
+        Tool::new("f-1_x", None, None, false, "t").unwrap().parameters,
+        json!({"type": "object", "properties": {}})
+    );
     let e = ToolSet::new(vec![weather(), weather()], "tools").unwrap_err();
     assert_eq!(e.param().as_deref(), Some("tools[1]"));
     assert_eq!(
@@ -108,7 +119,10 @@ fn tool_choice_is_read_and_checked_against_the_tools() {
     let named = json!({"type": "function", "function": {"name": "book"}});
     assert_eq!(parse(named, Some(&tools)).unwrap(), ToolChoice::Named("book".into()));
     // The Responses API's flat shape.
-    assert_eq!(parse(json!({"type": "function", "name": "ping"}), Some(&tools)).unwrap(), ToolChoice::Named("ping".into()));
+    assert_eq!(
+        parse(json!({"type": "function", "name": "ping"}), Some(&tools)).unwrap(),
+        ToolChoice::Named("ping".into())
+    );
     for (value, tools, param) in [
         (json!({"type": "function", "function": {"name": "nope"}}), Some(&tools), "tool_choice"),
         (json!("required"), None, "tool_choice"),
@@ -138,10 +152,11 @@ fn every_format_and_choice_compiles() {
                 let Grammar::Lark(lark) = &forced.constraint.as_ref().unwrap().grammar else { panic!("Lark") };
                 // A named choice leaves the other functions out of the grammar.
                 assert_eq!(lark.contains("get_weather"), choice == ToolChoice::Required, "{lark}");
-                assert_eq!(lark.contains("tool1_Item"), true, "$defs hoisted under the tool's prefix: {lark}");
+                assert!(lark.contains("tool1_Item"), "$defs hoisted under the tool's prefix: {lark}");
             }
             // `auto` with a response format: the answer or calls, from the first token.
-            let both = plan_with(Some(&tools), ToolChoice::Auto, parallel, &ResponseFormat::JsonObject, format).unwrap();
+            let both =
+                plan_with(Some(&tools), ToolChoice::Auto, parallel, &ResponseFormat::JsonObject, format).unwrap();
             assert_eq!(both.constraint.unwrap().trigger, None);
         }
     }
@@ -164,7 +179,10 @@ fn grammar_text_per_format() {
         grammar::CallsGrammar { format, tools: &tools, only: None, parallel }.lark(&|_| None).unwrap()
     };
     let hermes = lark(ToolFormat::Hermes, true);
-    assert!(hermes.starts_with("start: calls\ncalls: call (\"\\n\" call){0,7}\ncall: \"<tool_call>\" \"\\n\" body"), "{hermes}");
+    assert!(
+        hermes.starts_with("start: calls\ncalls: call (\"\\n\" call){0,7}\ncall: \"<tool_call>\" \"\\n\" body"),
+        "{hermes}"
+    );
     assert!(hermes.contains("\"additionalProperties\":false"), "strict tool: {hermes}");
     assert!(lark(ToolFormat::Hermes, false).contains("calls: call\n"));
     assert!(lark(ToolFormat::Llama3Json, true).contains("calls: body (\"; \" body){0,7}"));
@@ -200,7 +218,10 @@ fn a_schema_the_compiler_refuses_is_a_400_naming_it() {
 fn new_call_ids_are_unique_and_shaped_like_openais() {
     let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_call_id()).collect();
     assert_eq!(ids.len(), 1000);
-    assert!(ids.iter().all(|id| id.len() == 29 && id.starts_with("call_") && id[5..].bytes().all(|b| b.is_ascii_alphanumeric())));
+    assert!(
+        ids.iter()
+            .all(|id| id.len() == 29 && id.starts_with("call_") && id[5..].bytes().all(|b| b.is_ascii_alphanumeric()))
+    );
 }
 
 fn conversation() -> Vec<ChatMessage> {
@@ -228,14 +249,22 @@ fn fallback_prompt_for_a_template_without_tools() {
     );
     assert_eq!(rendered, expected);
     let block = fallback::tools_block(&tools);
-    assert!(block.contains(&format!("<tools>\n{}\n</tools>", grammar::to_compact_json(&weather().template_value()))), "{block}");
+    assert!(
+        block.contains(&format!("<tools>\n{}\n</tools>", grammar::to_compact_json(&weather().template_value()))),
+        "{block}"
+    );
 
     // No system message: the block becomes one (replacing SmolLM2's default system prompt);
     // two results and a user message after them share one user turn.
     let call = |id: &str| json!({"id": id, "type": "function", "function": {"name": "get_weather", "arguments": {}}});
     let messages = vec![
         ChatMessage::new("user", "Both?"),
-        ChatMessage { role: "assistant".into(), content: Some("Checking.".into()), tool_calls: Some(vec![call("a"), call("b")]), ..Default::default() },
+        ChatMessage {
+            role: "assistant".into(),
+            content: Some("Checking.".into()),
+            tool_calls: Some(vec![call("a"), call("b")]),
+            ..Default::default()
+        },
         ChatMessage { tool_call_id: Some("a".into()), ..ChatMessage::new("tool", "1") },
         ChatMessage { tool_call_id: Some("b".into()), ..ChatMessage::new("tool", "2") },
         ChatMessage::new("user", "Thanks"),
@@ -245,9 +274,14 @@ fn fallback_prompt_for_a_template_without_tools() {
     assert_eq!(roles, ["system", "user", "assistant", "user"]);
     assert_eq!(
         rewritten[2].content.as_deref(),
-        Some("Checking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n</tool_call>")
+        Some(
+            "Checking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n</tool_call>"
+        )
     );
-    assert_eq!(rewritten[3].content.as_deref(), Some("<tool_response>\n1\n</tool_response>\n<tool_response>\n2\n</tool_response>\nThanks"));
+    assert_eq!(
+        rewritten[3].content.as_deref(),
+        Some("<tool_response>\n1\n</tool_response>\n<tool_response>\n2\n</tool_response>\nThanks")
+    );
     assert!(rewritten.iter().all(|m| m.tool_calls.is_none() && m.tool_call_id.is_none()));
 }
 

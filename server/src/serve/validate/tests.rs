@@ -336,12 +336,22 @@ fn tools_and_tool_choice() {
     assert_eq!(chat(named).unwrap().tool_choice, ToolChoice::Named("get_weather".into()));
 
     for (body, param) in [
-        (with(with(base(), "tools", json!([weather_tool()])), "tool_choice", json!({"type": "function", "function": {"name": "nope"}})), "tool_choice"),
+        (
+            with(
+                with(base(), "tools", json!([weather_tool()])),
+                "tool_choice",
+                json!({"type": "function", "function": {"name": "nope"}}),
+            ),
+            "tool_choice",
+        ),
         (with(base(), "tool_choice", json!("required")), "tool_choice"),
         (with(base(), "tools", json!([{"type": "code_interpreter"}])), "tools[0].type"),
         (with(base(), "tools", json!([{"type": "function"}])), "tools[0].function"),
         (with(base(), "tools", json!([{"type": "function", "function": {"name": "a b"}}])), "tools[0].function.name"),
-        (with(base(), "tools", json!([{"type": "function", "function": {"name": "f", "parameters": [1]}}])), "tools[0].function.parameters"),
+        (
+            with(base(), "tools", json!([{"type": "function", "function": {"name": "f", "parameters": [1]}}])),
+            "tools[0].function.parameters",
+        ),
         (with(base(), "tools", json!([weather_tool(), weather_tool()])), "tools[1]"),
         (with(base(), "tools", json!([{"function": {"name": "f"}}])), "tools[0].type"),
     ] {
@@ -369,17 +379,29 @@ fn response_formats() {
         (json!({}), "response_format.type"),
         (json!("json"), "response_format"),
         (json!({"type": "json_schema"}), "response_format.json_schema"),
-        (json!({"type": "json_schema", "json_schema": {"name": "x", "schema": "object"}}), "response_format.json_schema.schema"),
-        (json!({"type": "json_schema", "json_schema": {"name": "a b", "schema": {}}}), "response_format.json_schema.name"),
-        (json!({"type": "json_schema", "json_schema": {"name": "x", "strict": "yes"}}), "response_format.json_schema.strict"),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": "object"}}),
+            "response_format.json_schema.schema",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "a b", "schema": {}}}),
+            "response_format.json_schema.name",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "x", "strict": "yes"}}),
+            "response_format.json_schema.strict",
+        ),
     ] {
         let (status, _, got) = err(format(value.clone()));
         assert_eq!((status, got.as_deref()), (400, Some(param)), "{value}");
     }
     // The Responses API's flat `text.format`.
     assert_eq!(
-        validate_response_format(Some(&json!({"type": "json_schema", "name": "C", "schema": {"type": "object"}})), "text.format")
-            .unwrap(),
+        validate_response_format(
+            Some(&json!({"type": "json_schema", "name": "C", "schema": {"type": "object"}})),
+            "text.format"
+        )
+        .unwrap(),
         ResponseFormat::JsonSchema { name: "C".into(), schema: json!({"type": "object"}), strict: false }
     );
 }
@@ -415,8 +437,16 @@ fn tool_calls_and_tool_results_in_messages() {
         (&["2", "tool_call_id"][..], json!("call_2"), "messages[2].tool_call_id"),
         (&["2", "tool_call_id"][..], json!(null), "messages[2].tool_call_id"),
         (&["2", "content"][..], json!(null), "messages[2].content"),
-        (&["1", "tool_calls", "0", "function", "arguments"][..], json!("{not json"), "messages[1].tool_calls[0].function.arguments"),
-        (&["1", "tool_calls", "0", "function", "arguments"][..], json!({"city": "Paris"}), "messages[1].tool_calls[0].function.arguments"),
+        (
+            &["1", "tool_calls", "0", "function", "arguments"][..],
+            json!("{not json"),
+            "messages[1].tool_calls[0].function.arguments",
+        ),
+        (
+            &["1", "tool_calls", "0", "function", "arguments"][..],
+            json!({"city": "Paris"}),
+            "messages[1].tool_calls[0].function.arguments",
+        ),
         (&["1", "tool_calls", "0", "id"][..], json!(""), "messages[1].tool_calls[0].id"),
         (&["1", "tool_calls", "0", "type"][..], json!("retrieval"), "messages[1].tool_calls[0].type"),
         (&["1", "tool_calls", "0", "function", "name"][..], json!("a b"), "messages[1].tool_calls[0].function.name"),

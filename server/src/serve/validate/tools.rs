@@ -22,7 +22,10 @@ pub fn validate_tools(tools: Option<&[ChatTool]>) -> Result<Option<ToolSet>, Api
             ));
         }
         let Some(function) = &tool.function else {
-            return Err(ApiError::invalid(format!("{at}.function"), "A function tool needs its `function` definition."));
+            return Err(ApiError::invalid(
+                format!("{at}.function"),
+                "A function tool needs its `function` definition.",
+            ));
         };
         out.push(Tool::new(
             &function.name,
@@ -112,14 +115,22 @@ pub(super) fn message_tool_calls(calls: &[ToolCallIn], i: usize) -> Result<Vec<T
                     format!("`arguments` must be a JSON string that parses: {e}"),
                 ));
             }
-            Ok(ToolCall { id: call.id.clone(), name: call.function.name.clone(), arguments: call.function.arguments.clone() })
+            Ok(ToolCall {
+                id: call.id.clone(),
+                name: call.function.name.clone(),
+                arguments: call.function.arguments.clone(),
+            })
         })
         .collect()
 }
 
 /// The call a `tool` message (message `i`) answers: its id must be one of an earlier
 /// assistant message's calls. Returns the id and the function's name.
-pub(super) fn answered_call(m: &ChatMessageIn, earlier: &[Message], i: usize) -> Result<(String, Option<String>), ApiError> {
+pub(super) fn answered_call(
+    m: &ChatMessageIn,
+    earlier: &[Message],
+    i: usize,
+) -> Result<(String, Option<String>), ApiError> {
     let param = format!("messages[{i}].tool_call_id");
     let Some(id) = m.tool_call_id.as_deref().filter(|id| !id.is_empty()) else {
         return Err(ApiError::invalid(param, "A tool message needs the `tool_call_id` of the call it answers."));
