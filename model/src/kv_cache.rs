@@ -175,6 +175,40 @@ impl SequenceCache {
         (&entry.k, &entry.v, capacity)
     }
 
+    /// Starts this empty cache with a copy of the first `n` positions of `source` (a cache of
+    /// the same model), with room for `room` positions in all. A copy, not a share: the
+    /// source may be evicted or reused while this cache lives.
+    pub(crate) fn copy_prefix(&mut self, source: &SequenceCache, n: usize, room: usize) {
+        debug_assert!(self.len == 0, "a prefix is copied into an empty cache only");
+        let n = n.min(source.len);
+        if n == 0 {
+            return;
+        }
+        self.reserve(room.max(n), source.layers.layers());
+        let (kv_heads, d, capacity, source_capacity) = (self.kv_heads, self.head_dim, self.capacity, source.capacity);
+        match (&mut self.layers, &source.layers) {
+            (Storage::Device(layers), Storage::Device(from)) => {
+                let rows = [0..1, 0..kv_heads, 0..n, 0..d];
+                for (to, from) in layers.iter_mut().zip(from) {
+                    to.k.inplace(|c| c.slice_assign(rows.clone(), from.k.clone().slice(rows.clone())));
+                    to.v.inplace(|c| c.slice_assign(rows.clone(), from.v.clone().slice(rows.clone())));
+                }
+            }
+            (Storage::Host(layers), Storage::Host(from)) => {
+                for (to, from) in layers.iter_mut().zip(from) {
+                    // Per head, positions 0..n are contiguous rows in both layouts.
+                    for h in 0..kv_heads {
+                        let (dst, src) = (h * capacity * d, h * source_capacity * d);
+                        to.k[dst..dst + n * d].copy_from_slice(&from.k[src..src + n * d]);
+                        to.v[dst..dst + n * d].copy_from_slice(&from.v[src..src + n * d]);
+                    }
+                }
+            }
+            _ => unreachable!("host and device caches of one model: the model picks one kind per device"),
+        }
+        self.len = n;
+    }
+
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
     }

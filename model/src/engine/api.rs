@@ -161,8 +161,14 @@ impl futures_core::Stream for EventStream {
 pub struct EngineStats {
     pub running: usize,
     pub waiting: usize,
-    /// Fraction of the KV-cache budget in use, 0.0–1.0.
+    /// Fraction of the KV-cache budget in use (running sequences and the prefix cache), 0.0–1.0.
     pub kv_cache_usage: f64,
+    /// The part of `kv_cache_usage` held by the prefix cache (evicted first when needed).
+    pub prefix_cache_usage: f64,
+    /// Prompt tokens looked up in the prefix cache since start.
+    pub prefix_cache_queries_tokens: u64,
+    /// Prompt tokens found there (their prefill was skipped) since start.
+    pub prefix_cache_hits_tokens: u64,
     /// Forward steps run since start (tests assert on scheduling order with it).
     pub steps: u64,
 }

@@ -5,8 +5,10 @@
 //! returns its [`EventStream`]. Each step the engine drops cancelled sequences, admits
 //! waiting ones while the sequence limit and the KV-cache budget allow, runs one batched
 //! forward (decode tokens plus prefill chunks, see [`scheduler`]) and samples one token for
-//! every sequence whose prompt is fully cached. Finished sequences leave at once and free
-//! their cache. The thread never blocks the async runtime: events go out over unbounded
+//! every sequence whose prompt is fully cached. Finished sequences leave at once; their
+//! caches stay in the prefix cache ([`prefix_cache`], [`admission`]) until the KV budget needs
+//! the room, and a new prompt that starts with the same tokens copies them instead of
+//! prefilling. The thread never blocks the async runtime: events go out over unbounded
 //! channels and the thread sleeps on its command channel when idle.
 //!
 //! Constrained sequences ([`crate::constraint`]) are compiled at submission; in a step, their
@@ -14,7 +16,9 @@
 //! (CubeCL binds its streams to the thread that created them). Sequences that want prompt
 //! logprobs get logits for every position of their prefill chunks.
 
+mod admission;
 pub mod api;
+mod prefix_cache;
 mod scheduler;
 mod sequence;
 
@@ -30,10 +34,11 @@ pub use scheduler::{SequenceView, plan_step};
 
 use crate::constraint::{Constraint, ConstraintCompiler, ConstraintState};
 use crate::error::{ModelError, Result};
-use crate::kv_cache::{KV_BLOCK_TOKENS, SequenceCache};
+use crate::kv_cache::SequenceCache;
 use crate::transformer::{ForwardChunk, Transformer};
 use crate::model::{LoadOptions, ModelLoader};
 use crate::tokenizer::Tokenizer;
+use prefix_cache::PrefixCache;
 use sequence::{Pending, Progress, Sequence};
 
 /// Limits of the engine.
@@ -45,13 +50,15 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Prompt tokens prefilled per step (the chunk size of chunked prefill).
     pub max_prefill_tokens: usize,
-    /// KV-cache positions all sequences together may hold.
+    /// KV-cache positions all sequences together may hold, running and retained ones.
     pub kv_cache_tokens: usize,
+    /// Keep finished sequences' caches and reuse their longest prefix for new prompts.
+    pub prefix_cache: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_num_seqs: 16, max_queue: 256, max_prefill_tokens: 256, kv_cache_tokens: 65_536 }
+        EngineConfig { max_num_seqs: 16, max_queue: 256, max_prefill_tokens: 256, kv_cache_tokens: 65_536, prefix_cache: true }
     }
 }
 
@@ -65,8 +72,13 @@ struct Shared {
     /// `max_num_seqs + max_queue` at submission.
     in_flight: AtomicUsize,
     running: AtomicUsize,
-    /// KV positions allocated, for `kv_cache_usage`.
+    /// KV positions allocated (running and retained), for `kv_cache_usage`.
     kv_allocated: AtomicUsize,
+    /// KV positions held by the prefix cache only.
+    kv_retained: AtomicUsize,
+    /// Prompt tokens looked up in the prefix cache, and those found there.
+    prefix_queries_tokens: AtomicU64,
+    prefix_hits_tokens: AtomicU64,
     steps: AtomicU64,
 }
 
@@ -217,11 +229,16 @@ impl EngineHandle {
 
     pub fn stats(&self) -> EngineStats {
         let allocated = self.shared.kv_allocated.load(Ordering::Relaxed);
+        let retained = self.shared.kv_retained.load(Ordering::Relaxed);
         let running = self.shared.running.load(Ordering::Relaxed);
+        let budget = self.config.kv_cache_tokens.max(1) as f64;
         EngineStats {
             running,
             waiting: self.shared.in_flight.load(Ordering::Relaxed).saturating_sub(running),
-            kv_cache_usage: allocated as f64 / self.config.kv_cache_tokens.max(1) as f64,
+            kv_cache_usage: allocated as f64 / budget,
+            prefix_cache_usage: retained as f64 / budget,
+            prefix_cache_queries_tokens: self.shared.prefix_queries_tokens.load(Ordering::Relaxed),
+            prefix_cache_hits_tokens: self.shared.prefix_hits_tokens.load(Ordering::Relaxed),
             steps: self.shared.steps.load(Ordering::Relaxed),
         }
     }
@@ -256,6 +273,8 @@ struct EngineLoop {
     commands: std_mpsc::Receiver<Command>,
     waiting: VecDeque<Pending>,
     running: Vec<Sequence>,
+    /// Caches of finished sequences, by the tokens they hold.
+    retained: PrefixCache<SequenceCache>,
 }
 
 impl EngineLoop {
@@ -266,7 +285,16 @@ impl EngineLoop {
         shared: Arc<Shared>,
         commands: std_mpsc::Receiver<Command>,
     ) -> Self {
-        EngineLoop { model, tokenizer, config, shared, commands, waiting: VecDeque::new(), running: Vec::new() }
+        EngineLoop {
+            model,
+            tokenizer,
+            config,
+            shared,
+            commands,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            retained: PrefixCache::default(),
+        }
     }
 
     fn run(mut self) {
@@ -321,30 +349,17 @@ impl EngineLoop {
     fn drop_cancelled(&mut self) {
         let before = self.waiting.len() + self.running.len();
         self.waiting.retain(|p| !p.is_cancelled());
-        // Dropping a sequence drops its cache tensors: the memory is freed here.
-        self.running.retain(|s| !s.is_cancelled());
-        self.ended(before - self.waiting.len() - self.running.len());
-    }
-
-    fn reserved(&self) -> usize {
-        self.running.iter().map(|s| s.reserved_tokens).sum()
-    }
-
-    fn admit(&mut self) {
-        let context = self.model.config().context_length;
-        while self.running.len() < self.config.max_num_seqs {
-            let Some(front) = self.waiting.front() else { break };
-            let want = (front.request.prompt_ids.len() + front.request.max_tokens).min(context);
-            let want = SequenceCache::blocks_for(want) * KV_BLOCK_TOKENS;
-            let want = want.min(self.config.kv_cache_tokens);
-            // An empty engine always admits, so one request larger than the budget still runs.
-            if !self.running.is_empty() && self.reserved() + want > self.config.kv_cache_tokens {
-                break;
+        let mut cancelled = Vec::new();
+        for i in (0..self.running.len()).rev() {
+            if self.running[i].is_cancelled() {
+                cancelled.push(self.running.remove(i));
             }
-            let Some(pending) = self.waiting.pop_front() else { break };
-            let cache = self.model.new_cache();
-            self.running.push(Sequence::start(pending, cache, &self.tokenizer, want));
         }
+        // What a cancelled sequence cached stays reusable; the rest of it is dropped here.
+        for mut seq in cancelled {
+            self.retain(&mut seq);
+        }
+        self.ended(before - self.waiting.len() - self.running.len());
     }
 
     fn step(&mut self) {
@@ -417,6 +432,9 @@ impl EngineLoop {
             }
         }
         self.ended(done.len());
+        for seq in &mut done {
+            self.retain(seq);
+        }
         self.publish();
         for mut seq in done {
             seq.send_final_event();
@@ -432,8 +450,9 @@ impl EngineLoop {
 
     fn publish(&self) {
         self.shared.running.store(self.running.len(), Ordering::Relaxed);
-        let allocated = self.running.iter().map(|s| s.cache.capacity()).sum();
-        self.shared.kv_allocated.store(allocated, Ordering::Relaxed);
+        let running: usize = self.running.iter().map(|s| s.cache.capacity()).sum();
+        self.shared.kv_allocated.store(running + self.retained.cost(), Ordering::Relaxed);
+        self.shared.kv_retained.store(self.retained.cost(), Ordering::Relaxed);
     }
 }
 

@@ -38,6 +38,8 @@ pub(crate) struct Sequence {
     pub prompt_len: usize,
     /// KV positions this sequence may grow to (its share of the budget).
     pub reserved_tokens: usize,
+    /// Prompt tokens whose keys and values were copied from the prefix cache at the start.
+    cached_prompt_tokens: usize,
     /// The grammar the output must follow, if any.
     pub constraint: Option<ConstraintState>,
     /// `(n, entries so far)` while prompt logprobs with `n` alternatives are being gathered;
@@ -62,6 +64,7 @@ pub(crate) enum Progress {
 }
 
 impl Sequence {
+    /// `cache` may already hold a prefix of the prompt (a prefix-cache hit).
     pub fn start(pending: Pending, cache: SequenceCache, tokenizer: &Tokenizer, reserved_tokens: usize) -> Sequence {
         let Pending { request, constraint, events, cancelled, submitted } = pending;
         let mut stop_token_ids = request.stop_token_ids.clone();
@@ -80,6 +83,7 @@ impl Sequence {
             logprobs: request.logprobs,
             stop_token_ids,
             reserved_tokens,
+            cached_prompt_tokens: cache.len(),
             constraint,
             prompt_scores,
             cache,
@@ -191,9 +195,18 @@ impl Sequence {
 
     fn finish_with_text(&mut self, reason: FinishReason, text: String) -> Progress {
         self.timings.finished = Instant::now();
-        let usage = Usage { prompt_tokens: self.prompt_len, completion_tokens: self.generated(), cached_prompt_tokens: 0 };
+        let usage = Usage {
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.generated(),
+            cached_prompt_tokens: self.cached_prompt_tokens,
+        };
         self.final_event = Some(GenerationEvent::Finished { reason, usage, text, timings: self.timings });
         Progress::Finished
+    }
+
+    /// Whether the sequence ended in an error (its cache may be half written).
+    pub fn failed(&self) -> bool {
+        matches!(self.final_event, Some(GenerationEvent::Error(_)))
     }
 
     pub fn fail(&mut self, error: ModelError) -> Progress {

@@ -109,6 +109,14 @@ pub struct ServeArgs {
     #[arg(long, env = "STELLARCHAT_KV_CACHE_TOKENS", default_value_t = EngineConfig::default().kv_cache_tokens)]
     pub kv_cache_tokens: usize,
 
+    /// Reuse the KV cache of earlier requests' prompt prefixes (the default).
+    #[arg(long, overrides_with = "no_prefix_cache")]
+    pub prefix_cache: bool,
+
+    /// Prefill every prompt in full; keep no cache of finished requests.
+    #[arg(long, env = "STELLARCHAT_NO_PREFIX_CACHE", overrides_with = "prefix_cache")]
+    pub no_prefix_cache: bool,
+
     /// Seconds running streams may take to finish after SIGTERM/SIGINT before they are cut.
     #[arg(long, env = "STELLARCHAT_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
@@ -151,6 +159,7 @@ impl ServeArgs {
             max_queue: self.max_queue,
             max_prefill_tokens: self.max_prefill_tokens.max(1),
             kv_cache_tokens: self.kv_cache_tokens.max(1),
+            prefix_cache: !self.no_prefix_cache,
         }
     }
 

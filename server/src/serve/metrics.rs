@@ -1,8 +1,9 @@
 //! Prometheus metrics, named as vLLM names them with the prefix `stellarchat:` (DESIGN.md).
 //!
 //! HTTP-level figures are recorded by the access log (one place per request); generation
-//! figures by the generation driver when a sequence finishes; engine gauges are read from
-//! [`EngineStats`] at scrape time so they can never drift from the engine's own count.
+//! figures by the generation driver when a sequence finishes; engine gauges and the prefix
+//! cache's counters are read from [`EngineStats`] at scrape time so they can never drift from
+//! the engine's own count.
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -28,6 +29,8 @@ pub struct Metrics {
     pub kv_cache_usage_perc: Gauge,
     pub prompt_tokens_total: IntCounter,
     pub generation_tokens_total: IntCounter,
+    pub prefix_cache_queries_tokens_total: IntCounter,
+    pub prefix_cache_hits_tokens_total: IntCounter,
     pub websocket_connections: IntGauge,
 }
 
@@ -70,6 +73,14 @@ impl Metrics {
         let kv_cache_usage_perc = Gauge::new(name("kv_cache_usage_perc"), "Fraction of the KV cache in use (0-1).")?;
         let prompt_tokens_total = IntCounter::new(name("prompt_tokens_total"), "Prompt tokens processed.")?;
         let generation_tokens_total = IntCounter::new(name("generation_tokens_total"), "Tokens generated.")?;
+        let prefix_cache_queries_tokens_total = IntCounter::new(
+            name("prefix_cache_queries_tokens_total"),
+            "Prompt tokens looked up in the prefix cache.",
+        )?;
+        let prefix_cache_hits_tokens_total = IntCounter::new(
+            name("prefix_cache_hits_tokens_total"),
+            "Prompt tokens found in the prefix cache (prefill skipped).",
+        )?;
         let websocket_connections = IntGauge::new(name("websocket_connections"), "Open WebSocket connections.")?;
 
         registry.register(Box::new(requests_total.clone()))?;
@@ -85,6 +96,8 @@ impl Metrics {
         registry.register(Box::new(kv_cache_usage_perc.clone()))?;
         registry.register(Box::new(prompt_tokens_total.clone()))?;
         registry.register(Box::new(generation_tokens_total.clone()))?;
+        registry.register(Box::new(prefix_cache_queries_tokens_total.clone()))?;
+        registry.register(Box::new(prefix_cache_hits_tokens_total.clone()))?;
         registry.register(Box::new(websocket_connections.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
@@ -104,6 +117,8 @@ impl Metrics {
             kv_cache_usage_perc,
             prompt_tokens_total,
             generation_tokens_total,
+            prefix_cache_queries_tokens_total,
+            prefix_cache_hits_tokens_total,
             websocket_connections,
         })
     }
@@ -136,6 +151,10 @@ impl Metrics {
         self.num_requests_running.set(stats.running as i64);
         self.num_requests_waiting.set(stats.waiting as i64);
         self.kv_cache_usage_perc.set(stats.kv_cache_usage);
+        // The engine counts since its start; the counters catch up to it (they only rise).
+        let catch_up = |counter: &IntCounter, total: u64| counter.inc_by(total.saturating_sub(counter.get()));
+        catch_up(&self.prefix_cache_queries_tokens_total, stats.prefix_cache_queries_tokens);
+        catch_up(&self.prefix_cache_hits_tokens_total, stats.prefix_cache_hits_tokens);
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))

@@ -1,0 +1,91 @@
+//! The engine loop's admission and its use of the prefix cache: which waiting request starts
+//! next and with how much of its prompt copied from a retained cache, what is evicted to make
+//! room, and which caches of departed sequences are retained.
+//!
+//! Budget: running sequences count what they may grow to (`reserved_tokens`), retained caches
+//! what they hold (`capacity`); together they stay within `kv_cache_tokens`, retained caches
+//! giving way first, least recently used first.
+
+use std::sync::atomic::Ordering;
+
+use super::EngineLoop;
+use super::prefix_cache::EntryId;
+use super::sequence::Sequence;
+use crate::kv_cache::{KV_BLOCK_TOKENS, SequenceCache};
+
+impl EngineLoop {
+    /// KV positions the running sequences may grow to.
+    fn reserved(&self) -> usize {
+        self.running.iter().map(|s| s.reserved_tokens).sum()
+    }
+
+    /// Starts waiting requests, oldest first, while the sequence limit and the budget allow.
+    pub(super) fn admit(&mut self) {
+        let context = self.model.config().context_length;
+        while self.running.len() < self.config.max_num_seqs {
+            let Some(front) = self.waiting.front() else { break };
+            let prompt = &front.request.prompt_ids;
+            let want = (prompt.len() + front.request.max_tokens).min(context);
+            let want = (SequenceCache::blocks_for(want) * KV_BLOCK_TOKENS).min(self.config.kv_cache_tokens);
+            // Prompt logprobs need the logits of every prompt position: nothing is skipped.
+            let lookup = self.config.prefix_cache && front.request.prompt_logprobs.is_none();
+            let hit = if lookup { self.retained.lookup(prompt) } else { None };
+            if !self.make_room(want, hit.map(|h| h.entry)) {
+                break;
+            }
+            let Some(pending) = self.waiting.pop_front() else { break };
+            let prompt_len = pending.request.prompt_ids.len();
+            let mut cache = self.model.new_cache();
+            let mut cached = 0;
+            if let Some(hit) = hit
+                && let Some(source) = self.retained.get(hit.entry)
+            {
+                // Room for the whole prompt at once: its prefill then needs no regrowth.
+                cache.copy_prefix(source, hit.tokens, prompt_len);
+                self.retained.touch(hit.entry);
+                cached = cache.len();
+            }
+            if lookup {
+                self.shared.prefix_queries_tokens.fetch_add(prompt_len as u64, Ordering::Relaxed);
+                self.shared.prefix_hits_tokens.fetch_add(cached as u64, Ordering::Relaxed);
+            }
+            self.running.push(Sequence::start(pending, cache, &self.tokenizer, want));
+            // The hit's own entry may have had to go for the room: its rows are copied now.
+            self.trim_retained();
+        }
+    }
+
+    /// Evicts retained caches, least recently used first and sparing `keep` (the hit about to
+    /// be copied), until `want` more positions fit. False when they cannot fit beside the
+    /// running sequences even with nothing retained; an empty engine always admits, so one
+    /// request larger than the budget still runs.
+    fn make_room(&mut self, want: usize, keep: Option<EntryId>) -> bool {
+        let budget = self.config.kv_cache_tokens;
+        let reserved = self.reserved();
+        if !self.running.is_empty() && reserved + want > budget {
+            return false;
+        }
+        while reserved + want + self.retained.cost() > budget && self.retained.evict_lru(keep).is_some() {}
+        true
+    }
+
+    /// Evicts least recently used retained caches while the budget is exceeded.
+    fn trim_retained(&mut self) {
+        let (budget, reserved) = (self.config.kv_cache_tokens, self.reserved());
+        while reserved + self.retained.cost() > budget && self.retained.evict_lru(None).is_some() {}
+    }
+
+    /// Keeps what `seq`, which has left the engine, cached (the tokens it fed to the model),
+    /// for prompts that start the same way. Caches of failed sequences are dropped: a failed
+    /// forward may have left them half written.
+    pub(super) fn retain(&mut self, seq: &mut Sequence) {
+        if !self.config.prefix_cache || seq.failed() {
+            return;
+        }
+        let cache = std::mem::replace(&mut seq.cache, self.model.new_cache());
+        let (len, cost) = (cache.len(), cache.capacity());
+        if self.retained.insert(&seq.tokens[..len], cache, cost) {
+            self.trim_retained();
+        }
+    }
+}
