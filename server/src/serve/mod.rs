@@ -13,6 +13,11 @@
 //! - [`middleware`]: access log + request id, API keys, CORS; [`metrics`]: Prometheus.
 //! - [`state`]: shared state and the graceful-shutdown [`state::Lifecycle`].
 //!
+//! The modules form layers, bottom to top ([`layers::LAYERS`], enforced by a test): route
+//! paths and wire types; errors; tools and validation; the response store, state and access
+//! log; the generation driver; prompts; the chunk formatters; handlers and the WebSocket; the
+//! router; the flags.
+//!
 //! Start-up order matters: the port is bound *before* the weights load (so `/health`
 //! answers and `/ready` says 503 while loading), and the bound address is printed on
 //! stdout as `listening on http://HOST:PORT` (tests start us on port 0 and read it).
@@ -21,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod handlers;
+pub mod layers;
 pub mod metrics;
 pub mod middleware;
 pub mod prompt;
