@@ -1,14 +1,18 @@
 //! The batching engine end to end: batched greedy output equals each request alone,
-//! cancellation frees everything, admission control rejects beyond its limits, and a long
-//! prompt is prefilled in chunks without stalling running streams.
+//! cancellation frees everything, admission control rejects beyond its limits, a long
+//! prompt is prefilled in chunks without stalling running streams, and a prefix-cache hit
+//! changes nothing but the prefill skipped.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use stellarchat_model::ModelError;
+use stellarchat_model::chat_template::ChatMessage;
 use stellarchat_model::device::DeviceSpec;
-use stellarchat_model::engine::{Engine, EngineConfig, EngineHandle, EventStream, FinishReason, GenerateRequest, GenerationEvent};
+use stellarchat_model::engine::{
+    Engine, EngineConfig, EngineHandle, EventStream, FinishReason, GenerateRequest, GenerationEvent, Usage,
+};
 use stellarchat_model::model::{LoadOptions, ModelLoader};
 
 fn repo_root() -> PathBuf {
@@ -36,10 +40,12 @@ struct Outcome {
     text: String,
     reason: Option<FinishReason>,
     steps: Vec<u64>,
+    usage: Usage,
 }
 
 fn collect(mut stream: EventStream) -> Outcome {
-    let mut out = Outcome { ids: Vec::new(), text: String::new(), reason: None, steps: Vec::new() };
+    let mut out =
+        Outcome { ids: Vec::new(), text: String::new(), reason: None, steps: Vec::new(), usage: Usage::default() };
     while let Some(event) = stream.blocking_recv() {
         match event {
             GenerationEvent::Token { id, text, step, .. } => {
@@ -47,9 +53,10 @@ fn collect(mut stream: EventStream) -> Outcome {
                 out.text.push_str(&text);
                 out.steps.push(step);
             }
-            GenerationEvent::Finished { reason, text, .. } => {
+            GenerationEvent::Finished { reason, text, usage, .. } => {
                 out.text.push_str(&text);
                 out.reason = Some(reason);
+                out.usage = usage;
                 break;
             }
             GenerationEvent::PromptLogprobs(_) => panic!("prompt logprobs were not asked for"),
@@ -59,12 +66,13 @@ fn collect(mut stream: EventStream) -> Outcome {
     out
 }
 
-/// Waits until the engine reports nothing running or waiting and no KV cache in use.
+/// Waits until the engine reports nothing running or waiting and no KV cache in use but
+/// the prefix cache's.
 fn wait_idle(engine: &EngineHandle) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let stats = engine.stats();
-        if stats.running == 0 && stats.waiting == 0 && stats.kv_cache_usage == 0.0 {
+        if stats.running == 0 && stats.waiting == 0 && stats.kv_cache_usage == stats.prefix_cache_usage {
             return;
         }
         assert!(Instant::now() < deadline, "engine did not go idle: {stats:?}");
@@ -203,4 +211,161 @@ fn a_long_prompt_is_prefilled_in_chunks_while_streams_keep_flowing() {
         assert!(during.windows(2).all(|w| w[1] == w[0] + 1), "a stream skipped a step: {during:?}");
     }
     wait_idle(&engine);
+}
+
+/// The default model's tokenizer and chat template, to build multi-turn prompts.
+struct Chat {
+    info: std::sync::Arc<stellarchat_model::model::ModelInfo>,
+}
+
+impl Chat {
+    fn open() -> Chat {
+        Chat { info: ModelLoader::open(&real_model()).expect("open model").info().clone() }
+    }
+
+    /// `turns` alternate user and assistant, after a long shared system prompt.
+    fn prompt(&self, turns: &[&str]) -> Vec<u32> {
+        self.prompt_with_system(SYSTEM, turns)
+    }
+
+    fn prompt_with_system(&self, system: &str, turns: &[&str]) -> Vec<u32> {
+        let mut messages = vec![ChatMessage::new("system", system)];
+        for (i, turn) in turns.iter().enumerate() {
+            messages.push(ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, *turn));
+        }
+        let template = self.info.chat_template.as_ref().expect("chat template");
+        let text = template.render(&messages, true).expect("render");
+        self.info.tokenizer.encode_prompt(&text).expect("encode")
+    }
+}
+
+/// About 150 tokens: more than two whole cache blocks.
+const SYSTEM: &str = "You are a concise assistant for a small bakery in Lyon. The bakery opens at seven in the \
+morning and closes at seven in the evening, every day except Monday. It sells baguettes, croissants, pain au \
+chocolat, brioche, fruit tarts and a rye loaf baked on Thursdays only. Orders of more than twenty items must be \
+placed a day ahead. Payment is by card or cash. The owner is called Camille and has run the shop since 2009. \
+Answer questions from customers in one or two short sentences, in English, and never invent products.";
+
+const BLOCK: usize = 64;
+
+fn greedy(engine: &EngineHandle, prompt: &[u32]) -> Outcome {
+    collect(engine.submit(GenerateRequest::greedy(prompt.to_vec(), 24)).expect("submit"))
+}
+
+#[test]
+fn a_prefix_cache_hit_gives_the_output_of_a_full_prefill() {
+    let chat = Chat::open();
+    let cached = start(&real_model(), EngineConfig::default());
+    let fresh = start(&real_model(), EngineConfig { prefix_cache: false, ..EngineConfig::default() });
+
+    let first = chat.prompt(&["When do you open?"]);
+    let turn1 = greedy(&cached, &first);
+    assert_eq!(turn1.usage.cached_prompt_tokens, 0, "nothing was cached yet");
+    // The same prompt again: every whole block but the one holding the last token is reused.
+    let again = greedy(&cached, &first);
+    assert_eq!(again.usage.cached_prompt_tokens, (first.len() - 1) / BLOCK * BLOCK);
+    assert_eq!(again.ids, turn1.ids);
+
+    // The next turn sends the whole history: at least the first turn's blocks are reused.
+    let second = chat.prompt(&["When do you open?", &turn1.text, "And on Mondays?"]);
+    let turn2 = greedy(&cached, &second);
+    let hit = turn2.usage.cached_prompt_tokens;
+    assert!(hit >= first.len() / BLOCK * BLOCK && hit % BLOCK == 0 && hit < second.len(), "{hit} of {}", second.len());
+    let reference = greedy(&fresh, &second);
+    assert_eq!(reference.usage.cached_prompt_tokens, 0, "the prefix cache is off");
+    assert_eq!(turn2.ids, reference.ids, "{:?} vs {:?}", turn2.text, reference.text);
+    assert!(!turn2.ids.is_empty());
+
+    let stats = cached.stats();
+    assert!(stats.prefix_cache_hits_tokens >= (again.usage.cached_prompt_tokens + hit) as u64);
+    assert_eq!(stats.prefix_cache_queries_tokens, (2 * first.len() + second.len()) as u64);
+    assert_eq!(fresh.stats().prefix_cache_queries_tokens, 0);
+    wait_idle(&cached);
+    assert!(cached.stats().prefix_cache_usage > 0.0, "finished caches are retained");
+    wait_idle(&fresh);
+    assert_eq!(fresh.stats().kv_cache_usage, 0.0, "nothing is retained with the prefix cache off");
+}
+
+#[test]
+fn eviction_under_a_small_budget_keeps_the_output_right() {
+    let chat = Chat::open();
+    // Room for about two retained conversations beside one running.
+    let engine = start(&real_model(), EngineConfig { kv_cache_tokens: 512, ..EngineConfig::default() });
+    // No two share their first block: each can only hit its own cache.
+    let shops = ["Lyon", "Paris", "Nantes"];
+    let prompts: Vec<Vec<u32>> =
+        shops.iter().map(|shop| chat.prompt_with_system(&format!("{shop}. {SYSTEM}"), &["Who owns the shop?"])).collect();
+    let mut firsts = Vec::new();
+    for prompt in &prompts {
+        firsts.push(greedy(&engine, prompt));
+        wait_idle(&engine);
+        let usage = engine.stats().kv_cache_usage;
+        assert!(usage <= 1.0, "the budget holds: {usage}");
+    }
+    // Three retained caches do not fit in 512 positions: the least recently used (the first)
+    // went, the last is still there.
+    let first_again = greedy(&engine, &prompts[0]);
+    let last_again = greedy(&engine, &prompts[2]);
+    assert!(last_again.usage.cached_prompt_tokens > 0);
+    assert_eq!(first_again.usage.cached_prompt_tokens, 0, "the oldest cache was evicted");
+    assert_eq!(first_again.ids, firsts[0].ids);
+    assert_eq!(last_again.ids, firsts[2].ids);
+    wait_idle(&engine);
+    let stats = engine.stats();
+    assert!(stats.kv_cache_usage <= 1.0 && stats.prefix_cache_usage > 0.0, "{stats:?}");
+}
+
+#[test]
+fn concurrent_sequences_share_a_cached_prefix_by_copy() {
+    let chat = Chat::open();
+    let engine = start(&real_model(), EngineConfig { max_prefill_tokens: 48, ..EngineConfig::default() });
+    let fresh = start(&real_model(), EngineConfig { prefix_cache: false, ..EngineConfig::default() });
+    greedy(&engine, &chat.prompt(&["Hello!"]));
+    let questions = ["Do you sell rye bread?", "Who owns the shop?", "Can I pay by card?", "What is a brioche?"];
+    let prompts: Vec<Vec<u32>> = questions.iter().map(|q| chat.prompt(&[q])).collect();
+    // All at once: each copies the system prompt's blocks and writes its own question after
+    // them; none may see another's keys and values.
+    let streams: Vec<EventStream> =
+        prompts.iter().map(|p| engine.submit(GenerateRequest::greedy(p.clone(), 24)).expect("submit")).collect();
+    let outs: Vec<Outcome> = streams.into_iter().map(collect).collect();
+    for (out, prompt) in outs.iter().zip(&prompts) {
+        assert!(out.usage.cached_prompt_tokens >= 2 * BLOCK, "{}", out.usage.cached_prompt_tokens);
+        let reference = greedy(&fresh, prompt);
+        assert_eq!(out.ids, reference.ids, "{:?} vs {:?}", out.text, reference.text);
+    }
+    wait_idle(&engine);
+}
+
+/// Prints time to first token of a second request sharing a ~300-token prefix, with and
+/// without the prefix cache: `cargo test ... --test engine -- --ignored --nocapture ttft`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn ttft_with_and_without_the_prefix_cache() {
+    let chat = Chat::open();
+    let long_system = format!("{SYSTEM} {SYSTEM}");
+    for prefix_cache in [false, true] {
+        let engine = start(&real_model(), EngineConfig { prefix_cache, ..EngineConfig::default() });
+        let render = |q: &str| {
+            let messages = [ChatMessage::new("system", long_system.as_str()), ChatMessage::new("user", q)];
+            let text = chat.info.chat_template.as_ref().expect("template").render(&messages, true).expect("render");
+            chat.info.tokenizer.encode_prompt(&text).expect("encode")
+        };
+        greedy(&engine, &render("When do you open?"));
+        let second = render("Who owns the shop?");
+        let mut samples = Vec::new();
+        for _ in 0..3 {
+            let started = Instant::now();
+            let mut stream = engine.submit(GenerateRequest::greedy(second.clone(), 1)).expect("submit");
+            assert!(matches!(stream.blocking_recv(), Some(GenerationEvent::Token { .. })));
+            samples.push(started.elapsed());
+            let cached = match stream.blocking_recv() {
+                Some(GenerationEvent::Finished { usage, .. }) => usage.cached_prompt_tokens,
+                other => panic!("expected the end, got {other:?}"),
+            };
+            println!("prefix_cache={prefix_cache} prompt={} cached={cached} ttft={:?}", second.len(), started.elapsed());
+            wait_idle(&engine);
+        }
+        samples.sort();
+        println!("prefix_cache={prefix_cache}: median TTFT {:?}", samples[1]);
+    }
 }
