@@ -1,8 +1,6 @@
 """Fixtures shared by the Python suites: one `stellarchat serve --port 0` on the default model
 for the whole session (binary: $STELLARCHAT_BIN, else $CARGO_TARGET_DIR or target/,
 debug/stellarchat), its base URL, and an OpenAI client for it.
-
-A module that defines its own `server` / `client` fixtures (test_openai_sdk.py) uses those.
 """
 
 import os

@@ -1,85 +1,24 @@
 """The official `openai` Python SDK against the real stellarchat server.
 
-Run: `.venv/bin/python -m pytest tests/python -q` (the justfile creates `.venv` and installs
-`openai` and `pytest`). The fixture starts `stellarchat serve --port 0` on the default model
-(binary: $STELLARCHAT_BIN, else $CARGO_TARGET_DIR or target/, debug/stellarchat) and reads its address from stdout.
+Run: `just test-python` (the justfile creates `.venv` and installs `openai` and `pytest`). The
+server and client fixtures are conftest.py's: one `stellarchat serve --port 0` on the default
+model for the whole session.
 """
 
 import asyncio
 import json
-import os
-import pathlib
-import signal
-import subprocess
-import threading
-import time
-import urllib.request
 
 import openai
 import pytest
+from conftest import API_KEY, MODEL, ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-MODEL_FILE = ROOT / "weights" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL = "SmolLM2-135M-Instruct.Q4_1"
-API_KEY = "sk-python-tests"
-GOLDEN = ROOT.parent / "shared" / "golden" / "smollm2-135m-instruct-q4_1.json"
+# The golden data, copied byte-identical into the repository (tests/golden/README.md).
+GOLDEN = ROOT / "tests" / "golden" / "smollm2-135m-instruct-q4_1.json"
 
 
 def golden_capital():
     data = json.loads(GOLDEN.read_text())
     return next(c for c in data["chats"] if c["name"] == "capital")
-
-
-@pytest.fixture(scope="session")
-def server():
-    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
-    if not target.is_absolute():
-        target = ROOT / target
-    binary = os.environ.get("STELLARCHAT_BIN") or str(target / "debug" / "stellarchat")
-    assert pathlib.Path(binary).exists(), f"{binary} is missing: cargo build -p stellarchat"
-    assert MODEL_FILE.exists(), f"{MODEL_FILE} is missing: just weights"
-    proc = subprocess.Popen(
-        [binary, "serve", "--host", "127.0.0.1", "--port", "0", "--model", str(MODEL_FILE), "--api-key", API_KEY],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    # Drain stderr so the server never blocks on a full pipe.
-    log = []
-    threading.Thread(target=lambda: [log.append(line) for line in proc.stderr], daemon=True).start()
-    base = None
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("listening on http://"):
-            base = line.strip()[len("listening on "):]
-            break
-    assert base, "the server did not start:\n" + "".join(log)
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(base + "/ready") as r:
-                if r.status == 200:
-                    break
-        except Exception:
-            time.sleep(0.2)
-    else:
-        pytest.fail("the server did not become ready:\n" + "".join(log))
-    yield base
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-@pytest.fixture
-def client(server):
-    return openai.OpenAI(base_url=server + "/v1", api_key=API_KEY, max_retries=0)
 
 
 @pytest.fixture
