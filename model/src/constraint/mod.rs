@@ -27,6 +27,7 @@ use crate::error::{ModelError, Result};
 use crate::tokenizer::Tokenizer;
 
 pub(crate) use state::{Committed, ConstraintState};
+pub(crate) use token_env::{VocabEncoding, token_bytes};
 
 /// What a constrained sequence must produce.
 #[derive(Debug, Clone, PartialEq)]

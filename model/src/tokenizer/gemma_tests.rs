@@ -12,7 +12,7 @@ use crate::gguf::GgufFile;
 const WEIGHTS: &str = "gemma-3-270m-q4_k_m.gguf";
 const GOLDEN: &str = "gemma-3-270m-q4_k_m.json";
 
-fn golden() -> &'static serde_json::Value {
+pub(super) fn golden() -> &'static serde_json::Value {
     static GOLDEN_DATA: OnceLock<serde_json::Value> = OnceLock::new();
     GOLDEN_DATA.get_or_init(|| {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(GOLDEN);
@@ -22,7 +22,7 @@ fn golden() -> &'static serde_json::Value {
 
 /// Gemma's tokenizer and how long `Tokenizer::from_gguf` took. A missing file fails the
 /// test: `just test` fetches it, and a skipped golden test would hide a regression.
-fn gemma() -> &'static (Tokenizer, Duration) {
+pub(super) fn gemma() -> &'static (Tokenizer, Duration) {
     static MODEL: OnceLock<(Tokenizer, Duration)> = OnceLock::new();
     MODEL.get_or_init(|| {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../weights").join(WEIGHTS);

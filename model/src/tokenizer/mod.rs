@@ -11,15 +11,20 @@ mod gemma_tests;
 mod gguf_vocab;
 mod hf_json;
 mod incremental;
+mod rendered;
+#[cfg(test)]
+mod rendered_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 
 use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub use incremental::IncrementalDecoder;
+use rendered::SpecialTexts;
+pub use rendered::{PartKind, RenderedPrompt};
 
 use crate::error::{ModelError, Result};
 use crate::gguf::Metadata;
@@ -49,10 +54,14 @@ struct Inner {
     /// Raw token texts by id (byte-level or `▁` form, as stored in the vocabulary).
     tokens: Vec<String>,
     special: HashSet<u32>,
+    /// The special tokens' texts, for finding them in a chat template's own text.
+    special_texts: SpecialTexts,
     bos: Option<u32>,
     eos: Option<u32>,
     add_bos: bool,
     stop_ids: Vec<u32>,
+    /// How token texts write bytes, found on first use of [`Tokenizer::token_bytes`].
+    encoding: OnceLock<crate::constraint::VocabEncoding>,
 }
 
 /// The ids and flags a source (GGUF or `tokenizer.json`) supplies next to the tokenizer.
@@ -130,8 +139,10 @@ impl Tokenizer {
         let mut plain = tokenizer.clone();
         plain.set_encode_special_tokens(true);
 
-        let special: HashSet<u32> =
-            tokenizer.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id).collect();
+        let added = tokenizer.get_added_tokens_decoder();
+        let special: HashSet<u32> = added.iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
+        let special_texts =
+            SpecialTexts::new(added.into_iter().filter(|(_, t)| t.special).map(|(id, t)| (t.content, id)));
         let by_text = tokens
             .iter()
             .zip(0u32..)
@@ -150,10 +161,12 @@ impl Tokenizer {
             plain,
             tokens,
             special,
+            special_texts,
             bos: specials.bos,
             eos: specials.eos,
             add_bos: specials.add_bos,
             stop_ids,
+            encoding: OnceLock::new(),
         };
         Tokenizer { inner: Arc::new(inner) }
     }
@@ -171,13 +184,17 @@ impl Tokenizer {
     /// Token ids of a rendered prompt: special tokens parsed, and BOS prepended when the
     /// model wants one and the prompt does not already start with it.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids = self.encode(text, true)?;
+        Ok(self.with_bos(self.encode(text, true)?))
+    }
+
+    /// `ids` with BOS first when the model wants one and they do not already start with it.
+    fn with_bos(&self, mut ids: Vec<u32>) -> Vec<u32> {
         if let (true, Some(bos)) = (self.inner.add_bos, self.inner.bos)
             && ids.first() != Some(&bos)
         {
             ids.insert(0, bos);
         }
-        Ok(ids)
+        ids
     }
 
     /// The text of `ids`. With `skip_special`, control tokens (BOS, `<|im_end|>`, …) are left
@@ -226,6 +243,19 @@ impl Tokenizer {
     /// The raw vocabulary text of a token (byte-level BPE pieces look like `Ġworld`).
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.inner.tokens.get(id as usize).map(String::as_str).filter(|t| !t.is_empty())
+    }
+
+    /// The exact bytes token `id` adds to a text (a multi-byte character split across
+    /// tokens gives each token its own bytes of it); for a special token, its text. Empty for
+    /// an id outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let encoding = *self.inner.encoding.get_or_init(|| crate::constraint::VocabEncoding::detect(self));
+        let mut bytes = crate::constraint::token_bytes(self, encoding, id);
+        if self.is_special(id) && !bytes.is_empty() {
+            // The constraint module's marker byte before a special token's text.
+            bytes.remove(0);
+        }
+        bytes
     }
 
     /// The id of a token given its raw vocabulary text.
