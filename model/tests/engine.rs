@@ -342,7 +342,7 @@ fn concurrent_sequences_share_a_cached_prefix_by_copy() {
 #[ignore = "a measurement, not a check"]
 fn ttft_with_and_without_the_prefix_cache() {
     let chat = Chat::open();
-    let long_system = format!("{SYSTEM} {SYSTEM}");
+    let long_system = format!("{SYSTEM} {SYSTEM} Keep every answer polite.");
     for prefix_cache in [false, true] {
         let engine = start(&real_model(), EngineConfig { prefix_cache, ..EngineConfig::default() });
         let render = |q: &str| {
@@ -351,18 +351,19 @@ fn ttft_with_and_without_the_prefix_cache() {
             chat.info.tokenizer.encode_prompt(&text).expect("encode")
         };
         greedy(&engine, &render("When do you open?"));
-        let second = render("Who owns the shop?");
         let mut samples = Vec::new();
-        for _ in 0..3 {
+        // Each a new question after the same system prompt: a second request sharing a prefix.
+        for question in ["Who owns the shop?", "Can I pay by card?", "Do you sell rye bread?"] {
+            let prompt = render(question);
             let started = Instant::now();
-            let mut stream = engine.submit(GenerateRequest::greedy(second.clone(), 1)).expect("submit");
+            let mut stream = engine.submit(GenerateRequest::greedy(prompt.clone(), 1)).expect("submit");
             assert!(matches!(stream.blocking_recv(), Some(GenerationEvent::Token { .. })));
             samples.push(started.elapsed());
             let cached = match stream.blocking_recv() {
                 Some(GenerationEvent::Finished { usage, .. }) => usage.cached_prompt_tokens,
                 other => panic!("expected the end, got {other:?}"),
             };
-            println!("prefix_cache={prefix_cache} prompt={} cached={cached} ttft={:?}", second.len(), started.elapsed());
+            println!("prefix_cache={prefix_cache} prompt={} cached={cached} ttft={:?}", prompt.len(), samples.last().unwrap());
             wait_idle(&engine);
         }
         samples.sort();
