@@ -21,7 +21,12 @@ fn repo_root() -> PathBuf {
 
 fn start(model: &str, config: EngineConfig) -> EngineHandle {
     let loader = ModelLoader::open(model).expect("open model");
-    let engine = Engine::spawn(loader, LoadOptions { device: DeviceSpec::Flex, ..Default::default() }, config, Box::new(|_, _| {}));
+    let engine = Engine::spawn(
+        loader,
+        LoadOptions { device: DeviceSpec::Flex, ..Default::default() },
+        config,
+        Box::new(|_, _| {}),
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     while !engine.is_ready() {
         assert!(engine.load_error().is_none(), "load failed: {:?}", engine.load_error());
@@ -83,7 +88,8 @@ fn wait_idle(engine: &EngineHandle) {
 fn golden_chats() -> Vec<(String, Vec<u32>, Vec<u32>)> {
     let path = repo_root().join("tests/golden/smollm2-135m-instruct-q4_1.json");
     let golden: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("golden")).expect("json");
-    let ids = |v: &Value| v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect::<Vec<_>>();
+    let ids =
+        |v: &Value| v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect::<Vec<_>>();
     golden["chats"]
         .as_array()
         .expect("chats")
@@ -106,7 +112,9 @@ fn concurrent_greedy_requests_equal_the_reference_alone_and_batched() {
     let streams: Vec<_> = chats
         .iter()
         .chain(chats.iter())
-        .map(|(_, prompt, expected)| engine.submit(GenerateRequest::greedy(prompt.clone(), expected.len())).expect("submit"))
+        .map(|(_, prompt, expected)| {
+            engine.submit(GenerateRequest::greedy(prompt.clone(), expected.len())).expect("submit")
+        })
         .collect();
     for (stream, (name, _, expected)) in streams.into_iter().zip(chats.iter().chain(chats.iter())) {
         let out = collect(stream);
@@ -206,7 +214,12 @@ fn a_long_prompt_is_prefilled_in_chunks_while_streams_keep_flowing() {
     let prefill_steps = prompt.len().div_ceil(chunk) as u64;
     for out in [&a, &b] {
         // Every step while the long prompt was prefilled also produced a token for each stream.
-        let during: Vec<u64> = out.steps.iter().copied().filter(|&s| s + prefill_steps >= first_long_step && s <= first_long_step).collect();
+        let during: Vec<u64> = out
+            .steps
+            .iter()
+            .copied()
+            .filter(|&s| s + prefill_steps >= first_long_step && s <= first_long_step)
+            .collect();
         assert!(during.len() as u64 >= prefill_steps, "streams stalled: {during:?}");
         assert!(during.windows(2).all(|w| w[1] == w[0] + 1), "a stream skipped a step: {during:?}");
     }
@@ -293,8 +306,10 @@ fn eviction_under_a_small_budget_keeps_the_output_right() {
     let engine = start(&real_model(), EngineConfig { kv_cache_tokens: 512, ..EngineConfig::default() });
     // No two share their first block: each can only hit its own cache.
     let shops = ["Lyon", "Paris", "Nantes"];
-    let prompts: Vec<Vec<u32>> =
-        shops.iter().map(|shop| chat.prompt_with_system(&format!("{shop}. {SYSTEM}"), &["Who owns the shop?"])).collect();
+    let prompts: Vec<Vec<u32>> = shops
+        .iter()
+        .map(|shop| chat.prompt_with_system(&format!("{shop}. {SYSTEM}"), &["Who owns the shop?"]))
+        .collect();
     let mut firsts = Vec::new();
     for prompt in &prompts {
         firsts.push(greedy(&engine, prompt));
@@ -363,7 +378,11 @@ fn ttft_with_and_without_the_prefix_cache() {
                 Some(GenerationEvent::Finished { usage, .. }) => usage.cached_prompt_tokens,
                 other => panic!("expected the end, got {other:?}"),
             };
-            println!("prefix_cache={prefix_cache} prompt={} cached={cached} ttft={:?}", prompt.len(), samples.last().unwrap());
+            println!(
+                "prefix_cache={prefix_cache} prompt={} cached={cached} ttft={:?}",
+                prompt.len(),
+                samples.last().unwrap()
+            );
             wait_idle(&engine);
         }
         samples.sort();

@@ -156,7 +156,12 @@ impl<T> PrefixCache<T> {
 
     /// Removes the least recently used entry other than `keep` and returns its payload.
     pub fn evict_lru(&mut self, keep: Option<EntryId>) -> Option<T> {
-        let victim = self.entries.iter().filter(|(id, _)| Some(**id) != keep).min_by_key(|(_, e)| e.last_used).map(|(id, _)| *id)?;
+        let victim = self
+            .entries
+            .iter()
+            .filter(|(id, _)| Some(**id) != keep)
+            .min_by_key(|(_, e)| e.last_used)
+            .map(|(id, _)| *id)?;
         self.remove(victim)
     }
 
