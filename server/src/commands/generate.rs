@@ -111,7 +111,8 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
             let messages: Vec<ChatMessage> =
                 serde_json::from_str(&raw).map_err(|source| GenerateError::Messages { path: path.clone(), source })?;
             let template = info.chat_template.as_ref().ok_or(GenerateError::NoTemplate)?;
-            info.tokenizer.encode_prompt(&template.render(&messages, true)?)?
+            // Message content is text: only the template's own text yields control tokens.
+            info.tokenizer.encode_rendered(&template.render_parts(&messages, None, true)?)?
         }
         (None, None) => unreachable!("clap requires --prompt or --messages"),
     };

@@ -35,6 +35,12 @@ pub struct ServeArgs {
     #[arg(long, env = "STELLARCHAT_CHAT_TEMPLATE", value_name = "FILE")]
     pub chat_template: Option<PathBuf>,
 
+    /// Let special-token text in chat message content (and tool calls, results, definitions)
+    /// become control tokens, as before this flag existed. Off: only the chat template's own
+    /// text yields control tokens, so a message cannot forge a turn.
+    #[arg(long, env = "STELLARCHAT_PARSE_SPECIAL_IN_CONTENT")]
+    pub parse_special_in_content: bool,
+
     /// The model id clients send and `/v1/models` lists (default: the file stem).
     #[arg(long, env = "STELLARCHAT_SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,

@@ -29,12 +29,16 @@ pub struct PlannedPrompt {
     pub max_tokens: usize,
 }
 
-/// A generated token with its logprob and alternatives, as text.
+/// A generated token with its logprob and alternatives, as text and as the token's exact
+/// bytes (a character split across tokens has part of its UTF-8 in each).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogprobToken {
     pub token: String,
+    pub bytes: Vec<u8>,
     pub logprob: f32,
     pub top: Vec<(String, f32)>,
+    /// The bytes of each of `top`, in the same order.
+    pub top_bytes: Vec<Vec<u8>>,
 }
 
 /// What the formatters consume, in order per choice: `Delta`s, then one `Finish`; after all
@@ -69,6 +73,10 @@ pub struct Generation {
     finished: bool,
     /// Tokens received so far over all choices (for usage after a cancel).
     tokens_seen: usize,
+    /// Per choice: tokens received, and whether its finish (which counts them in the
+    /// metrics) arrived; the rest are counted when the generation is dropped (a cancel).
+    choice_tokens: Vec<usize>,
+    choice_finished: Vec<bool>,
     _active: ActiveGuard,
 }
 
@@ -147,6 +155,8 @@ impl Generation {
             state: state.clone(),
             finished: false,
             tokens_seen: 0,
+            choice_tokens: vec![0; choices],
+            choice_finished: vec![false; choices],
         })
     }
 
@@ -200,6 +210,7 @@ impl Generation {
         match event {
             GenerationEvent::Token { id, text, logprob, .. } => {
                 self.tokens_seen += 1;
+                self.choice_tokens[index] += 1;
                 let now = Instant::now();
                 if let Some(last) = self.last_token_at[index].replace(now) {
                     self.state.metrics.inter_token_latency_seconds.observe(now.duration_since(last).as_secs_f64());
@@ -223,6 +234,7 @@ impl Generation {
                     self.queue.push_back(DriverEvent::Delta { index, text, logprobs });
                 }
                 self.queue.push_back(DriverEvent::Finish { index, reason });
+                self.choice_finished[index] = true;
                 self.usage.add_completion(usage.completion_tokens);
                 if self.first_of_prompt[index]
                     && let Some(details) = self.usage.prompt_tokens_details.as_mut()
@@ -248,8 +260,10 @@ impl Generation {
     fn logprob_token(&self, id: u32, lp: &TokenLogprob) -> LogprobToken {
         LogprobToken {
             token: self.token_string(id),
+            bytes: self.tokenizer.token_bytes(id),
             logprob: lp.logprob,
             top: lp.top.iter().map(|&(t, l)| (self.token_string(t), l)).collect(),
+            top_bytes: lp.top.iter().map(|&(t, _)| self.tokenizer.token_bytes(t)).collect(),
         }
     }
 
@@ -298,6 +312,16 @@ impl Generation {
             }
         }
         Err(ApiError::Internal("generation ended without a result".into()))
+    }
+}
+
+impl Drop for Generation {
+    /// A cancelled (or failed) generation's tokens count as generated too: finished choices
+    /// were counted with their finish, the others are counted now.
+    fn drop(&mut self) {
+        let unfinished: usize =
+            self.choice_tokens.iter().zip(&self.choice_finished).filter(|(_, done)| !**done).map(|(n, _)| n).sum();
+        self.state.metrics.generation_tokens_total.inc_by(unfinished as u64);
     }
 }
 

@@ -112,6 +112,7 @@ pub fn build_state(
         api_keys,
         metrics: metrics::Metrics::new()?,
         log_content: args.log_content,
+        parse_special_in_content: args.parse_special_in_content,
         max_body_bytes: args.max_body_bytes,
         sse_keepalive: Duration::from_secs(args.sse_keepalive.max(1)),
         started: protocol::unix_now(),

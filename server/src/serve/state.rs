@@ -25,6 +25,8 @@ pub struct AppState {
     pub api_keys: Vec<String>,
     pub metrics: Metrics,
     pub log_content: bool,
+    /// `--parse-special-in-content`: chat content may spell control tokens (see `prompt`).
+    pub parse_special_in_content: bool,
     pub max_body_bytes: usize,
     pub sse_keepalive: Duration,
     /// Unix seconds at start-up, for `created` in `/v1/models`.

@@ -47,8 +47,14 @@ pub fn prepare_chat(
     if plan.keep_special_tokens {
         valid.spec.skip_special_tokens = false;
     }
-    let (text, prompt) =
-        plan_chat_with_tools(&state.model, &state.limits, &valid.messages, valid.tools.as_ref(), &valid.spec)?;
+    let (text, prompt) = plan_chat_with_tools(
+        &state.model,
+        &state.limits,
+        &valid.messages,
+        valid.tools.as_ref(),
+        &valid.spec,
+        state.parse_special_in_content,
+    )?;
     Ok((text, prompt, plan))
 }
 
@@ -155,14 +161,15 @@ pub fn chat_logprobs(tokens: &[LogprobToken]) -> ChatLogprobs {
             .map(|t| ChatTokenLogprob {
                 token: t.token.clone(),
                 logprob: t.logprob,
-                bytes: Some(t.token.as_bytes().to_vec()),
+                bytes: Some(t.bytes.clone()),
                 top_logprobs: t
                     .top
                     .iter()
-                    .map(|(token, logprob)| TopLogprob {
+                    .zip(&t.top_bytes)
+                    .map(|((token, logprob), bytes)| TopLogprob {
                         token: token.clone(),
                         logprob: *logprob,
-                        bytes: Some(token.as_bytes().to_vec()),
+                        bytes: Some(bytes.clone()),
                     })
                     .collect(),
             })

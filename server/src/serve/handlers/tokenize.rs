@@ -5,7 +5,7 @@ use salvo::prelude::*;
 
 use super::read_body;
 use crate::serve::error::ApiError;
-use crate::serve::prompt::render_chat;
+use crate::serve::prompt::{encode_chat, render_chat_parts};
 use crate::serve::protocol::{DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse};
 use crate::serve::state::AppState;
 use crate::serve::validate::{parse_json, validate_messages};
@@ -17,7 +17,9 @@ fn check_model(state: &AppState, model: &Option<String>) -> Result<(), ApiError>
     }
 }
 
-/// Tokenizes `prompt`, or `messages` rendered with the chat template.
+/// Tokenizes `prompt` (special-token text parsed, as for `/v1/completions`), or `messages`
+/// rendered with the chat template and tokenized as a chat request would be: only the
+/// template's own text yields control tokens (unless `--parse-special-in-content`).
 #[endpoint(tags("tokenize"), request_body = TokenizeRequest, responses((status_code = 200, body = TokenizeResponse)))]
 pub async fn tokenize(req: &mut Request, depot: &mut Depot) -> Result<Json<TokenizeResponse>, ApiError> {
     let state = AppState::from_depot(depot)?;
@@ -38,8 +40,10 @@ pub async fn tokenize(req: &mut Request, depot: &mut Depot) -> Result<Json<Token
         }
         (None, Some(messages)) => {
             let messages = validate_messages(messages)?;
-            let text = render_chat(&state.model, &messages, request.add_generation_prompt.unwrap_or(true))?;
-            tokenizer.encode_prompt(&text)?
+            // The ids a chat request with these messages gets (content is text).
+            let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
+            let prompt = render_chat_parts(&state.model, &messages, None, add_generation_prompt)?;
+            encode_chat(&state.model, &prompt, state.parse_special_in_content)?
         }
         (None, None) => return Err(ApiError::invalid("prompt", "Missing required parameter: 'prompt' or 'messages'.")),
     };

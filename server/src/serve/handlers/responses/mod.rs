@@ -21,7 +21,7 @@ use super::read_body;
 use crate::serve::error::ApiError;
 use crate::serve::generate::{Generation, PlannedPrompt};
 use crate::serve::middleware::RequestLog;
-use crate::serve::prompt::{encode_prompt, render_chat_with_tools};
+use crate::serve::prompt::{encode_chat, render_chat_parts};
 use crate::serve::protocol::{ResponseDeleted, ResponseObject, ResponsesRequest, unix_now};
 use crate::serve::responses_store::Owner;
 use crate::serve::sse;
@@ -179,13 +179,13 @@ fn plan_prompt(
     conversation: &[ConversationItem],
 ) -> Result<(String, PlannedPrompt), ApiError> {
     let messages = chat_messages(valid.instructions.as_deref(), conversation);
-    let text = render_chat_with_tools(&state.model, &messages, valid.tools.as_ref(), true).map_err(|e| match e {
+    let prompt = render_chat_parts(&state.model, &messages, valid.tools.as_ref(), true).map_err(|e| match e {
         ApiError::InvalidRequest { message, .. } => ApiError::invalid("input", message),
         other => other,
     })?;
-    let ids = encode_prompt(&state.model, &text)?;
+    let ids = encode_chat(&state.model, &prompt, state.parse_special_in_content)?;
     let max_tokens = resolve_max_tokens(ids.len(), valid.spec.max_tokens, &state.limits, "input")?;
-    Ok((text, PlannedPrompt { ids, max_tokens }))
+    Ok((prompt.text(), PlannedPrompt { ids, max_tokens }))
 }
 
 #[cfg(test)]
