@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use stellarchat_model::ModelError;
 use stellarchat_model::chat_template::ChatMessage;
-use stellarchat_model::device::DeviceSpec;
+use stellarchat_model::device::{DeviceSpec, Precision};
 use stellarchat_model::engine::{
     Engine, EngineConfig, EngineHandle, EventStream, FinishReason, GenerateRequest, GenerationEvent, Usage,
 };
@@ -297,6 +297,27 @@ fn a_prefix_cache_hit_gives_the_output_of_a_full_prefill() {
     assert!(cached.stats().prefix_cache_usage > 0.0, "finished caches are retained");
     wait_idle(&fresh);
     assert_eq!(fresh.stats().kv_cache_usage, 0.0, "nothing is retained with the prefix cache off");
+}
+
+/// At f16 the cache is device tensors (the path GPUs take): a hit copies them by slice.
+#[test]
+fn a_prefix_cache_hit_on_device_tensors_gives_the_output_of_a_full_prefill() {
+    let chat = Chat::open();
+    let loader = ModelLoader::open(&real_model()).expect("open model");
+    let options = LoadOptions { device: DeviceSpec::Flex, precision: Precision::F16, ..Default::default() };
+    let engine = Engine::spawn(loader, options, EngineConfig::default(), Box::new(|_, _| {}));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !engine.is_ready() {
+        assert!(engine.load_error().is_none(), "load failed: {:?}", engine.load_error());
+        assert!(Instant::now() < deadline, "model did not load");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let prompt = chat.prompt(&["When do you open?"]);
+    let full = greedy(&engine, &prompt);
+    let hit = greedy(&engine, &prompt);
+    assert_eq!(hit.usage.cached_prompt_tokens, (prompt.len() - 1) / BLOCK * BLOCK);
+    assert_eq!(hit.ids, full.ids, "{:?} vs {:?}", hit.text, full.text);
+    wait_idle(&engine);
 }
 
 #[test]
