@@ -215,6 +215,14 @@ mod tests {
     }
 
     #[test]
+    fn prefix_cache_is_on_unless_turned_off() {
+        let on = |argv: &[&str]| Cli::try_parse_from(argv).expect("parse").serve.engine_config().prefix_cache;
+        assert!(on(&["stellarchat"]));
+        assert!(!on(&["stellarchat", "--no-prefix-cache"]));
+        assert!(on(&["stellarchat", "--no-prefix-cache", "--prefix-cache"]), "the last flag wins");
+    }
+
+    #[test]
     fn responses_store_size_defaults_to_1024() {
         let cli = Cli::try_parse_from(["stellarchat"]).expect("defaults parse");
         assert_eq!(cli.serve.responses_store_size, 1024);
