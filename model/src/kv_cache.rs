@@ -105,11 +105,11 @@ impl SequenceCache {
                 for i in 0..num_layers {
                     let mut k = Tensor::<4>::zeros(shape, (&self.device, self.dtype.into()));
                     let mut v = Tensor::<4>::zeros(shape, (&self.device, self.dtype.into()));
-                    if len > 0 {
-                        if let Some(old) = layers.get(i) {
-                            k = k.slice_assign(live.clone(), old.k.clone().slice(live.clone()));
-                            v = v.slice_assign(live.clone(), old.v.clone().slice(live.clone()));
-                        }
+                    if len > 0
+                        && let Some(old) = layers.get(i)
+                    {
+                        k = k.slice_assign(live.clone(), old.k.clone().slice(live.clone()));
+                        v = v.slice_assign(live.clone(), old.v.clone().slice(live.clone()));
                     }
                     grown.push(LayerKv { k, v });
                 }

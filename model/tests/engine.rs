@@ -283,7 +283,7 @@ fn a_prefix_cache_hit_gives_the_output_of_a_full_prefill() {
     let second = chat.prompt(&["When do you open?", &turn1.text, "And on Mondays?"]);
     let turn2 = greedy(&cached, &second);
     let hit = turn2.usage.cached_prompt_tokens;
-    assert!(hit >= first.len() / BLOCK * BLOCK && hit % BLOCK == 0 && hit < second.len(), "{hit} of {}", second.len());
+    assert!(hit >= first.len() / BLOCK * BLOCK && hit.is_multiple_of(BLOCK) && hit < second.len(), "{hit} of {}", second.len());
     let reference = greedy(&fresh, &second);
     assert_eq!(reference.usage.cached_prompt_tokens, 0, "the prefix cache is off");
     assert_eq!(turn2.ids, reference.ids, "{:?} vs {:?}", turn2.text, reference.text);

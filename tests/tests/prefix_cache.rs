@@ -49,7 +49,7 @@ async fn a_shared_prefix_is_reported_as_cached_tokens_and_counted() {
     assert_eq!(cached1, 0, "nothing was cached yet");
     // Another question after the same system prompt: its whole blocks are reused.
     let (prompt2, cached2) = usage(&post(&server, routes::CHAT_COMPLETIONS, &chat("Who owns the shop?")).await);
-    assert!(cached2 >= 2 * BLOCK && cached2 % BLOCK == 0 && cached2 < prompt2, "{cached2} of {prompt2}");
+    assert!(cached2 >= 2 * BLOCK && cached2.is_multiple_of(BLOCK) && cached2 < prompt2, "{cached2} of {prompt2}");
 
     // Legacy completions of a prompt twice: the second reuses all its whole blocks but the last token's.
     let prompt = format!("{SYSTEM}\n\nQ: Is there rye bread today?\nA:");
@@ -70,7 +70,7 @@ async fn a_shared_prefix_is_reported_as_cached_tokens_and_counted() {
     let response = post(&server, routes::RESPONSES, &body).await;
     let cached5 = response["usage"]["input_tokens_details"]["cached_tokens"].as_u64().expect("cached tokens");
     let prompt5 = response["usage"]["input_tokens"].as_u64().unwrap();
-    assert!(cached5 >= 2 * BLOCK && cached5 % BLOCK == 0, "{response}");
+    assert!(cached5 >= 2 * BLOCK && cached5.is_multiple_of(BLOCK), "{response}");
 
     let (queries, hits) = counters(&server).await;
     assert_eq!(queries as u64, prompt1 + prompt2 + prompt3 + prompt4 + prompt5);
