@@ -13,6 +13,7 @@
 //! `function.arguments` as an object, not a JSON string), tool results carry `tool_call_id`
 //! and `name`. Keys a message does not have are absent, so templates' `is defined` tests work.
 
+/// [`ChatTemplate::render_parts`]: which parts of a rendering came from the request.
 mod content_parts;
 
 use std::path::Path;
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::gguf::Metadata;
-use crate::tokenizer::{RenderedPrompt, Tokenizer};
+use crate::tokenizer::Tokenizer;
 
 const TEMPLATE_NAME: &str = "chat_template";
 
@@ -158,21 +159,6 @@ impl ChatTemplate {
                 tools => tools.map(|t| Value::from(Serde(t))),
             })
             .map_err(template_error)
-    }
-
-    /// [`ChatTemplate::render_with_tools`], split into the template's own text and the text
-    /// that came from the request (see `content_parts`), for
-    /// [`Tokenizer::encode_rendered`]: content never becomes control tokens.
-    pub fn render_parts(
-        &self,
-        messages: &[ChatMessage],
-        tools: Option<&serde_json::Value>,
-        add_generation_prompt: bool,
-    ) -> Result<RenderedPrompt> {
-        let plain = self.render_with_tools(messages, tools, add_generation_prompt)?;
-        Ok(content_parts::split_rendered(messages, tools, plain, |messages, tools| {
-            self.render_with_tools(messages, tools, add_generation_prompt)
-        }))
     }
 }
 

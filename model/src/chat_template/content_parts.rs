@@ -21,8 +21,32 @@ use std::collections::HashSet;
 
 use serde_json::Value as Json;
 
-use super::{ChatMessage, write_json_string};
+use super::{ChatMessage, ChatTemplate, write_json_string};
+use crate::error::{ModelError, Result};
 use crate::tokenizer::{PartKind, RenderedPrompt};
+
+/// Most bytes the fallback may scan (request strings × prompt length), about a second's work;
+/// a request that needs more is refused.
+const SEARCH_BUDGET: usize = 1 << 30;
+
+impl ChatTemplate {
+    /// [`ChatTemplate::render_with_tools`], split into the template's own text and the text
+    /// that came from the request, for [`crate::tokenizer::Tokenizer::encode_rendered`]:
+    /// content never becomes control tokens. A request whose text cannot be told apart from
+    /// the template's (it uses every private-use character, or needs too long a search) is a
+    /// [`ModelError::ChatTemplate`].
+    pub fn render_parts(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&Json>,
+        add_generation_prompt: bool,
+    ) -> Result<RenderedPrompt> {
+        let plain = self.render_with_tools(messages, tools, add_generation_prompt)?;
+        split_rendered(messages, tools, plain, |messages, tools| {
+            self.render_with_tools(messages, tools, add_generation_prompt)
+        })
+    }
+}
 
 /// Stands on both sides of a marker; a side the template stripped loses it.
 const EDGE: char = '\u{2028}';
@@ -146,11 +170,15 @@ pub(super) fn split_rendered(
     messages: &[ChatMessage],
     tools: Option<&Json>,
     plain: String,
-    render: impl FnOnce(&[ChatMessage], Option<&Json>) -> crate::Result<String>,
-) -> RenderedPrompt {
+    render: impl FnOnce(&[ChatMessage], Option<&Json>) -> Result<String>,
+) -> Result<RenderedPrompt> {
     let request = serde_json::to_string(&(messages, tools)).unwrap_or_default();
     let Some(markers) = Markers::absent_from(&request) else {
-        return by_search(&plain, &request_strings(messages, tools));
+        return Err(ModelError::ChatTemplate(
+            "The request uses every private-use character (U+E000 to U+F8FF); the server needs two of them to \
+             tell message text from the chat template's own text."
+                .into(),
+        ));
     };
     let mut marking = Marking { markers, originals: Vec::new() };
     let marked_messages: Vec<ChatMessage> = messages.iter().map(|m| marking.message(m)).collect();
@@ -161,7 +189,7 @@ pub(super) fn split_rendered(
         .and_then(|marked| put_back(marked, markers, &marking.originals))
         .filter(|parts| parts.text() == plain);
     match parts {
-        Some(parts) => parts,
+        Some(parts) => Ok(parts),
         None => {
             tracing::warn!(
                 "the chat template transforms request text in a way its markers cannot follow: request text is \
@@ -169,7 +197,7 @@ pub(super) fn split_rendered(
             );
             // The marked rendering holds the template's own control tokens and none of the
             // request's (markers spell none).
-            by_search(&plain, &marking.originals).with_scaffolding(marked)
+            Ok(by_search(&plain, &marking.originals)?.with_scaffolding(marked))
         }
     }
 }
@@ -230,20 +258,9 @@ fn json_escaped(s: &str) -> String {
     out[1..out.len() - 1].to_string()
 }
 
-/// Every non-empty string of the request, for the fallback.
-fn request_strings(messages: &[ChatMessage], tools: Option<&Json>) -> Vec<String> {
-    // Marking with any delimiters collects exactly the strings; the markers are discarded.
-    let mut marking = Marking { markers: Markers { open: '\u{E000}', close: '\u{E001}' }, originals: Vec::new() };
-    messages.iter().for_each(|m| drop(marking.message(m)));
-    if let Some(tools) = tools {
-        marking.json(tools);
-    }
-    marking.originals
-}
-
 /// The safe fallback: every occurrence in `rendered` of a request string (as is, stripped,
 /// JSON-escaped) is content; the rest is template text.
-fn by_search(rendered: &str, originals: &[String]) -> RenderedPrompt {
+fn by_search(rendered: &str, originals: &[String]) -> Result<RenderedPrompt> {
     let mut needles: Vec<String> = originals
         .iter()
         .flat_map(|s| [s.clone(), s.trim().to_string(), json_escaped(s), json_escaped(s.trim())])
@@ -251,6 +268,13 @@ fn by_search(rendered: &str, originals: &[String]) -> RenderedPrompt {
         .collect();
     needles.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
     needles.dedup();
+    if needles.len().saturating_mul(rendered.len()) > SEARCH_BUDGET {
+        return Err(ModelError::ChatTemplate(
+            "The chat template transforms message text, and this request has too much of it to tell message text \
+             from the template's own text."
+                .into(),
+        ));
+    }
     let mut is_content = vec![false; rendered.len()];
     for needle in &needles {
         for (start, found) in rendered.match_indices(needle.as_str()) {
@@ -266,5 +290,5 @@ fn by_search(rendered: &str, originals: &[String]) -> RenderedPrompt {
             start = end;
         }
     }
-    prompt
+    Ok(prompt)
 }

@@ -217,3 +217,15 @@ fn token_bytes_of_a_split_character_concatenate_to_its_utf8() {
         assert!(tok.token_bytes(tok.vocab_size() as u32).is_empty());
     }
 }
+
+#[test]
+fn a_request_that_uses_every_private_use_character_is_refused() {
+    let template = ChatTemplate::new(crate::chat_template::CHATML_TEMPLATE, "", "").unwrap();
+    let all: String = ('\u{E000}'..='\u{F8FF}').collect();
+    let err = template.render_parts(&[ChatMessage::new("user", all.clone())], None, true).unwrap_err();
+    assert!(matches!(&err, ModelError::ChatTemplate(m) if m.contains("private-use")), "{err}");
+    // All but one pair is fine: the markers use the free ones.
+    let most: String = all.chars().skip(2).collect();
+    let parts = template.render_parts(&[ChatMessage::new("user", most)], None, true).unwrap();
+    assert!(!parts.found_by_search());
+}
