@@ -92,6 +92,23 @@ pub struct ServeArgs {
     #[arg(long, env = "STELLARCHAT_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Seconds a client may take to send a request body; slower ones get 408.
+    #[arg(long, env = "STELLARCHAT_BODY_TIMEOUT", default_value_t = 30)]
+    pub body_timeout: u64,
+
+    /// Put `/metrics` behind the API key, like `/v1/*` (off: `/metrics` is open).
+    #[arg(long, env = "STELLARCHAT_METRICS_API_KEY")]
+    pub metrics_api_key: bool,
+
+    /// Largest WebSocket message (and frame); larger ones close the socket with code 1009
+    /// (default: `--max-body-bytes`).
+    #[arg(long, env = "STELLARCHAT_WS_MAX_MESSAGE_BYTES")]
+    pub ws_max_message_bytes: Option<usize>,
+
+    /// Seconds a WebSocket may sit idle (no frames, nothing in flight) before it is closed.
+    #[arg(long, env = "STELLARCHAT_WS_IDLE_TIMEOUT", default_value_t = 300)]
+    pub ws_idle_timeout: u64,
+
     #[arg(long, env = "STELLARCHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
@@ -212,6 +229,10 @@ mod tests {
         assert!(!a.log_content);
         assert_eq!(a.log_format, LogFormat::Text);
         assert_eq!(a.chat_template, None);
+        assert_eq!(a.body_timeout, 30);
+        assert!(!a.metrics_api_key);
+        assert_eq!(a.ws_max_message_bytes, None);
+        assert_eq!(a.ws_idle_timeout, 300);
     }
 
     #[test]

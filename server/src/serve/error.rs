@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use salvo::http::header::{HeaderValue, RETRY_AFTER};
+use salvo::http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use salvo::http::{ResBody, StatusCode};
 use salvo::prelude::*;
 use stellarchat_model::ModelError;
@@ -47,6 +47,14 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("Incorrect API key provided")]
     InvalidApiKey,
+    /// A JSON route posted with a `Content-Type` other than `application/json` (or none):
+    /// refused so that a browser's CORS "simple request" (text/plain, form types) cannot
+    /// reach the API without a preflight.
+    #[error("Content-Type must be application/json, got {0:?}")]
+    UnsupportedMediaType(String),
+    /// The body did not arrive within `--body-timeout` (a slow or stalled client).
+    #[error("The request body did not arrive within {seconds} seconds")]
+    BodyTimeout { seconds: u64 },
     #[error("Request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("The server is overloaded: {0}")]
@@ -108,6 +116,8 @@ pub const ERROR_TABLE: &[ErrorClass] = &[
     class("not_ready", StatusCode::SERVICE_UNAVAILABLE, "service_unavailable_error", true, true, "Model loading"),
     class("shutting_down", StatusCode::SERVICE_UNAVAILABLE, "service_unavailable_error", true, false, "Server shutting down"),
     class("response_not_found", StatusCode::NOT_FOUND, INVALID, false, false, "Unknown stored response"),
+    class("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID, true, false, "Content-Type is not application/json"),
+    class("body_timeout", StatusCode::REQUEST_TIMEOUT, INVALID, true, false, "Request body too slow"),
 ];
 
 impl ApiError {
@@ -148,6 +158,8 @@ impl ApiError {
             ApiError::Internal(_) => "internal",
             ApiError::NotReady => "not_ready",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::BodyTimeout { .. } => "body_timeout",
         };
         // Every kind has its row: `every_variant_has_one_row` below checks the table.
         ERROR_TABLE.iter().find(|c| c.kind == kind).unwrap_or(&ERROR_TABLE[INTERNAL_ROW])
@@ -225,9 +237,7 @@ impl ApiError {
             tracing::error!(error = %detail, "internal error");
         }
         res.status_code(self.status());
-        if self.status() == StatusCode::TOO_MANY_REQUESTS {
-            res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-        }
+        add_status_headers(self.status(), res);
         res.render(Json(self.to_body()));
     }
 }
@@ -259,6 +269,17 @@ impl Writer for ApiError {
     }
 }
 
+/// Headers a status requires: `Retry-After` on 429, `WWW-Authenticate: Bearer` on 401
+/// (RFC 9110 requires the challenge on every 401).
+fn add_status_headers(status: StatusCode, res: &mut Response) {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        res.headers_mut().insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        res.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+}
+
 /// Depot key under which the error kind of a failed request is left for the access log.
 pub const ERROR_KIND_KEY: &str = "stellarchat.error_kind";
 
@@ -284,6 +305,7 @@ impl Handler for OpenAiCatcher {
         }
         // Keep the original status (e.g. 403 from a WebSocket origin check).
         res.status_code(status);
+        add_status_headers(status, res);
         res.render(Json(body));
         ctrl.skip_rest();
     }
@@ -331,6 +353,8 @@ mod table_tests {
             ApiError::NotReady,
             ApiError::ShuttingDown,
             ApiError::ResponseNotFound("resp_x".into()),
+            ApiError::UnsupportedMediaType("text/plain".into()),
+            ApiError::BodyTimeout { seconds: 1 },
         ]
     }
 

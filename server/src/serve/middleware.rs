@@ -1,5 +1,6 @@
 //! Middleware ("hoops"): the access log (which also assigns the request id, injects the
-//! shared state and records the HTTP metrics), API-key auth, and CORS.
+//! shared state and records the HTTP metrics), API-key auth, the JSON content-type check,
+//! the body read timeout, and CORS.
 //!
 //! One log line per request: for streams the [`RequestLog`] travels with the stream and
 //! is written when it ends (or the client goes away), so the line carries the real
@@ -7,7 +8,7 @@
 //! `--log-content`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use salvo::cors::{AllowHeaders, AllowMethods, AllowOrigin, Cors, CorsHandler, ExposeHeaders};
 use salvo::http::header::{AUTHORIZATION, HeaderName, HeaderValue};
@@ -183,7 +184,9 @@ fn bearer(req: &Request) -> Option<&[u8]> {
     scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
 }
 
-/// Guards `/v1/*`, `/tokenize`, `/detokenize`, `/v1/chat/ws`.
+/// Guards `/v1/*`, `/tokenize`, `/detokenize`, `/v1/chat/ws` (and `/metrics` with
+/// `--metrics-api-key`).
+#[derive(Clone)]
 pub struct ApiKeyAuth {
     pub keys: Arc<Vec<String>>,
 }
@@ -199,6 +202,77 @@ impl Handler for ApiKeyAuth {
             let error = ApiError::InvalidApiKey;
             depot.insert(ERROR_KIND_KEY, error.kind());
             error.render_into(res);
+            ctrl.skip_rest();
+        }
+    }
+}
+
+/// Whether a `Content-Type` value is JSON: `application/json`, any case, with or without
+/// parameters such as `; charset=utf-8`.
+pub fn is_json_content_type(value: Option<&HeaderValue>) -> bool {
+    let Some(Ok(value)) = value.map(HeaderValue::to_str) else { return false };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// Refuses a POST whose body is not declared JSON with 415 (a missing `Content-Type`
+/// too). Browsers send text/plain and form bodies cross-origin without a CORS preflight;
+/// demanding JSON makes every such request preflighted, so `--cors-origin` decides.
+pub struct RequireJson;
+
+#[async_trait]
+impl Handler for RequireJson {
+    async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+        if req.method() != Method::POST {
+            return;
+        }
+        let content_type = req.headers().get(salvo::http::header::CONTENT_TYPE);
+        if !is_json_content_type(content_type) {
+            let shown = content_type.and_then(|v| v.to_str().ok()).unwrap_or("none").chars().take(100).collect();
+            let error = ApiError::UnsupportedMediaType(shown);
+            depot.insert(ERROR_KIND_KEY, error.kind());
+            error.render_into(res);
+            ctrl.skip_rest();
+        }
+    }
+}
+
+/// Reads a POST body before the handler, within `--body-timeout` and `--max-body-bytes`:
+/// a client that trickles (or stalls) its body gets 408 instead of holding a worker and a
+/// connection forever. The body is cached in the request, so the handler's read is free.
+pub struct ReadBodyWithin {
+    pub timeout: Duration,
+    pub limit: usize,
+}
+
+#[async_trait]
+impl Handler for ReadBodyWithin {
+    async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+        if req.method() != Method::POST {
+            return;
+        }
+        let declared = req
+            .headers()
+            .get(salvo::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let outcome = if declared.is_some_and(|len| len > self.limit as u64) {
+            Err(ApiError::PayloadTooLarge { limit: self.limit })
+        } else {
+            match tokio::time::timeout(self.timeout, req.payload_with_max_size(self.limit)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(salvo::http::ParseError::PayloadTooLarge)) => Err(ApiError::PayloadTooLarge { limit: self.limit }),
+                Ok(Err(e)) => Err(ApiError::invalid_no_param(format!("Could not read the request body: {e}"))),
+                Err(_) => Err(ApiError::BodyTimeout { seconds: self.timeout.as_secs() }),
+            }
+        };
+        if let Err(error) = outcome {
+            depot.insert(ERROR_KIND_KEY, error.kind());
+            error.render_into(res);
+            if let ApiError::BodyTimeout { .. } = error {
+                // The rest of a stalled body will not be read: close rather than keep it alive.
+                res.headers_mut().insert(salvo::http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
             ctrl.skip_rest();
         }
     }
@@ -241,6 +315,20 @@ mod tests {
         assert!(!key_matches(b"sk-on", &keys));
         assert!(!key_matches(b"sk-one ", &keys));
         assert!(!key_matches(b"", &keys));
+    }
+
+    #[test]
+    fn only_json_content_types_pass() {
+        let ok = |v: &'static str| is_json_content_type(Some(&HeaderValue::from_static(v)));
+        assert!(ok("application/json"));
+        assert!(ok("application/json; charset=utf-8"));
+        assert!(ok("Application/JSON ;charset=UTF-8"));
+        assert!(!ok("text/plain"));
+        assert!(!ok("application/x-www-form-urlencoded"));
+        assert!(!ok("multipart/form-data; boundary=x"));
+        assert!(!ok("application/jsonx"));
+        assert!(!ok(""));
+        assert!(!is_json_content_type(None));
     }
 
     #[test]

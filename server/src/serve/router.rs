@@ -13,7 +13,7 @@ use salvo::prelude::*;
 
 use super::error::OpenAiCatcher;
 use super::handlers;
-use super::middleware::{AccessLog, ApiKeyAuth, cors};
+use super::middleware::{AccessLog, ApiKeyAuth, ReadBodyWithin, RequireJson, cors};
 use super::routes::*;
 use super::state::AppState;
 
@@ -24,12 +24,17 @@ fn path(p: &str) -> Router {
 /// The router with every route (without service-level middleware).
 pub fn router(state: &Arc<AppState>) -> Router {
     let auth = ApiKeyAuth { keys: Arc::new(state.api_keys.clone()) };
+    let metrics = path(METRICS).get(handlers::health::metrics);
+    let metrics = if state.metrics_api_key { metrics.hoop(auth.clone()) } else { metrics };
     let open = Router::new()
         .push(path(HEALTH).get(handlers::health::health))
         .push(path(READY).get(handlers::health::ready))
-        .push(path(METRICS).get(handlers::health::metrics));
+        .push(metrics);
+    // Auth first (a keyless client learns nothing else), then the body checks.
     let protected = Router::new()
         .hoop(auth)
+        .hoop(RequireJson)
+        .hoop(ReadBodyWithin { timeout: state.body_timeout, limit: state.max_body_bytes })
         .push(path(MODELS).get(handlers::models::list_models))
         .push(path(MODEL).get(handlers::models::get_model))
         .push(path(CHAT_COMPLETIONS).post(handlers::chat::chat_completions))

@@ -28,6 +28,16 @@ pub struct AppState {
     /// `--parse-special-in-content`: chat content may spell control tokens (see `prompt`).
     pub parse_special_in_content: bool,
     pub max_body_bytes: usize,
+    /// `--body-timeout`: how long a request body may take to arrive.
+    pub body_timeout: Duration,
+    /// `--metrics-api-key`: `/metrics` needs a key like `/v1/*`.
+    pub metrics_api_key: bool,
+    /// `--cors-origin`s: also the browser origins a WebSocket may come from.
+    pub cors_origins: Vec<String>,
+    /// `--ws-max-message-bytes`: larger WebSocket messages close the socket with 1009.
+    pub ws_max_message_bytes: usize,
+    /// `--ws-idle-timeout`: an idle WebSocket is closed after this long.
+    pub ws_idle_timeout: Duration,
     pub sse_keepalive: Duration,
     /// Unix seconds at start-up, for `created` in `/v1/models`.
     pub started: u64,

@@ -88,6 +88,10 @@ async fn assert_error(res: &mut Response, status: u16, code: Option<&str>, param
     body
 }
 
+/// Slow and hostile clients: content types, auth challenges, the metrics key, WebSocket
+/// origins.
+mod hostile;
+
 #[tokio::test]
 async fn health_ready_and_models() {
     let app = app(&[]).await;
@@ -231,7 +235,9 @@ async fn completions_json_and_stream() {
 #[tokio::test]
 async fn validation_statuses() {
     let app = app(&["--max-body-bytes", "2000", "--max-model-len", "40"]).await;
-    let post = |body: Vec<u8>| TestClient::post(url(routes::CHAT_COMPLETIONS)).bytes(body);
+    let post = |body: Vec<u8>| {
+        TestClient::post(url(routes::CHAT_COMPLETIONS)).add_header("content-type", "application/json", true).bytes(body)
+    };
     let mut res = post(b"{not json".to_vec()).send(&app.service).await;
     assert_error(&mut res, 400, None, None).await;
     let mut res = post(b"\xff\xfe".to_vec()).send(&app.service).await;

@@ -33,12 +33,37 @@ pub const MAX_IN_FLIGHT: usize = 16;
 /// Frames queued for the writer before request tasks wait (back-pressure from a slow reader).
 const OUTBOX: usize = 256;
 
-/// Upgrades to a WebSocket (auth already checked by the router's hoop).
+/// Close code for a message over `--ws-max-message-bytes` (RFC 6455 "message too big").
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code for an idle socket (RFC 6455 "normal closure").
+pub const CLOSE_IDLE: u16 = 1000;
+
+/// Whether a browser `Origin` may open a socket: none (not a browser), the same origin
+/// as the request (its host:port equals `Host`), or one of `--cors-origin` (`*` = any).
+/// Without this any web page could drive the API with the user's network position
+/// (cross-site WebSocket hijacking): browsers do not preflight WebSockets.
+pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, cors_origins: &[String]) -> bool {
+    let Some(origin) = origin else { return true };
+    if cors_origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
+    host.is_some_and(|host| !authority.is_empty() && authority.eq_ignore_ascii_case(host))
+}
+
+/// Upgrades to a WebSocket (auth already checked by the router's hoop); a foreign browser
+/// `Origin` gets 403 before the upgrade.
 #[handler]
 pub async fn chat_ws(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
     let state = AppState::from_depot(depot)?;
     let conn_id = depot.get_typed::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
-    let upgrade = WebSocketUpgrade::new().max_message_size(state.max_body_bytes).max_frame_size(state.max_body_bytes);
+    let host = req.headers().get(salvo::http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
+    let cors_origins = state.cors_origins.clone();
+    let limit = state.ws_max_message_bytes;
+    let upgrade = WebSocketUpgrade::new()
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .check_origin(move |origin| origin_allowed(origin, host.as_deref(), &cors_origins));
     if let Err(e) = upgrade.upgrade(req, res, move |ws| session(ws, state, conn_id)).await {
         // A failed handshake is the client's error; the catcher renders salvo's brief.
         res.render(e);
@@ -93,16 +118,31 @@ struct InFlight {
     abort: AbortHandle,
 }
 
+/// Why the server ends a session itself; the writer sends it as the close frame.
+type CloseReason = Arc<std::sync::OnceLock<(u16, &'static str)>>;
+
+/// Whether a read error is tungstenite's capacity error (a message or frame over the
+/// limit). salvo boxes the error, so its text is all there is to tell.
+fn is_too_big(error: &salvo::Error) -> bool {
+    let text = error.to_string();
+    text.contains("Space limit exceeded") || text.contains("Message too long")
+}
+
 async fn session(ws: WebSocket, state: Arc<AppState>, conn_id: String) {
     state.metrics.websocket_connections.inc();
     let (mut sink, mut stream) = ws.split();
     let (outbox, mut outbox_rx) = mpsc::channel::<WsServerFrame>(OUTBOX);
+    let close_reason: CloseReason = Arc::default();
+    let writer_close = close_reason.clone();
     let writer = tokio::spawn(async move {
         while let Some(frame) = outbox_rx.recv().await {
             let Ok(text) = serde_json::to_string(&frame) else { continue };
             if sink.send(Message::text(text)).await.is_err() {
                 break;
             }
+        }
+        if let Some((code, reason)) = writer_close.get() {
+            let _ = sink.send(Message::close_with(*code, *reason)).await;
         }
         let _ = sink.close().await;
     });
@@ -112,7 +152,10 @@ async fn session(ws: WebSocket, state: Arc<AppState>, conn_id: String) {
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(String, u64)>();
     let cut = state.lifecycle.cut_token();
     let mut seq = 0u64;
+    // Idle: nothing received and nothing in flight since this instant.
+    let mut idle_since = tokio::time::Instant::now();
     loop {
+        let idle_deadline = idle_since + state.ws_idle_timeout;
         let message = tokio::select! {
             message = stream.next() => message,
             Some((id, ended_seq)) = ended_rx.recv() => {
@@ -120,12 +163,22 @@ async fn session(ws: WebSocket, state: Arc<AppState>, conn_id: String) {
                 if in_flight.get(&id).is_some_and(|r| r.seq == ended_seq) {
                     in_flight.remove(&id);
                 }
+                idle_since = tokio::time::Instant::now();
                 continue;
+            }
+            _ = tokio::time::sleep_until(idle_deadline), if in_flight.is_empty() => {
+                let _ = close_reason.set((CLOSE_IDLE, "idle timeout"));
+                break;
             }
             _ = cut.cancelled() => break,
         };
+        idle_since = tokio::time::Instant::now();
         let message = match message {
             Some(Ok(m)) => m,
+            Some(Err(e)) if is_too_big(&e) => {
+                let _ = close_reason.set((CLOSE_TOO_BIG, "message too big"));
+                break;
+            }
             // Closed or broken: stop everything.
             _ => break,
         };
@@ -298,6 +351,22 @@ mod tests {
             _ => panic!("create frame"),
         }
         assert!(matches!(parse_frame("not json"), Err((None, ApiError::InvalidJson(_)))));
+    }
+
+    #[test]
+    fn origins_are_same_origin_configured_or_absent() {
+        let none: Vec<String> = vec![];
+        let host = Some("127.0.0.1:8080");
+        assert!(origin_allowed(None, host, &none), "no Origin: not a browser");
+        assert!(origin_allowed(Some("http://127.0.0.1:8080"), host, &none));
+        assert!(!origin_allowed(Some("http://evil.example"), host, &none));
+        assert!(!origin_allowed(Some("http://127.0.0.1:9999"), host, &none));
+        assert!(!origin_allowed(Some("null"), host, &none));
+        assert!(!origin_allowed(Some("http://127.0.0.1:8080"), None, &none));
+        let listed = vec!["https://app.example".to_string()];
+        assert!(origin_allowed(Some("https://app.example"), host, &listed));
+        assert!(!origin_allowed(Some("https://other.example"), host, &listed));
+        assert!(origin_allowed(Some("https://other.example"), host, &["*".to_string()]));
         assert!(matches!(parse_frame("[1]"), Err((None, _))));
         assert!(matches!(parse_frame(r#"{"type":"cancel"}"#), Err((None, _))));
         assert!(matches!(parse_frame(r#"{"type":"nope","id":"c"}"#), Err((Some(id), _)) if id == "c"));
