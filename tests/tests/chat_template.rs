@@ -5,16 +5,14 @@
 use std::process::{Command, Output};
 
 use serde_json::{Value, json};
-use stellarchat_tests::{DEFAULT_MODEL_NAME, Server, binary, client, default_model, repo_root, routes};
+use stellarchat_tests::{DEFAULT_MODEL_NAME, Server, binary, default_model, repo_root, routes};
 
 fn fixture() -> String {
     repo_root().join("tests/fixtures/gemma3-chat.jinja").to_string_lossy().into_owned()
 }
 
 async fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
-    let res = client().post(server.url(path)).json(body).send().await.expect("request");
-    let status = res.status().as_u16();
-    (status, res.json().await.expect("JSON body"))
+    server.post_json(path, body).await
 }
 
 #[tokio::test]

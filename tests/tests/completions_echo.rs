@@ -13,9 +13,7 @@ use stellarchat_tests::{DEFAULT_MODEL_NAME, Server, client, default_model, route
 const PROMPT: &str = "The capital of France is";
 
 async fn post(server: &Server, body: &Value) -> (u16, Value) {
-    let res = client().post(server.url(routes::COMPLETIONS)).json(body).send().await.expect("request");
-    let status = res.status().as_u16();
-    (status, res.json().await.expect("JSON body"))
+    server.post_json(routes::COMPLETIONS, body).await
 }
 
 async fn complete(server: &Server, body: Value) -> Value {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use stellarchat_tests::{Server, client, repo_root, routes};
+use stellarchat_tests::{Server, repo_root, routes};
 
 const MODEL_NAME: &str = "gemma-3-270m-q4_k_m";
 const START_OF_TURN: u64 = 105;
@@ -37,9 +37,7 @@ async fn gemma_server(extra: &[&str]) -> Server {
 }
 
 async fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
-    let res = client().post(server.url(path)).json(body).send().await.expect("request");
-    let status = res.status().as_u16();
-    (status, res.json().await.expect("JSON body"))
+    server.post_json(path, body).await
 }
 
 fn hello_chat() -> Value {

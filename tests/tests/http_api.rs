@@ -14,9 +14,7 @@ fn capital_request(extra: Value) -> Value {
 }
 
 async fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
-    let res = client().post(server.url(path)).json(body).send().await.expect("request");
-    let status = res.status().as_u16();
-    (status, res.json().await.expect("JSON body"))
+    server.post_json(path, body).await
 }
 
 /// The expected bytes of a chat chunk, in OpenAI's key order.

@@ -3,7 +3,7 @@
 //! `/metrics` counts queried and hit prompt tokens, and `--no-prefix-cache` turns it off.
 
 use serde_json::{Value, json};
-use stellarchat_tests::{DEFAULT_MODEL_NAME, Server, client, routes};
+use stellarchat_tests::{DEFAULT_MODEL_NAME, Server, routes};
 
 /// About 150 tokens: two whole 64-token cache blocks and some.
 const SYSTEM: &str = "You are a concise assistant for a small bakery in Lyon. The bakery opens at seven in the \
@@ -24,9 +24,9 @@ fn chat(question: &str) -> Value {
 }
 
 async fn post(server: &Server, path: &str, body: &Value) -> Value {
-    let res = client().post(server.url(path)).json(body).send().await.expect("request");
-    assert_eq!(res.status(), 200);
-    res.json().await.expect("JSON body")
+    let (status, body) = server.post_json(path, body).await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 /// `(prompt tokens, cached tokens)` of a chat or legacy completion.

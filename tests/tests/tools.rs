@@ -53,9 +53,7 @@ fn request(extra: Value) -> Value {
 }
 
 async fn post(server: &Server, body: &Value) -> (u16, Value) {
-    let res = client().post(server.url(routes::CHAT_COMPLETIONS)).json(body).send().await.expect("request");
-    let status = res.status().as_u16();
-    (status, res.json().await.expect("JSON body"))
+    server.post_json(routes::CHAT_COMPLETIONS, body).await
 }
 
 /// The calls of a non-streamed response, checked for OpenAI's shape: (name, parsed arguments).
