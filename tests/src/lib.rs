@@ -176,6 +176,34 @@ impl Server {
         (status, res.json().await.expect("JSON body"))
     }
 
+    /// Sends `request` as one `chat.completion.create` on a fresh WebSocket and returns the
+    /// chunk objects of its `chat.completion.chunk` frames, up to `chat.completion.done`.
+    pub async fn ws_chat_chunks(&self, request: &serde_json::Value) -> Vec<serde_json::Value> {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+
+        let (mut ws, _) = tokio_tungstenite::connect_async(self.ws_url(routes::CHAT_WS)).await.expect("connect");
+        let frame = serde_json::json!({"type": "chat.completion.create", "id": "r", "request": request});
+        ws.send(Message::text(frame.to_string())).await.expect("send");
+        let mut chunks = Vec::new();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(120), ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("open")
+                .expect("frame");
+            let Message::Text(text) = message else { continue };
+            let frame: serde_json::Value = serde_json::from_str(text.as_str()).expect("JSON frame");
+            match frame["type"].as_str() {
+                Some("chat.completion.chunk") => chunks.push(frame["chunk"].clone()),
+                Some("chat.completion.done") => break,
+                _ => panic!("unexpected frame {frame}"),
+            }
+        }
+        ws.close(None).await.expect("close");
+        chunks
+    }
+
     pub async fn metric(&self, sample: &str) -> Option<f64> {
         let text = client().get(self.url(routes::METRICS)).send().await.ok()?.text().await.ok()?;
         metric_value(&text, sample)

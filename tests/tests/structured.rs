@@ -3,10 +3,8 @@
 //! streamed and over the WebSocket, an answer cut by `max_tokens`, and schemas refused with
 //! a 400 that names `response_format`.
 
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use stellarchat_tests::{DEFAULT_MODEL_NAME, Server, client, routes, sse_json};
-use tokio_tungstenite::tungstenite::Message;
 
 fn person_format() -> Value {
     json!({"type": "json_schema", "json_schema": {
@@ -110,27 +108,12 @@ async fn structured_outputs_on_the_default_model() {
     }
 
     // The WebSocket gets the same formats.
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url(routes::CHAT_WS)).await.expect("connect");
     streamed_request.as_object_mut().unwrap().remove("stream");
-    let frame = json!({"type": "chat.completion.create", "id": "s", "request": streamed_request});
-    ws.send(Message::text(frame.to_string())).await.unwrap();
-    let mut text = String::new();
-    loop {
-        let message = tokio::time::timeout(std::time::Duration::from_secs(120), ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("open")
-            .expect("frame");
-        let Message::Text(raw) = message else { continue };
-        let frame: Value = serde_json::from_str(raw.as_str()).unwrap();
-        match frame["type"].as_str() {
-            Some("chat.completion.chunk") => {
-                text.push_str(frame["chunk"]["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
-            }
-            Some("chat.completion.done") => break,
-            _ => panic!("unexpected frame {frame}"),
-        }
-    }
+    let text: String = server
+        .ws_chat_chunks(&streamed_request)
+        .await
+        .iter()
+        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
     check_person(&text);
-    ws.close(None).await.unwrap();
 }

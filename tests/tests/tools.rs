@@ -4,10 +4,8 @@
 //! false`, streamed over SSE and the WebSocket and reassembled, a full round trip, a call
 //! cut by `max_tokens`, a literal `</tool_call>` inside an argument, and the 400s.
 
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use stellarchat_tests::{DEFAULT_MODEL_NAME, Server, client, repo_root, routes, sse_json};
-use tokio_tungstenite::tungstenite::Message;
 
 fn weather_tool() -> Value {
     json!({"type": "function", "function": {
@@ -257,25 +255,8 @@ fn cases_missing_ref() -> Value {
 
 /// The WebSocket gets the same tools: a named call streamed as chunk frames.
 async fn websocket(server: &Server) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url(routes::CHAT_WS)).await.expect("connect");
     let body = request(json!({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}));
-    let frame = json!({"type": "chat.completion.create", "id": "t", "request": body});
-    ws.send(Message::text(frame.to_string())).await.unwrap();
-    let mut chunks = Vec::new();
-    loop {
-        let message = tokio::time::timeout(std::time::Duration::from_secs(120), ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("open")
-            .expect("frame");
-        let Message::Text(text) = message else { continue };
-        let frame: Value = serde_json::from_str(text.as_str()).unwrap();
-        match frame["type"].as_str() {
-            Some("chat.completion.chunk") => chunks.push(frame["chunk"].clone()),
-            Some("chat.completion.done") => break,
-            _ => panic!("unexpected frame {frame}"),
-        }
-    }
+    let chunks = server.ws_chat_chunks(&body).await;
     let (_, calls, finishes) = reassemble(&chunks);
     assert_eq!(finishes, ["tool_calls"]);
     assert!(!calls.is_empty(), "{chunks:?}");
@@ -285,7 +266,6 @@ async fn websocket(server: &Server) {
         let arguments: Value = serde_json::from_str(arguments).unwrap();
         assert!(arguments["city"].is_string(), "{arguments}");
     }
-    ws.close(None).await.unwrap();
 }
 
 /// A template that renders tools itself (Qwen-style), given with `--chat-template`: the
