@@ -65,6 +65,14 @@ pub enum ModelError {
 
     #[error("internal model error: {0}")]
     Internal(String),
+
+    /// A step panicked while this request was in it; the engine caught it and serves on.
+    #[error("the engine failed while running this request: {0}")]
+    StepFailed(String),
+
+    /// Steps failed again and again: the engine stopped serving (see `engine::supervisor`).
+    #[error("the engine stopped after {failures} failed steps in a row (last: {last})")]
+    EngineFailed { failures: u32, last: String },
 }
 
 impl ModelError {
@@ -90,6 +98,8 @@ impl ModelError {
             ModelError::EngineStopped => "engine_stopped",
             ModelError::NotReady => "not_ready",
             ModelError::Internal(_) => "internal",
+            ModelError::StepFailed(_) => "engine_fault",
+            ModelError::EngineFailed { .. } => "engine_failed",
         }
     }
 

@@ -30,7 +30,7 @@ fn start(config: EngineConfig) -> Model {
     let engine = Engine::spawn(loader, LoadOptions { device: DeviceSpec::Flex, ..Default::default() }, config, Box::new(|_, _| {}));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !engine.is_ready() {
-        assert!(engine.load_error().is_none(), "load failed: {:?}", engine.load_error());
+        assert!(engine.failure().is_none(), "load failed: {:?}", engine.failure());
         assert!(Instant::now() < deadline, "model did not load");
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -29,7 +29,7 @@ fn start(model: &str, config: EngineConfig) -> EngineHandle {
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     while !engine.is_ready() {
-        assert!(engine.load_error().is_none(), "load failed: {:?}", engine.load_error());
+        assert!(engine.failure().is_none(), "load failed: {:?}", engine.failure());
         assert!(Instant::now() < deadline, "model did not load");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -308,7 +308,7 @@ fn a_prefix_cache_hit_on_device_tensors_gives_the_output_of_a_full_prefill() {
     let engine = Engine::spawn(loader, options, EngineConfig::default(), Box::new(|_, _| {}));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !engine.is_ready() {
-        assert!(engine.load_error().is_none(), "load failed: {:?}", engine.load_error());
+        assert!(engine.failure().is_none(), "load failed: {:?}", engine.failure());
         assert!(Instant::now() < deadline, "model did not load");
         std::thread::sleep(Duration::from_millis(5));
     }

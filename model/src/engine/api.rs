@@ -171,4 +171,6 @@ pub struct EngineStats {
     pub prefix_cache_hits_tokens: u64,
     /// Forward steps run since start (tests assert on scheduling order with it).
     pub steps: u64,
+    /// Steps that panicked since start (their sequences failed; see `engine::supervisor`).
+    pub step_failures: u64,
 }

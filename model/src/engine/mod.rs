@@ -15,31 +15,35 @@
 //! token masks are computed on a helper thread while the forward runs on the engine thread
 //! (CubeCL binds its streams to the thread that created them). Sequences that want prompt
 //! logprobs get logits for every position of their prefill chunks.
+//!
+//! A panic inside a step fails that step's sequences and the engine serves on; repeated
+//! failures stop it ([`supervisor`]). Its [`EngineState`] is published on a watch channel.
 
 mod admission;
 pub mod api;
+mod engine_loop;
 mod prefix_cache;
 mod scheduler;
 mod sequence;
+pub mod supervisor;
 
-use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 pub use api::*;
 pub use scheduler::{SequenceView, plan_step};
+pub use supervisor::{EngineState, FaultInjection, MAX_CONSECUTIVE_STEP_FAILURES};
 
-use crate::constraint::{Constraint, ConstraintCompiler, ConstraintState};
+use crate::constraint::{Constraint, ConstraintCompiler};
 use crate::error::{ModelError, Result};
-use crate::kv_cache::SequenceCache;
-use crate::transformer::{ForwardChunk, Transformer};
 use crate::model::{LoadOptions, ModelLoader};
-use crate::tokenizer::Tokenizer;
-use prefix_cache::PrefixCache;
-use sequence::{Pending, Progress, Sequence};
+use engine_loop::EngineLoop;
+use sequence::Pending;
+use supervisor::panic_message;
 
 /// Limits of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,20 +58,25 @@ pub struct EngineConfig {
     pub kv_cache_tokens: usize,
     /// Keep finished sequences' caches and reuse their longest prefix for new prompts.
     pub prefix_cache: bool,
+    /// Test-only: make chosen steps panic ([`supervisor`]). `None` in every real deployment.
+    pub fault_injection: Option<FaultInjection>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_num_seqs: 16, max_queue: 256, max_prefill_tokens: 256, kv_cache_tokens: 65_536, prefix_cache: true }
+        EngineConfig {
+            max_num_seqs: 16, max_queue: 256, max_prefill_tokens: 256, kv_cache_tokens: 65_536,
+            prefix_cache: true,
+            fault_injection: None,
+        }
     }
 }
 
 /// State shared between the engine thread and its handles.
-#[derive(Default)]
 struct Shared {
-    ready: AtomicBool,
-    stopped: AtomicBool,
-    load_error: Mutex<Option<String>>,
+    state: watch::Sender<EngineState>,
+    /// Steps that panicked since start, for `engine_failures_total`.
+    step_failures: AtomicU64,
     /// Requests accepted and not yet ended (waiting + running); bounded by
     /// `max_num_seqs + max_queue` at submission.
     in_flight: AtomicUsize,
@@ -80,6 +89,33 @@ struct Shared {
     prefix_queries_tokens: AtomicU64,
     prefix_hits_tokens: AtomicU64,
     steps: AtomicU64,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            state: watch::Sender::new(EngineState::Loading),
+            step_failures: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            kv_allocated: AtomicUsize::new(0),
+            kv_retained: AtomicUsize::new(0),
+            prefix_queries_tokens: AtomicU64::new(0),
+            prefix_hits_tokens: AtomicU64::new(0),
+            steps: AtomicU64::new(0),
+        }
+    }
+
+    /// Publishes `state` unless the engine already ended: a failure stays the last word.
+    fn set_state(&self, state: EngineState) {
+        self.state.send_if_modified(|current| {
+            if current.is_terminal() {
+                return false;
+            }
+            *current = state;
+            true
+        });
+    }
 }
 
 enum Command {
@@ -112,7 +148,7 @@ impl Engine {
         progress: Box<dyn FnMut(usize, usize) + Send>,
     ) -> EngineHandle {
         let (commands, receiver) = std_mpsc::channel();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new());
         let handle = EngineHandle {
             commands,
             shared: shared.clone(),
@@ -127,18 +163,12 @@ impl Engine {
             // CubeCL keeps one stream per OS thread: the model is built on the thread that runs it.
             // Backends panic on some device failures (e.g. wgpu finding no adapter); that must
             // surface as a load error, not leave clients waiting for a model that never comes.
-            let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loader.load(&options, &mut *progress)))
-                .unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "unknown panic".into());
-                    Err(ModelError::DeviceUnavailable {
-                        requested: options.device.to_string(),
-                        reason: format!("the backend failed while opening the device: {what}"),
-                    })
-                });
+            let loaded = catch_unwind(AssertUnwindSafe(|| loader.load(&options, &mut *progress))).unwrap_or_else(|panic| {
+                Err(ModelError::DeviceUnavailable {
+                    requested: options.device.to_string(),
+                    reason: format!("the backend failed while opening the device: {}", panic_message(&*panic)),
+                })
+            });
             // The model holds its own copy of every tensor: unmap the file now, or its pages,
             // read once while loading, would stay in the process's resident memory.
             drop(loader);
@@ -150,24 +180,20 @@ impl Engine {
                     let _ = std::thread::Builder::new()
                         .name("stellarchat-grammar-tables".into())
                         .spawn(move || constraints.prepare());
-                    shared.ready.store(true, Ordering::Release);
+                    shared.set_state(EngineState::Ready);
                     EngineLoop::new(model, tokenizer, config, shared.clone(), receiver).run();
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "loading the model failed");
-                    if let Ok(mut slot) = shared.load_error.lock() {
-                        *slot = Some(e.to_string());
-                    }
+                    shared.set_state(EngineState::Failed(Arc::new(e)));
                 }
             }
-            shared.stopped.store(true, Ordering::Release);
-            shared.ready.store(false, Ordering::Release);
+            shared.set_state(EngineState::Stopped);
         });
         if let Err(e) = spawned {
-            handle.shared.stopped.store(true, Ordering::Release);
-            if let Ok(mut slot) = handle.shared.load_error.lock() {
-                *slot = Some(format!("cannot start the engine thread: {e}"));
-            }
+            handle.shared.set_state(EngineState::Failed(Arc::new(ModelError::Internal(format!(
+                "cannot start the engine thread: {e}"
+            )))));
         }
         handle
     }
@@ -180,11 +206,10 @@ impl EngineHandle {
     /// A constraint is compiled here, on the caller's thread (milliseconds for usual schemas;
     /// the first one also builds the grammar compiler's token tables).
     pub fn submit(&self, request: GenerateRequest) -> Result<EventStream> {
-        if self.shared.stopped.load(Ordering::Acquire) {
-            return Err(ModelError::EngineStopped);
-        }
-        if !self.shared.ready.load(Ordering::Acquire) {
-            return Err(ModelError::NotReady);
+        match &*self.shared.state.borrow() {
+            EngineState::Ready => {}
+            EngineState::Loading => return Err(ModelError::NotReady),
+            EngineState::Failed(_) | EngineState::Stopped => return Err(ModelError::EngineStopped),
         }
         if request.prompt_ids.is_empty() {
             return Err(ModelError::InvalidRequest("the prompt is empty".into()));
@@ -240,15 +265,30 @@ impl EngineHandle {
             prefix_cache_queries_tokens: self.shared.prefix_queries_tokens.load(Ordering::Relaxed),
             prefix_cache_hits_tokens: self.shared.prefix_hits_tokens.load(Ordering::Relaxed),
             steps: self.shared.steps.load(Ordering::Relaxed),
+            step_failures: self.shared.step_failures.load(Ordering::Relaxed),
         }
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.shared.ready.load(Ordering::Acquire)
+    /// The engine's state now.
+    pub fn state(&self) -> EngineState {
+        self.shared.state.borrow().clone()
     }
 
-    pub fn load_error(&self) -> Option<String> {
-        self.shared.load_error.lock().ok().and_then(|e| e.clone())
+    /// A receiver that sees every change of state (loading → ready → failed or stopped).
+    pub fn watch_state(&self) -> watch::Receiver<EngineState> {
+        self.shared.state.subscribe()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.shared.state.borrow().is_ready()
+    }
+
+    /// Why the engine failed (to load, or later), if it did.
+    pub fn failure(&self) -> Option<Arc<ModelError>> {
+        match &*self.shared.state.borrow() {
+            EngineState::Failed(e) => Some(e.clone()),
+            _ => None,
+        }
     }
 
     pub fn config(&self) -> EngineConfig {
@@ -265,203 +305,3 @@ impl EngineHandle {
     }
 }
 
-struct EngineLoop {
-    model: Transformer,
-    tokenizer: Arc<Tokenizer>,
-    config: EngineConfig,
-    shared: Arc<Shared>,
-    commands: std_mpsc::Receiver<Command>,
-    waiting: VecDeque<Pending>,
-    running: Vec<Sequence>,
-    /// Caches of finished sequences, by the tokens they hold.
-    retained: PrefixCache<SequenceCache>,
-}
-
-impl EngineLoop {
-    fn new(
-        model: Transformer,
-        tokenizer: Arc<Tokenizer>,
-        config: EngineConfig,
-        shared: Arc<Shared>,
-        commands: std_mpsc::Receiver<Command>,
-    ) -> Self {
-        EngineLoop {
-            model,
-            tokenizer,
-            config,
-            shared,
-            commands,
-            waiting: VecDeque::new(),
-            running: Vec::new(),
-            retained: PrefixCache::default(),
-        }
-    }
-
-    fn run(mut self) {
-        loop {
-            if self.running.is_empty() && self.waiting.is_empty() {
-                match self.commands.recv() {
-                    Ok(command) => {
-                        if !self.handle(command) {
-                            break;
-                        }
-                    }
-                    Err(_) => break, // every handle is gone
-                }
-            }
-            let mut open = true;
-            while let Ok(command) = self.commands.try_recv() {
-                open &= self.handle(command);
-            }
-            if !open {
-                break;
-            }
-            self.drop_cancelled();
-            self.admit();
-            if !self.running.is_empty() {
-                self.step();
-            }
-            self.publish();
-        }
-        for pending in self.waiting.drain(..) {
-            let _ = pending.events.send(GenerationEvent::Error(ModelError::EngineStopped));
-        }
-        let mut stopped: Vec<Sequence> = self.running.drain(..).collect();
-        self.shared.in_flight.store(0, Ordering::Relaxed);
-        self.publish();
-        for seq in &mut stopped {
-            seq.fail(ModelError::EngineStopped);
-            seq.send_final_event();
-        }
-    }
-
-    /// Returns false on shutdown.
-    fn handle(&mut self, command: Command) -> bool {
-        match command {
-            Command::Submit(pending) => {
-                self.waiting.push_back(*pending);
-                true
-            }
-            Command::Shutdown => false,
-        }
-    }
-
-    fn drop_cancelled(&mut self) {
-        let before = self.waiting.len() + self.running.len();
-        self.waiting.retain(|p| !p.is_cancelled());
-        let mut cancelled = Vec::new();
-        for i in (0..self.running.len()).rev() {
-            if self.running[i].is_cancelled() {
-                cancelled.push(self.running.remove(i));
-            }
-        }
-        // What a cancelled sequence cached stays reusable; the rest of it is dropped here.
-        for mut seq in cancelled {
-            self.retain(&mut seq);
-        }
-        self.ended(before - self.waiting.len() - self.running.len());
-    }
-
-    fn step(&mut self) {
-        let views: Vec<SequenceView> =
-            self.running.iter().map(|s| SequenceView { cached: s.cache.len(), known: s.tokens.len() }).collect();
-        let plan = plan_step(&views, self.config.max_prefill_tokens);
-        let scheduled: Vec<usize> = plan.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, _)| i).collect();
-
-        // Where each scheduled chunk starts, and whether it returns logits for all positions.
-        let mut starts = Vec::with_capacity(scheduled.len());
-        let mut chunks = Vec::with_capacity(scheduled.len());
-        // Constraints of the sequences that sample after this forward: their masks are
-        // computed meanwhile.
-        let mut masks: Vec<&mut ConstraintState> = Vec::new();
-        for (seq, &n) in self.running.iter_mut().zip(&plan) {
-            if n == 0 {
-                continue;
-            }
-            let all_logits = seq.wants_all_logits();
-            let Sequence { cache, tokens, constraint, .. } = seq;
-            let start = cache.len();
-            starts.push((start, all_logits));
-            if start + n == tokens.len()
-                && let Some(c) = constraint.as_mut().filter(|c| c.is_active())
-            {
-                masks.push(c);
-            }
-            chunks.push(ForwardChunk { cache, tokens: &tokens[start..start + n], all_logits });
-        }
-        let model = &self.model;
-        let result = if masks.is_empty() {
-            model.forward(&mut chunks)
-        } else {
-            std::thread::scope(|scope| {
-                scope.spawn(move || prepare_masks(masks));
-                model.forward(&mut chunks)
-            })
-        };
-        drop(chunks);
-        let step = self.shared.steps.fetch_add(1, Ordering::Relaxed);
-
-        let mut finished = vec![false; self.running.len()];
-        match result {
-            Ok(logits) => {
-                for (row, &i) in scheduled.iter().enumerate() {
-                    let seq = &mut self.running[i];
-                    if let (start, true) = starts[row] {
-                        seq.score_prompt(start, logits.chunk(row), logits.vocab());
-                    }
-                    if seq.cache.len() < seq.tokens.len() {
-                        continue; // mid-prefill: nothing to sample yet
-                    }
-                    if let Progress::Finished = seq.accept_logits(logits.last_row(row), &self.tokenizer, step) {
-                        finished[i] = true;
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "forward step failed");
-                for &i in &scheduled {
-                    self.running[i].fail(ModelError::Internal(format!("forward step failed: {}", e.kind())));
-                    finished[i] = true;
-                }
-            }
-        }
-        let mut done = Vec::new();
-        for i in (0..self.running.len()).rev() {
-            if finished[i] {
-                done.push(self.running.remove(i));
-            }
-        }
-        self.ended(done.len());
-        for seq in &mut done {
-            self.retain(seq);
-        }
-        self.publish();
-        for mut seq in done {
-            seq.send_final_event();
-        }
-    }
-
-    /// `count` requests left the engine (finished, failed or cancelled).
-    fn ended(&self, count: usize) {
-        if count > 0 {
-            self.shared.in_flight.fetch_sub(count, Ordering::AcqRel);
-        }
-    }
-
-    fn publish(&self) {
-        self.shared.running.store(self.running.len(), Ordering::Relaxed);
-        let running: usize = self.running.iter().map(|s| s.cache.capacity()).sum();
-        self.shared.kv_allocated.store(running + self.retained.cost(), Ordering::Relaxed);
-        self.shared.kv_retained.store(self.retained.cost(), Ordering::Relaxed);
-    }
-}
-
-/// Computes the next token's mask of each constraint, in parallel when there are several.
-fn prepare_masks(mut masks: Vec<&mut ConstraintState>) {
-    use rayon::prelude::*;
-    if masks.len() == 1 {
-        masks.iter_mut().for_each(|c| c.prepare_mask());
-    } else {
-        masks.par_iter_mut().for_each(|c| c.prepare_mask());
-    }
-}
