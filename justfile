@@ -26,8 +26,12 @@ build:
 serve *ARGS: weights build
     {{target_dir}}/debug/stellarchat serve --model {{model}} {{ARGS}}
 
+# System packages the tests need (nginx, Mesa's lavapipe, Chromium), installed with apt-get if missing (scripts/setup-system.sh).
+setup:
+    ./scripts/setup-system.sh
+
 # Every test: unit, golden, black-box API tests and the OpenAI SDK tests.
-test: (weights "smollm2") (weights "gemma3") venv build
+test: setup (weights "smollm2") (weights "gemma3") venv build
     cargo test --workspace --features stellarchat/{{replace(features, ",", ",stellarchat/")}} --no-fail-fast
     just test-python
 
@@ -52,6 +56,14 @@ bench: weights build
 docker-build VARIANT="cpu" *ARGS:
     [[ "{{VARIANT}}" =~ ^(cpu|vulkan|cuda)$ ]] || { echo "VARIANT must be cpu, vulkan or cuda" >&2; exit 1; }
     docker build --target runtime-{{VARIANT}} -t stellarchat:{{VARIANT}} {{ARGS}} .
+
+# Soak: MINUTES of CLIENTS clients over HTTP, SSE and WebSocket, 30 % dropping mid-stream; RSS every minute; fails on a 5xx, a leak, or RSS growth ≥ 5 % after the warm-up (`just test` runs a 20 s version).
+soak MINUTES="30" CLIENTS="64": weights build
+    ./scripts/soak.sh {{target_dir}}/debug/stellarchat {{MINUTES}} {{CLIENTS}}
+
+# Coverage-guided fuzzing (nightly cargo-fuzz), SECONDS per target (all, or those named); `just test` replays the corpora.
+fuzz SECONDS="300" *TARGETS:
+    ./fuzz/run.sh {{SECONDS}} {{TARGETS}}
 
 # Lint the Dockerfile and the deployment files (also part of `just test`).
 lint-deploy: venv
