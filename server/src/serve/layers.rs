@@ -20,6 +20,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["sse"],
     &["handlers"],
     &["ws"],
+    &["openapi"],
     &["router"],
     &["config"],
 ];

@@ -29,6 +29,7 @@ pub mod handlers;
 pub mod layers;
 pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod prompt;
 pub mod protocol;
 pub mod responses_store;

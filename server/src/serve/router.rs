@@ -14,6 +14,7 @@ use salvo::prelude::*;
 use super::error::OpenAiCatcher;
 use super::handlers;
 use super::middleware::{AccessLog, ApiKeyAuth, ReadBodyWithin, RequireJson, cors};
+use super::openapi::{self, OpenApiJson, Served};
 use super::routes::*;
 use super::state::AppState;
 
@@ -49,7 +50,18 @@ pub fn router(state: &Arc<AppState>) -> Router {
     let doc = OpenApi::new("StellarChat", env!("CARGO_PKG_VERSION"))
         .add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)))
         .merge_router(&router);
-    router.push(doc.into_router(OPENAPI)).push(SwaggerUi::new(OPENAPI).title("StellarChat API").into_router(DOCS))
+    let served = Served {
+        model: &state.served_model_name,
+        limits: &state.limits,
+        fill_in_the_middle: handlers::completions::has_fill_in_the_middle(&state.model),
+    };
+    let (doc, missing) = openapi::document(doc, &served);
+    if !missing.is_empty() {
+        tracing::warn!(?missing, "/openapi.json: schemas or properties to tighten were not found");
+    }
+    router
+        .push(Router::with_path(OPENAPI).goal(OpenApiJson(Arc::new(doc.to_string()))))
+        .push(SwaggerUi::new(OPENAPI).title("StellarChat API").into_router(DOCS))
 }
 
 /// The whole HTTP service: router, catcher (every error as an OpenAI error object), and

@@ -212,6 +212,11 @@ pub fn completion_logprobs(tokens: &[LogprobToken], offset: usize) -> Completion
     out
 }
 
+/// Whether the vocabulary has fill-in-the-middle tokens, so that `suffix` can be served.
+pub fn has_fill_in_the_middle(model: &ModelInfo) -> bool {
+    FIM_TOKENS.iter().any(|names| names.iter().all(|n| model.tokenizer.token_id(n).is_some()))
+}
+
 /// The fill-in-the-middle prompt (PSM): `<fim_prefix>` prompt `<fim_suffix>` suffix
 /// `<fim_middle>`, as ids (BOS first when the model wants one). A vocabulary without FIM
 /// tokens cannot do this: 400 naming `suffix`.

@@ -17,7 +17,7 @@ pub struct ChatCompletionRequest {
     pub temperature: Option<f64>,
     #[serde(default)]
     pub top_p: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub n: Option<i64>,
     #[serde(default)]
     pub stream: Option<bool>,
@@ -25,9 +25,9 @@ pub struct ChatCompletionRequest {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub stop: Option<StopField>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub max_tokens: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub max_completion_tokens: Option<i64>,
     #[serde(default)]
     pub presence_penalty: Option<f64>,
@@ -37,9 +37,9 @@ pub struct ChatCompletionRequest {
     pub logit_bias: Option<LogitBias>,
     #[serde(default)]
     pub logprobs: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub top_logprobs: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub seed: Option<i64>,
     /// Accepted and ignored (it does not change the output).
     #[serde(default)]
@@ -58,7 +58,7 @@ pub struct ChatCompletionRequest {
     pub parallel_tool_calls: Option<bool>,
 
     // Extensions (vLLM's names).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub top_k: Option<i64>,
     #[serde(default)]
     pub min_p: Option<f64>,
@@ -67,7 +67,7 @@ pub struct ChatCompletionRequest {
     /// Keep generating past end-of-generation tokens (benchmarks).
     #[serde(default)]
     pub ignore_eos: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option_vec")]
     pub stop_token_ids: Option<Vec<i64>>,
     #[serde(default)]
     pub skip_special_tokens: Option<bool>,

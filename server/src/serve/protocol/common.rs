@@ -151,6 +151,7 @@ pub struct TokenizeResponse {
 pub struct DetokenizeRequest {
     #[serde(default)]
     pub model: Option<String>,
+    #[serde(deserialize_with = "super::integer::vec")]
     pub tokens: Vec<i64>,
 }
 

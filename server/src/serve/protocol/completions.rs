@@ -18,7 +18,7 @@ pub struct CompletionRequest {
     pub temperature: Option<f64>,
     #[serde(default)]
     pub top_p: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub n: Option<i64>,
     #[serde(default)]
     pub stream: Option<bool>,
@@ -26,7 +26,7 @@ pub struct CompletionRequest {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub stop: Option<StopField>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub max_tokens: Option<i64>,
     #[serde(default)]
     pub presence_penalty: Option<f64>,
@@ -35,16 +35,16 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub logit_bias: Option<LogitBias>,
     /// Number of most likely alternatives per token, 0–5 (legacy semantics).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub logprobs: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub seed: Option<i64>,
     /// Accepted and ignored.
     #[serde(default)]
     pub user: Option<String>,
 
     // Extensions (vLLM's names).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub top_k: Option<i64>,
     #[serde(default)]
     pub min_p: Option<f64>,
@@ -52,7 +52,7 @@ pub struct CompletionRequest {
     pub repetition_penalty: Option<f64>,
     #[serde(default)]
     pub ignore_eos: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option_vec")]
     pub stop_token_ids: Option<Vec<i64>>,
     #[serde(default)]
     pub skip_special_tokens: Option<bool>,
@@ -69,7 +69,7 @@ pub struct CompletionRequest {
 
     // Understood, not supported.
     /// Unsupported unless equal to `n`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub best_of: Option<i64>,
 }
 
@@ -78,8 +78,8 @@ pub struct CompletionRequest {
 pub enum PromptInput {
     Text(String),
     Texts(Vec<String>),
-    Tokens(Vec<i64>),
-    TokenBatches(Vec<Vec<i64>>),
+    Tokens(#[serde(deserialize_with = "super::integer::vec")] Vec<i64>),
+    TokenBatches(#[serde(deserialize_with = "super::integer::vec_vec")] Vec<Vec<i64>>),
 }
 
 impl Default for PromptInput {

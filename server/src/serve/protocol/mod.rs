@@ -11,10 +11,12 @@
 //! - [`completions`] — `/v1/completions`.
 //! - [`responses`] — `/v1/responses` (request, response object, stream events).
 //! - [`ws`] — the frames of `/v1/chat/ws`.
+//! - `integer` — integer fields that take `2.0` (JSON Schema's integers).
 
 pub mod chat;
 pub mod common;
 pub mod completions;
+mod integer;
 pub mod responses;
 pub mod ws;
 

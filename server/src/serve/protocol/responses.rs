@@ -36,7 +36,7 @@ pub struct ResponsesRequest {
     /// `{"format": {"type": "text" | "json_object" | "json_schema", …}, "verbosity": …}`.
     #[serde(default)]
     pub text: Option<serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub max_output_tokens: Option<i64>,
     #[serde(default)]
     pub temperature: Option<f64>,
@@ -77,9 +77,9 @@ pub struct ResponsesRequest {
     pub truncation: Option<String>,
 
     // Extensions (vLLM's names).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub seed: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub top_k: Option<i64>,
     #[serde(default)]
     pub min_p: Option<f64>,
@@ -97,10 +97,10 @@ pub struct ResponsesRequest {
     #[serde(default)]
     pub include: Option<Vec<String>>,
     /// Unsupported.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub top_logprobs: Option<i64>,
     /// Unsupported.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::integer::option")]
     pub max_tool_calls: Option<i64>,
     /// Unsupported (stored prompts).
     #[serde(default)]

@@ -30,6 +30,8 @@ pub const MAX_TOP_LOGPROBS: i64 = 20;
 pub const MAX_LOGIT_BIAS: usize = 300;
 /// Most extra stop token ids.
 pub const MAX_STOP_TOKEN_IDS: usize = 64;
+/// `max_tokens` of a `/v1/completions` request that gives none (OpenAI's legacy default).
+pub const LEGACY_DEFAULT_MAX_TOKENS: usize = 16;
 
 /// The limits validation enforces, from the command line and the model.
 #[derive(Debug, Clone)]
@@ -442,8 +444,13 @@ pub fn validate_completion(req: CompletionRequest, ctx: &Context<'_>) -> Result<
             frequency_penalty: req.frequency_penalty,
             logit_bias: req.logit_bias,
             seed: req.seed,
-            // The legacy API's default is 16 tokens.
-            max_tokens: Some(if score_only { 1 } else { req.max_tokens.unwrap_or(16) }),
+            // The legacy API's default is 16 tokens (fewer when `--max-tokens-limit` is lower:
+            // a request that asks nothing must not exceed a limit it never mentioned).
+            max_tokens: Some(if score_only {
+                1
+            } else {
+                req.max_tokens.unwrap_or(LEGACY_DEFAULT_MAX_TOKENS.min(ctx.limits.max_tokens_limit) as i64)
+            }),
             max_tokens_param: "max_tokens",
             stop: req.stop,
             stop_token_ids: req.stop_token_ids,

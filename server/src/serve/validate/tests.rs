@@ -460,3 +460,26 @@ fn tool_calls_and_tool_results_in_messages() {
     let early = json!([{"role": "tool", "tool_call_id": "call_1", "content": "x"}, messages[1].clone()]);
     assert_eq!(err(chat(with(base(), "messages", early))).2.as_deref(), Some("messages[0].tool_call_id"));
 }
+
+#[test]
+fn integral_floats_are_integers() {
+    // JSON Schema counts 2.0 as an integer, so /openapi.json allows it (schemathesis sent
+    // `"top_logprobs": -6951.0` and got "expected i64").
+    let valid = chat(with(with(with(base(), "n", json!(2.0)), "logprobs", json!(true)), "top_logprobs", json!(3.0)))
+        .expect("valid");
+    assert_eq!((valid.spec.n, valid.spec.logprobs), (2, Some(3)));
+    assert_eq!(err(chat(with(base(), "n", json!(1.5)))), (400, "invalid_request", Some("n".into())));
+    let valid = completion(json!({"model": "m", "prompt": [1.0, 2], "max_tokens": 4.0})).expect("valid");
+    assert_eq!(valid.prompts, vec![PromptSource::Tokens(vec![1, 2])]);
+}
+
+#[test]
+fn the_legacy_default_max_tokens_respects_a_lower_limit() {
+    // `--max-tokens-limit 8` and a completion that asks for no `max_tokens`: it gets 8, not
+    // a 400 about the 16 it never asked for (found by schemathesis).
+    let limits = Limits { max_tokens_limit: 8, ..limits() };
+    let ctx = Context { served_model_name: "m", limits: &limits };
+    let req: CompletionRequest = parse_json(br#"{"model": "m", "prompt": "hi"}"#).expect("parses");
+    assert_eq!(validate_completion(req, &ctx).expect("valid").spec.max_tokens, Some(8));
+    assert_eq!(completion(json!({"model": "m", "prompt": "hi"})).expect("valid").spec.max_tokens, Some(16));
+}
