@@ -168,7 +168,6 @@ impl Server {
         tokio::time::timeout(timeout, self.child.wait()).await.ok().and_then(Result::ok)
     }
 
-    /// Reads `/metrics` and returns the value of one sample (`name{labels}` as printed).
     /// POSTs `body` as JSON to `path`; the status and the JSON answer.
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
         let res = client().post(self.url(path)).json(body).send().await.expect("request");
@@ -204,6 +203,7 @@ impl Server {
         chunks
     }
 
+    /// Reads `/metrics` and returns the value of one sample (`name{labels}` as printed).
     pub async fn metric(&self, sample: &str) -> Option<f64> {
         let text = client().get(self.url(routes::METRICS)).send().await.ok()?.text().await.ok()?;
         metric_value(&text, sample)

@@ -96,7 +96,7 @@ pub enum GenerateError {
     #[error("the engine stopped before finishing")]
     Interrupted,
     #[error("loading the model failed: {0}")]
-    Load(String),
+    Load(std::sync::Arc<ModelError>),
 }
 
 pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
@@ -131,7 +131,7 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
     let options = LoadOptions { device: args.device, precision: args.dtype, weights: args.weights };
     let engine = Engine::spawn(loader, options, EngineConfig::default(), progress);
     while !engine.is_ready() {
-        if let Some(error) = engine.load_error() {
+        if let Some(error) = engine.failure() {
             return Err(GenerateError::Load(error));
         }
         std::thread::sleep(std::time::Duration::from_millis(5));

@@ -66,6 +66,10 @@ pub enum ApiError {
     /// Something broke inside. The string is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The engine failed while running this request (a step panicked, or the engine gave
+    /// up); the request may be retried. The string is logged, never sent.
+    #[error("engine fault: {0}")]
+    EngineFault(String),
 }
 
 /// One row of [`ERROR_TABLE`]: what the API says about one kind of error.
@@ -118,6 +122,7 @@ pub const ERROR_TABLE: &[ErrorClass] = &[
     class("response_not_found", StatusCode::NOT_FOUND, INVALID, false, false, "Unknown stored response"),
     class("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID, true, false, "Content-Type is not application/json"),
     class("body_timeout", StatusCode::REQUEST_TIMEOUT, INVALID, true, false, "Request body too slow"),
+    class("internal_error", StatusCode::INTERNAL_SERVER_ERROR, "server_error", true, false, "The engine failed during the request"),
 ];
 
 impl ApiError {
@@ -160,6 +165,7 @@ impl ApiError {
             ApiError::ShuttingDown => "shutting_down",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::BodyTimeout { .. } => "body_timeout",
+            ApiError::EngineFault(_) => "internal_error",
         };
         // Every kind has its row: `every_variant_has_one_row` below checks the table.
         ERROR_TABLE.iter().find(|c| c.kind == kind).unwrap_or(&ERROR_TABLE[INTERNAL_ROW])
@@ -215,6 +221,9 @@ impl ApiError {
     pub fn public_message(&self) -> Cow<'static, str> {
         match self {
             ApiError::Internal(_) => Cow::Borrowed("The server had an error while processing your request."),
+            ApiError::EngineFault(_) => {
+                Cow::Borrowed("The model engine failed while generating this response; the request may be retried.")
+            }
             other => Cow::Owned(other.to_string()),
         }
     }
@@ -233,8 +242,8 @@ impl ApiError {
 
     /// Writes status, headers and body. Every error response in the server goes through here.
     pub fn render_into(&self, res: &mut Response) {
-        if let ApiError::Internal(detail) = self {
-            tracing::error!(error = %detail, "internal error");
+        if let ApiError::Internal(detail) | ApiError::EngineFault(detail) = self {
+            tracing::error!(error = %detail, kind = self.kind(), "internal error");
         }
         res.status_code(self.status());
         add_status_headers(self.status(), res);
@@ -256,6 +265,7 @@ impl From<ModelError> for ApiError {
             ModelError::ChatTemplate(m) => ApiError::invalid("messages", m),
             ModelError::NotReady => ApiError::NotReady,
             ModelError::EngineStopped => ApiError::ShuttingDown,
+            ModelError::StepFailed(_) | ModelError::EngineFailed { .. } => ApiError::EngineFault(e.to_string()),
             other => ApiError::Internal(format!("{} ({})", other, other.kind())),
         }
     }
@@ -355,6 +365,7 @@ mod table_tests {
             ApiError::ResponseNotFound("resp_x".into()),
             ApiError::UnsupportedMediaType("text/plain".into()),
             ApiError::BodyTimeout { seconds: 1 },
+            ApiError::EngineFault("x".into()),
         ]
     }
 

@@ -95,7 +95,7 @@ pub fn respond<F: StreamFormat>(
                 }
                 Some(DriverEvent::Error(error)) => {
                     st.log.error_kind = Some(error.kind());
-                    if let super::error::ApiError::Internal(detail) = &error {
+                    if let super::error::ApiError::Internal(detail) | super::error::ApiError::EngineFault(detail) = &error {
                         tracing::error!(request_id = %st.log.request_id, error = %detail, "stream failed");
                     }
                     let frames = st.format.error(&error);

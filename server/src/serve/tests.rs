@@ -46,7 +46,7 @@ async fn app(extra: &[&str]) -> App {
         if engine.is_ready() {
             break;
         }
-        assert!(engine.load_error().is_none(), "load failed: {:?}", engine.load_error());
+        assert!(engine.failure().is_none(), "load failed: {:?}", engine.failure());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(engine.is_ready(), "the synthetic engine did not load in time");
