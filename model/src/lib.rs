@@ -15,6 +15,8 @@
 //!   one seeded generator (SplitMix64) behind them, the sampler's seeding and test data.
 //! - [`model`]: opening a model and loading it onto a device.
 //! - [`engine`]: the batching engine thread: `submit(request) -> stream of events`.
+//! - `fuzzing`: the fuzz targets' bodies (GGUF bytes, chat templates, tokenizer), for `fuzz/`
+//!   and the short replay runs of the tests.
 
 pub mod arch;
 pub mod attention;
@@ -24,6 +26,8 @@ pub mod constraint;
 pub mod device;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gguf;
 pub mod kv_cache;
 pub mod host_attention;

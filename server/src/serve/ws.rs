@@ -71,13 +71,14 @@ pub async fn chat_ws(req: &mut Request, depot: &mut Depot, res: &mut Response) -
     Ok(())
 }
 
-enum ClientFrame {
+pub enum ClientFrame {
     Create { id: String, request: Value },
     Cancel { id: String },
 }
 
 /// Parses a client frame; on failure, the id (when one could be read) and the error.
-fn parse_frame(text: &str) -> Result<ClientFrame, (Option<String>, ApiError)> {
+/// Public for the fuzz target (`crate::fuzzing::ws_frame`).
+pub fn parse_frame(text: &str) -> Result<ClientFrame, (Option<String>, ApiError)> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| (None, ApiError::InvalidJson(format!("The frame is not valid JSON: {e}"))))?;
     let Value::Object(mut obj) = value else {
