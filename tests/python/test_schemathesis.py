@@ -2,7 +2,8 @@
 
 The server runs the `synthetic:tiny` model (random weights, milliseconds per token) with
 small limits (`--max-tokens-limit 8`, `--max-n 2`) that the description states, so most
-generated requests reach generation and the run stays short. Checks: no 5xx, every status
+generated requests reach generation and the run stays short; it has an API key, which the
+description requires on the API routes, and schemathesis sends it. Checks: no 5xx, every status
 and content type documented, every JSON body valid for its schema, and no schema-valid
 request refused (`positive_data_accepted`, schemathesis_checks.py).
 
@@ -25,7 +26,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, binary
+from conftest import API_KEY, ROOT, binary
 
 CHECKS = ",".join([
     "not_a_server_error",
@@ -45,7 +46,7 @@ def st_binary():
 def tiny_server():
     proc = subprocess.Popen(
         [binary(), "serve", "--host", "127.0.0.1", "--port", "0", "--model", "synthetic:tiny",
-         "--max-tokens-limit", "8", "--max-n", "2"],
+         "--max-tokens-limit", "8", "--max-n", "2", "--api-key", API_KEY],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -88,6 +89,7 @@ def test_every_operation_conforms_to_the_openapi_description(tiny_server, tmp_pa
     # The WebSocket (GET /v1/chat/ws) and the docs page are not JSON operations.
     cmd = [
         st, "run", base + "/openapi.json",
+        "--header", f"Authorization: Bearer {API_KEY}",
         "--checks", CHECKS,
         "--phases", "examples,coverage,fuzzing",
         "--max-examples", examples,

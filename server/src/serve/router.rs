@@ -54,6 +54,8 @@ pub fn router(state: &Arc<AppState>) -> Router {
         model: &state.served_model_name,
         limits: &state.limits,
         fill_in_the_middle: handlers::completions::has_fill_in_the_middle(&state.model),
+        api_keys: !state.api_keys.is_empty(),
+        metrics_api_key: state.metrics_api_key,
     };
     let (doc, missing) = openapi::document(doc, &served);
     if !missing.is_empty() {

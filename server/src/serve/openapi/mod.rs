@@ -6,8 +6,8 @@
 //! document and states those (see [`requests`]), so that a request valid for the
 //! description is one the server serves; schema tests (`tests/python/test_schemathesis.py`)
 //! hold the two to that. It also turns salvo's rest-of-path `{**id}` into a plain `{id}`
-//! path parameter, and documents every path parameter and the SSE variant of streaming
-//! answers.
+//! path parameter, documents every path parameter, the SSE events of streaming answers and
+//! which routes need the API key, and gives each request body an example.
 //!
 //! The document is built once, when the router is, and served as fixed JSON.
 
@@ -29,6 +29,10 @@ pub struct Served<'a> {
     pub limits: &'a Limits,
     /// Whether the vocabulary has fill-in-the-middle tokens (`suffix` on `/v1/completions`).
     pub fill_in_the_middle: bool,
+    /// `--api-key` given: the API routes need a Bearer key.
+    pub api_keys: bool,
+    /// `--metrics-api-key`: `/metrics` needs it too.
+    pub metrics_api_key: bool,
 }
 
 /// The finished document, and the names of the schemas and properties it meant to tighten
@@ -46,6 +50,10 @@ pub fn document(mut doc: OpenApi, served: &Served<'_>) -> (Value, Vec<String>) {
     let mut doc = serde_json::to_value(&doc).unwrap_or_else(|_| json!({}));
     plain_path_parameters(&mut doc, served.model);
     stream_content(&mut doc, &events);
+    request_examples(&mut doc, served.model);
+    if served.api_keys {
+        key_required(&mut doc, served.metrics_api_key);
+    }
     let mut tighten = Tightener { doc: &mut doc, missing: Vec::new() };
     requests::tighten(&mut tighten, served);
     let missing = tighten.missing;
@@ -143,6 +151,43 @@ fn stream_content(doc: &mut Value, events: &StreamEvents) {
             && let Some(content) = content.as_object_mut()
         {
             content.insert("text/event-stream".into(), json!({"schema": schema}));
+        }
+    }
+}
+
+/// One small request per body, with the served model: Swagger UI's "Try it out" starts from
+/// it, and schemathesis' examples phase sends it.
+fn request_examples(doc: &mut Value, model: &str) {
+    let messages = json!([{"role": "user", "content": "Say hello."}]);
+    for (path, example) in [
+        ("/v1/chat/completions", json!({"model": model, "messages": messages, "max_tokens": 8})),
+        ("/v1/completions", json!({"model": model, "prompt": "Once upon a time", "max_tokens": 8})),
+        ("/v1/responses", json!({"model": model, "input": "Say hello.", "max_output_tokens": 8})),
+        ("/tokenize", json!({"model": model, "prompt": "Hello world"})),
+        ("/detokenize", json!({"model": model, "tokens": [1, 2, 3]})),
+    ] {
+        if let Some(media) =
+            doc.pointer_mut(&format!("/paths/{}/post/requestBody/content/application~1json", escape(path)))
+            && let Some(media) = media.as_object_mut()
+        {
+            media.insert("example".into(), example);
+        }
+    }
+}
+
+/// With `--api-key`, every route but the probes (and `/metrics` unless
+/// `--metrics-api-key`) needs `Authorization: Bearer <key>`.
+fn key_required(doc: &mut Value, metrics_api_key: bool) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return };
+    for (path, item) in paths.iter_mut() {
+        let open = ["/health", "/ready"].contains(&path.as_str()) || (path == "/metrics" && !metrics_api_key);
+        if open {
+            continue;
+        }
+        for operation in item.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+            if let Some(operation) = operation.as_object_mut() {
+                operation.insert("security".into(), json!([{"bearer": []}]));
+            }
         }
     }
 }

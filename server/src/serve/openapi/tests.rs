@@ -15,16 +15,24 @@ fn limits() -> Limits {
 
 /// The document of the routes whose schemas [`super::requests`] tightens.
 fn doc() -> (Value, Vec<String>) {
+    doc_with_keys(false)
+}
+
+fn doc_with_keys(api_keys: bool) -> (Value, Vec<String>) {
     let router = Router::new()
         .push(Router::with_path("v1/models/{**id}").get(handlers::models::get_model))
         .push(Router::with_path("v1/chat/completions").post(handlers::chat::chat_completions))
         .push(Router::with_path("v1/completions").post(handlers::completions::completions))
         .push(Router::with_path("v1/responses").post(handlers::responses::create_response))
         .push(Router::with_path("tokenize").post(handlers::tokenize::tokenize))
-        .push(Router::with_path("detokenize").post(handlers::tokenize::detokenize));
+        .push(Router::with_path("detokenize").post(handlers::tokenize::detokenize))
+        .push(Router::with_path("health").get(handlers::health::health));
     let openapi = OpenApi::new("test", "0").merge_router(&router);
     let limits = limits();
-    document(openapi, &Served { model: MODEL, limits: &limits, fill_in_the_middle: true })
+    document(
+        openapi,
+        &Served { model: MODEL, limits: &limits, fill_in_the_middle: true, api_keys, metrics_api_key: false },
+    )
 }
 
 fn schema<'a>(doc: &'a Value, name: &str) -> &'a Value {
@@ -72,6 +80,24 @@ fn streaming_routes_document_event_streams() {
         let content = &doc["paths"][path]["post"]["responses"]["200"]["content"];
         assert!(content.get("text/event-stream").is_some(), "{path}: {content}");
     }
+}
+
+#[test]
+fn request_bodies_have_examples_with_the_served_model() {
+    let (doc, _) = doc();
+    for path in ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/tokenize", "/detokenize"] {
+        let example = &doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["example"];
+        assert_eq!(example["model"], MODEL, "{path}: {example}");
+    }
+}
+
+#[test]
+fn api_keys_are_required_where_the_server_checks_them() {
+    let (open, _) = doc();
+    assert!(open["paths"]["/v1/chat/completions"]["post"].get("security").is_none());
+    let (keyed, _) = doc_with_keys(true);
+    assert_eq!(keyed["paths"]["/v1/chat/completions"]["post"]["security"], serde_json::json!([{"bearer": []}]));
+    assert!(keyed["paths"]["/health"]["get"].get("security").is_none(), "probes stay open");
 }
 
 #[test]
