@@ -152,6 +152,24 @@ pub struct ServeArgs {
     /// (the least recently used go first); 0 keeps none.
     #[arg(long, env = "STELLARCHAT_RESPONSES_STORE_SIZE", default_value_t = 1024)]
     pub responses_store_size: usize,
+
+    /// Turn off the chat page at `/` (then `/` answers 404).
+    #[arg(long, env = "STELLARCHAT_NO_UI")]
+    pub no_ui: bool,
+
+    /// Server-side conversations (WebSocket `conversation.*`) one API key may keep; creating
+    /// one more forgets that key's least recently used one.
+    #[arg(long, env = "STELLARCHAT_MAX_CONVERSATIONS_PER_KEY", default_value_t = 64)]
+    pub max_conversations_per_key: usize,
+
+    /// Prompt tokens a conversation turn may render to; beyond it the oldest messages are
+    /// dropped (in user/assistant pairs).
+    #[arg(long, env = "STELLARCHAT_CONVERSATION_MAX_TOKENS", default_value_t = 8192)]
+    pub conversation_max_tokens: usize,
+
+    /// Seconds an unused server-side conversation is kept.
+    #[arg(long, env = "STELLARCHAT_CONVERSATION_TTL", default_value_t = 3600)]
+    pub conversation_ttl: u64,
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -183,6 +201,14 @@ impl ServeArgs {
             max_prefill_tokens: self.max_prefill_tokens.max(1),
             kv_cache_tokens: self.kv_cache_tokens.max(1),
             prefix_cache: !self.no_prefix_cache,
+        }
+    }
+
+    pub fn conversation_limits(&self) -> super::conversations::ConversationLimits {
+        super::conversations::ConversationLimits {
+            max_per_owner: self.max_conversations_per_key.max(1),
+            ttl: Duration::from_secs(self.conversation_ttl.max(1)),
+            max_tokens: self.conversation_max_tokens.max(1),
         }
     }
 

@@ -23,6 +23,7 @@
 //! stdout as `listening on http://HOST:PORT` (tests start us on port 0 and read it).
 
 pub mod config;
+pub mod conversations;
 pub mod error;
 pub mod generate;
 pub mod handlers;
@@ -38,6 +39,7 @@ pub mod routes;
 pub mod sse;
 pub mod state;
 pub mod tools;
+pub mod ui;
 pub mod validate;
 pub mod ws;
 
@@ -124,6 +126,8 @@ pub fn build_state(
         started: protocol::unix_now(),
         lifecycle: Arc::new(Lifecycle::default()),
         responses: Arc::new(responses_store::ResponseStore::new(args.responses_store_size)),
+        conversations: Arc::new(conversations::ConversationStore::new(args.conversation_limits())),
+        ui: !args.no_ui,
     }))
 }
 

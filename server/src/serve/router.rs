@@ -30,7 +30,9 @@ pub fn router(state: &Arc<AppState>) -> Router {
     let open = Router::new()
         .push(path(HEALTH).get(handlers::health::health))
         .push(path(READY).get(handlers::health::ready))
-        .push(metrics);
+        .push(metrics)
+        // The socket checks the key itself: a browser cannot set headers on a WebSocket.
+        .push(path(CHAT_WS).goal(super::ws::chat_ws));
     // Auth first (a keyless client learns nothing else), then the body checks.
     let protected = Router::new()
         .hoop(auth)
@@ -43,9 +45,9 @@ pub fn router(state: &Arc<AppState>) -> Router {
         .push(path(RESPONSES).post(handlers::responses::create_response))
         .push(path(RESPONSE).get(handlers::responses::get_response).delete(handlers::responses::delete_response))
         .push(path(TOKENIZE).post(handlers::tokenize::tokenize))
-        .push(path(DETOKENIZE).post(handlers::tokenize::detokenize))
-        .push(path(CHAT_WS).goal(super::ws::chat_ws));
+        .push(path(DETOKENIZE).post(handlers::tokenize::detokenize));
     let router = Router::new().push(open).push(protected);
+    let router = if state.ui { router.push(path(UI).get(super::ui::page)).push(path(UI_ASSET).get(super::ui::asset)) } else { router };
 
     let doc = OpenApi::new("StellarChat", env!("CARGO_PKG_VERSION"))
         .add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)))

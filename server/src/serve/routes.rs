@@ -17,6 +17,9 @@ pub const DETOKENIZE: &str = "/detokenize";
 pub const METRICS: &str = "/metrics";
 pub const OPENAPI: &str = "/openapi.json";
 pub const DOCS: &str = "/docs";
+/// The chat page (off with `--no-ui`) and its embedded scripts and styles.
+pub const UI: &str = "/";
+pub const UI_ASSET: &str = "/ui/{**file}";
 
 /// Every route, for the metrics label.
 pub const ALL: &[&str] = &[
@@ -34,6 +37,7 @@ pub const ALL: &[&str] = &[
     METRICS,
     OPENAPI,
     DOCS,
+    UI_ASSET,
 ];
 
 /// The label for a request's route: one of [`ALL`] or `unmatched` (never the raw path,

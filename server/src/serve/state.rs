@@ -11,6 +11,7 @@ use stellarchat_model::model::ModelInfo;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::conversations::ConversationStore;
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::responses_store::ResponseStore;
@@ -44,6 +45,10 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// Stored `/v1/responses` responses (`--responses-store-size`).
     pub responses: Arc<ResponseStore>,
+    /// Server-side conversations of the WebSocket (`conversation.*` frames).
+    pub conversations: Arc<ConversationStore>,
+    /// Whether `/` serves the chat page (off with `--no-ui`).
+    pub ui: bool,
 }
 
 impl AppState {

@@ -1,4 +1,5 @@
-//! `GET /v1/chat/ws`: chat completions over one WebSocket (protocol in DESIGN.md).
+//! `GET /v1/chat/ws`: chat completions over one WebSocket (protocol in DESIGN.md and the
+//! README), and server-side conversations on the same socket ([`conversation`]).
 //!
 //! One reader loop per socket parses client frames; each `chat.completion.create` runs in
 //! its own task, so several requests stream interleaved, each event tagged with the
@@ -6,27 +7,38 @@
 //! `cancelled: true`); closing the socket aborts them all, which drops their engine
 //! streams and so cancels the sequences. A malformed frame gets an `error` event and the
 //! socket stays usable. All writes go through one writer task, so frames never interleave.
+//!
+//! The key: `Authorization: Bearer` like every route, or, since a browser cannot set headers
+//! on a WebSocket, the subprotocol `bearer.<key>` offered next to [`SUBPROTOCOL`]
+//! (`new WebSocket(url, ["stellarchat", "bearer." + key])`).
+
+pub mod conversation;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::{SinkExt, StreamExt};
+use salvo::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use salvo::prelude::*;
 use salvo::websocket::{Message, WebSocket, WebSocketUpgrade};
+use serde::Serialize;
 use serde_json::Value;
+use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::conversations::Owner;
 use super::error::ApiError;
-use super::generate::{DriverEvent, Generation};
+use super::generate::{DriverEvent, Generation, PlannedPrompt};
 use super::handlers::chat::{ChatChunker, prepare_chat};
 use super::middleware::{RequestId, RequestLog};
 use super::protocol::ChatCompletionRequest;
 use super::protocol::ws::{TYPE_CANCEL, TYPE_CREATE, WsServerFrame};
 use super::routes;
 use super::state::AppState;
-use super::validate::validate_chat;
+use super::tools::OutputPlan;
+use super::validate::{ValidChat, validate_chat};
 
 /// Requests one socket may have in flight.
 pub const MAX_IN_FLIGHT: usize = 16;
@@ -37,6 +49,46 @@ const OUTBOX: usize = 256;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for an idle socket (RFC 6455 "normal closure").
 pub const CLOSE_IDLE: u16 = 1000;
+
+/// The subprotocol the server selects when a client offers it (browsers that offer any
+/// subprotocol need one selected).
+pub const SUBPROTOCOL: &str = "stellarchat";
+/// A subprotocol `bearer.<key>` carries the API key of a client that cannot set headers.
+pub const KEY_SUBPROTOCOL_PREFIX: &str = "bearer.";
+
+/// The key a client presented: its `Authorization: Bearer` header, else a `bearer.<key>`
+/// subprotocol.
+fn presented_key(req: &Request) -> Option<&str> {
+    let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Some(value) = header
+        && let Some(scheme) = value.get(..7)
+        && scheme.eq_ignore_ascii_case("bearer ")
+    {
+        return Some(value[7..].trim());
+    }
+    req.headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(KEY_SUBPROTOCOL_PREFIX))
+}
+
+/// Whose socket this is: the index of the matching key (every key compared, in constant
+/// time each, as the key hoop does), the key-less owner on an open server, or `None`: refused.
+pub fn owner_of(presented: Option<&str>, keys: &[String]) -> Option<Owner> {
+    if keys.is_empty() {
+        return Some(Owner(None));
+    }
+    let presented = presented?.as_bytes();
+    let mut owner = None;
+    for (i, key) in keys.iter().enumerate() {
+        if bool::from(presented.ct_eq(key.as_bytes())) {
+            owner = Some(i);
+        }
+    }
+    owner.map(|i| Owner(Some(i)))
+}
 
 /// Whether a browser `Origin` may open a socket: none (not a browser), the same origin
 /// as the request (its host:port equals `Host`), or one of `--cors-origin` (`*` = any).
@@ -51,11 +103,12 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, cors_origins: &[
     host.is_some_and(|host| !authority.is_empty() && authority.eq_ignore_ascii_case(host))
 }
 
-/// Upgrades to a WebSocket (auth already checked by the router's hoop); a foreign browser
+/// Checks the key (401 without a valid one), then upgrades to a WebSocket; a foreign browser
 /// `Origin` gets 403 before the upgrade.
 #[handler]
 pub async fn chat_ws(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
     let state = AppState::from_depot(depot)?;
+    let owner = owner_of(presented_key(req), &state.api_keys).ok_or(ApiError::InvalidApiKey)?;
     let conn_id = depot.get_typed::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
     let host = req.headers().get(salvo::http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
     let cors_origins = state.cors_origins.clone();
@@ -63,8 +116,9 @@ pub async fn chat_ws(req: &mut Request, depot: &mut Depot, res: &mut Response) -
     let upgrade = WebSocketUpgrade::new()
         .max_message_size(limit)
         .max_frame_size(limit)
+        .protocols(&[SUBPROTOCOL])
         .check_origin(move |origin| origin_allowed(origin, host.as_deref(), &cors_origins));
-    if let Err(e) = upgrade.upgrade(req, res, move |ws| session(ws, state, conn_id)).await {
+    if let Err(e) = upgrade.upgrade(req, res, move |ws| session(ws, state, conn_id, owner)).await {
         // A failed handshake is the client's error; the catcher renders salvo's brief.
         res.render(e);
     }
@@ -74,7 +128,24 @@ pub async fn chat_ws(req: &mut Request, depot: &mut Depot, res: &mut Response) -
 pub enum ClientFrame {
     Create { id: String, request: Value },
     Cancel { id: String },
+    Conversation(conversation::ConversationRequest),
 }
+
+/// What the writer sends: the request protocol's frames and the conversations'.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Outgoing {
+    Request(WsServerFrame),
+    Conversation(conversation::ConversationFrame),
+}
+
+impl From<WsServerFrame> for Outgoing {
+    fn from(frame: WsServerFrame) -> Self {
+        Outgoing::Request(frame)
+    }
+}
+
+type Outbox = mpsc::Sender<Outgoing>;
 
 /// Parses a client frame; on failure, the id (when one could be read) and the error.
 /// Public for the fuzz target (`crate::fuzzing::ws_frame`).
@@ -98,18 +169,25 @@ pub fn parse_frame(text: &str) -> Result<ClientFrame, (Option<String>, ApiError)
             _ => Err((Some(id), ApiError::invalid("request", "`request` must be a chat completion request object."))),
         },
         Some(TYPE_CANCEL) => Ok(ClientFrame::Cancel { id }),
+        Some(kind) if kind.starts_with(conversation::TYPE_PREFIX) => {
+            let kind = kind.to_string();
+            conversation::parse(&kind, id.clone(), obj).map(ClientFrame::Conversation).map_err(|e| (Some(id), e))
+        }
         other => Err((
             Some(id),
             ApiError::invalid(
                 "type",
-                format!("Unknown frame type {other:?}; expected \"{TYPE_CREATE}\" or \"{TYPE_CANCEL}\"."),
+                format!(
+                    "Unknown frame type {other:?}; expected \"{TYPE_CREATE}\", \"{TYPE_CANCEL}\" or one of {:?}.",
+                    conversation::TYPES
+                ),
             ),
         )),
     }
 }
 
-fn error_frame(id: Option<String>, error: &ApiError) -> WsServerFrame {
-    WsServerFrame::Error { id, error: error.to_body().error }
+fn error_frame(id: Option<String>, error: &ApiError) -> Outgoing {
+    Outgoing::Request(WsServerFrame::Error { id, error: error.to_body().error })
 }
 
 struct InFlight {
@@ -129,10 +207,21 @@ fn is_too_big(error: &salvo::Error) -> bool {
     text.contains("Space limit exceeded") || text.contains("Message too long")
 }
 
-async fn session(ws: WebSocket, state: Arc<AppState>, conn_id: String) {
+/// Why a request with this id cannot start now, if it cannot.
+fn refusal(in_flight: &HashMap<String, InFlight>, id: &str) -> Option<ApiError> {
+    if in_flight.contains_key(id) {
+        Some(ApiError::invalid("id", format!("A request with id {id:?} is already in flight.")))
+    } else if in_flight.len() >= MAX_IN_FLIGHT {
+        Some(ApiError::Overloaded(format!("at most {MAX_IN_FLIGHT} requests in flight per socket")))
+    } else {
+        None
+    }
+}
+
+async fn session(ws: WebSocket, state: Arc<AppState>, conn_id: String, owner: Owner) {
     state.metrics.websocket_connections.inc();
     let (mut sink, mut stream) = ws.split();
-    let (outbox, mut outbox_rx) = mpsc::channel::<WsServerFrame>(OUTBOX);
+    let (outbox, mut outbox_rx) = mpsc::channel::<Outgoing>(OUTBOX);
     let close_reason: CloseReason = Arc::default();
     let writer_close = close_reason.clone();
     let writer = tokio::spawn(async move {
@@ -158,7 +247,9 @@ async fn session(ws: WebSocket, state: Arc<AppState>, conn_id: String) {
     loop {
         let idle_deadline = idle_since + state.ws_idle_timeout;
         let message = tokio::select! {
-            message = stream.next() => message,
+            // Ends first: a request reports its end before its last frame goes out, so a
+            // client that reuses the id (or starts the next turn) after `done` is not refused.
+            biased;
             Some((id, ended_seq)) = ended_rx.recv() => {
                 // A cancelled request may end after the client reused its id.
                 if in_flight.get(&id).is_some_and(|r| r.seq == ended_seq) {
@@ -167,6 +258,7 @@ async fn session(ws: WebSocket, state: Arc<AppState>, conn_id: String) {
                 idle_since = tokio::time::Instant::now();
                 continue;
             }
+            message = stream.next() => message,
             _ = tokio::time::sleep_until(idle_deadline), if in_flight.is_empty() => {
                 let _ = close_reason.set((CLOSE_IDLE, "idle timeout"));
                 break;
@@ -211,15 +303,45 @@ async fn session(ws: WebSocket, state: Arc<AppState>, conn_id: String) {
                     }
                 }
             },
-            Ok(ClientFrame::Create { id, request }) => {
-                let refusal = if in_flight.contains_key(&id) {
-                    Some(ApiError::invalid("id", format!("A request with id {id:?} is already in flight.")))
-                } else if in_flight.len() >= MAX_IN_FLIGHT {
-                    Some(ApiError::Overloaded(format!("at most {MAX_IN_FLIGHT} requests in flight per socket")))
-                } else {
-                    None
+            Ok(ClientFrame::Conversation(request)) => {
+                let job = match request.into_job(&state, owner) {
+                    Ok(conversation::Step::Reply(frame)) => {
+                        if outbox.send(Outgoing::Conversation(frame)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Ok(conversation::Step::Turn(id, turn)) => match refusal(&in_flight, &id) {
+                        // Frees the conversation again (the guard ends the turn).
+                        Some(e) => Err((Some(id), e)),
+                        None => Ok((id, Job::Turn(turn))),
+                    },
+                    Err(refused) => Err(refused),
                 };
-                if let Some(e) = refusal {
+                match job {
+                    Err((id, e)) => {
+                        if outbox.send(error_frame(id, &e)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok((id, job)) => {
+                        seq += 1;
+                        let cancel = CancellationToken::new();
+                        let task = tokio::spawn(run_request(
+                            state.clone(),
+                            format!("{conn_id}.{seq}"),
+                            (id.clone(), seq),
+                            job,
+                            outbox.clone(),
+                            cancel.clone(),
+                            ended_tx.clone(),
+                        ));
+                        in_flight.insert(id, InFlight { seq, cancel, abort: task.abort_handle() });
+                    }
+                }
+            }
+            Ok(ClientFrame::Create { id, request }) => {
+                if let Some(e) = refusal(&in_flight, &id) {
                     if outbox.send(error_frame(Some(id), &e)).await.is_err() {
                         break;
                     }
@@ -231,7 +353,7 @@ async fn session(ws: WebSocket, state: Arc<AppState>, conn_id: String) {
                     state.clone(),
                     format!("{conn_id}.{seq}"),
                     (id.clone(), seq),
-                    request,
+                    Job::Request(request),
                     outbox.clone(),
                     cancel.clone(),
                     ended_tx.clone(),
@@ -250,86 +372,146 @@ async fn session(ws: WebSocket, state: Arc<AppState>, conn_id: String) {
     state.metrics.websocket_connections.dec();
 }
 
-/// One `chat.completion.create`: validate, generate, stream chunks, finish with `done`.
+/// What a request task runs: a `chat.completion.create`, or a conversation's turn.
+enum Job {
+    Request(Value),
+    Turn(conversation::Turn),
+}
+
+/// How a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Finished,
+    Cancelled,
+    /// The socket's writer is gone.
+    Disconnected,
+}
+
+/// One job: validate, generate, stream chunks, finish with `done` (or an `error` event).
 async fn run_request(
     state: Arc<AppState>,
     log_id: String,
     (id, seq): (String, u64),
-    request: Value,
-    outbox: mpsc::Sender<WsServerFrame>,
+    job: Job,
+    outbox: Outbox,
     cancel: CancellationToken,
     ended: mpsc::UnboundedSender<(String, u64)>,
 ) {
     let mut log = RequestLog::new(state.clone(), log_id.clone(), "WS", routes::CHAT_WS).into_stream();
-    let outcome = stream_request(&state, &id, request, &outbox, &cancel, &mut log, &log_id).await;
-    if let Err(e) = outcome {
-        log.status = e.status().as_u16();
-        log.error_kind = Some(e.kind());
-        let _ = outbox.send(error_frame(Some(id.clone()), &e)).await;
-    }
+    let stream = Stream { state: &state, id: &id, outbox: &outbox, cancel: &cancel, log_id: &log_id };
+    let outcome = match job {
+        Job::Request(request) => match prepare(&state, request) {
+            Ok(prepared) => stream.run(prepared, &mut log, &mut String::new()).await.map(|(_, last)| last),
+            Err(e) => Err(e),
+        },
+        // The turn is in the conversation when this returns.
+        Job::Turn(turn) => turn.run(&stream, &mut log).await,
+    };
+    let last = match outcome {
+        Ok(last) => last.map(Outgoing::from),
+        Err(e) => {
+            log.status = e.status().as_u16();
+            log.error_kind = Some(e.kind());
+            Some(error_frame(Some(id.clone()), &e))
+        }
+    };
     log.mark_completed();
+    // The end is reported before the last frame goes out (see the session's loop).
     let _ = ended.send((id, seq));
+    if let Some(last) = last {
+        let _ = outbox.send(last).await;
+    }
 }
 
-async fn stream_request(
-    state: &Arc<AppState>,
-    id: &str,
-    request: Value,
-    outbox: &mpsc::Sender<WsServerFrame>,
-    cancel: &CancellationToken,
-    log: &mut RequestLog,
-    log_id: &str,
-) -> Result<(), ApiError> {
+/// A request validated and tokenized, ready to generate.
+struct Prepared {
+    valid: ValidChat,
+    prompt_text: String,
+    prompt: PlannedPrompt,
+    plan: OutputPlan,
+}
+
+/// Validates a chat request and plans its prompt (the same tools and response formats as
+/// over HTTP).
+fn prepare(state: &Arc<AppState>, request: Value) -> Result<Prepared, ApiError> {
     let request: ChatCompletionRequest = serde_json::to_vec(&request)
         .map_err(|e| ApiError::Internal(e.to_string()))
         .and_then(|bytes| super::validate::parse_json(&bytes))?;
     let mut valid = validate_chat(request, &state.validation_context())?;
-    // The same tools and response formats as over HTTP.
     let (prompt_text, prompt, plan) = prepare_chat(state, &mut valid)?;
-    let mut generation = Generation::start(state, &valid.spec, std::slice::from_ref(&prompt))?;
-    if log.log_content() {
-        log.prompt = Some(prompt_text);
-    }
-    log.prompt_tokens = prompt.ids.len();
+    Ok(Prepared { valid, prompt_text, prompt, plan })
+}
 
-    let mut chunker = ChatChunker::new(format!("chatcmpl-{log_id}"), valid.model.clone(), valid.spec.include_usage);
-    chunker.choices = generation.choices();
-    chunker.parse_tool_calls(&plan);
-    let send = |frame: WsServerFrame| async move { outbox.send(frame).await.is_ok() };
-    for chunk in chunker.role_chunks() {
-        if !send(WsServerFrame::Chunk { id: id.to_string(), chunk }).await {
-            return Ok(());
-        }
+/// Where one job's events go.
+struct Stream<'a> {
+    state: &'a Arc<AppState>,
+    id: &'a str,
+    outbox: &'a Outbox,
+    cancel: &'a CancellationToken,
+    log_id: &'a str,
+}
+
+impl Stream<'_> {
+    async fn send(&self, frame: WsServerFrame) -> bool {
+        self.outbox.send(frame.into()).await.is_ok()
     }
-    loop {
-        let event = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => {
-                let usage = generation.usage_so_far();
+
+    /// Generates and streams chunks; the text of choice 0 is appended to `transcript` as it
+    /// streams. Returns how it ended and the `done` frame, which the caller sends last.
+    async fn run(
+        &self,
+        prepared: Prepared,
+        log: &mut RequestLog,
+        transcript: &mut String,
+    ) -> Result<(Outcome, Option<WsServerFrame>), ApiError> {
+        let Prepared { valid, prompt_text, prompt, plan } = prepared;
+        let id = self.id;
+        let mut generation = Generation::start(self.state, &valid.spec, std::slice::from_ref(&prompt))?;
+        if log.log_content() {
+            log.prompt = Some(prompt_text);
+        }
+        log.prompt_tokens = prompt.ids.len();
+
+        let mut chunker =
+            ChatChunker::new(format!("chatcmpl-{}", self.log_id), valid.model.clone(), valid.spec.include_usage);
+        chunker.choices = generation.choices();
+        chunker.parse_tool_calls(&plan);
+        for chunk in chunker.role_chunks() {
+            if !self.send(WsServerFrame::Chunk { id: id.to_string(), chunk }).await {
+                return Ok((Outcome::Disconnected, None));
+            }
+        }
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    let usage = generation.usage_so_far();
+                    log.completion_tokens = usage.completion_tokens;
+                    return Ok((Outcome::Cancelled, Some(WsServerFrame::Done { id: id.to_string(), usage, cancelled: true })));
+                }
+                event = generation.next() => event,
+            };
+            let Some(event) = event else { return Ok((Outcome::Finished, None)) };
+            if let DriverEvent::Error(e) = event {
+                return Err(e);
+            }
+            if let DriverEvent::Delta { index, text, .. } = &event {
+                if *index == 0 {
+                    transcript.push_str(text);
+                }
+                if log.log_content() {
+                    log.completion.get_or_insert_with(String::new).push_str(text);
+                }
+            }
+            for chunk in chunker.chunks(&event) {
+                if !self.send(WsServerFrame::Chunk { id: id.to_string(), chunk }).await {
+                    return Ok((Outcome::Disconnected, None));
+                }
+            }
+            if let DriverEvent::Done(usage) = event {
                 log.completion_tokens = usage.completion_tokens;
-                send(WsServerFrame::Done { id: id.to_string(), usage, cancelled: true }).await;
-                return Ok(());
+                return Ok((Outcome::Finished, Some(WsServerFrame::Done { id: id.to_string(), usage, cancelled: false })));
             }
-            event = generation.next() => event,
-        };
-        let Some(event) = event else { return Ok(()) };
-        if let DriverEvent::Error(e) = event {
-            return Err(e);
-        }
-        if let DriverEvent::Delta { text, .. } = &event
-            && log.log_content()
-        {
-            log.completion.get_or_insert_with(String::new).push_str(text);
-        }
-        for chunk in chunker.chunks(&event) {
-            if !send(WsServerFrame::Chunk { id: id.to_string(), chunk }).await {
-                return Ok(());
-            }
-        }
-        if let DriverEvent::Done(usage) = event {
-            log.completion_tokens = usage.completion_tokens;
-            send(WsServerFrame::Done { id: id.to_string(), usage, cancelled: false }).await;
-            return Ok(());
         }
     }
 }
@@ -352,6 +534,16 @@ mod tests {
             _ => panic!("create frame"),
         }
         assert!(matches!(parse_frame("not json"), Err((None, ApiError::InvalidJson(_)))));
+    }
+
+    #[test]
+    fn sockets_belong_to_the_key_that_opened_them() {
+        let keys = vec!["sk-a".to_string(), "sk-b".to_string()];
+        assert_eq!(owner_of(Some("sk-b"), &keys), Some(Owner(Some(1))));
+        assert_eq!(owner_of(Some("sk-c"), &keys), None);
+        assert_eq!(owner_of(None, &keys), None);
+        assert_eq!(owner_of(None, &[]), Some(Owner(None)), "an open server has one shared owner");
+        assert_eq!(owner_of(Some("anything"), &[]), Some(Owner(None)));
     }
 
     #[test]
