@@ -11,6 +11,7 @@ mod gemma_tests;
 mod gguf_vocab;
 mod hf_json;
 mod incremental;
+mod length_bound;
 mod rendered;
 #[cfg(test)]
 mod rendered_tests;
@@ -62,6 +63,8 @@ struct Inner {
     stop_ids: Vec<u32>,
     /// How token texts write bytes, found on first use of [`Tokenizer::token_bytes`].
     encoding: OnceLock<crate::constraint::VocabEncoding>,
+    /// What bounds a text's token count by its bytes, if anything does (see `length_bound`).
+    length_bound: OnceLock<Option<length_bound::LengthBound>>,
 }
 
 /// The ids and flags a source (GGUF or `tokenizer.json`) supplies next to the tokenizer.
@@ -167,6 +170,7 @@ impl Tokenizer {
             add_bos: specials.add_bos,
             stop_ids,
             encoding: OnceLock::new(),
+            length_bound: OnceLock::new(),
         };
         Tokenizer { inner: Arc::new(inner) }
     }

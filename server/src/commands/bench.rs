@@ -9,11 +9,18 @@
 //!
 //! The client side must stay light: on a small machine it shares the cores with the server
 //! under test, so it runs on one thread (a current-thread runtime) and parses SSE itself.
+//!
+//! As a soak test (`just soak`): `--mix` spreads requests over plain HTTP, SSE and
+//! WebSocket, `--disconnect-ratio` makes that share of clients drop the connection
+//! mid-stream, the server's RSS is printed every `--sample-interval`, and `--check-leaks`
+//! fails the run unless, after the load, the server is idle with nothing held (`monitor`).
 
+mod monitor;
 mod prompts;
 mod request;
 mod sse;
 mod stats;
+mod transports;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -23,8 +30,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tokio::task::JoinSet;
 
+use monitor::{Probe, RssSource};
 use request::{RequestError, RequestSpec};
-use stats::{Report, RunInfo, Sample};
+use stats::{Report, RunInfo, Sample, Tally};
+use transports::Transport;
 
 /// Measure an OpenAI-compatible server: streaming chat requests from N concurrent clients.
 #[derive(Debug, Clone, Args)]
@@ -68,6 +77,40 @@ pub struct BenchArgs {
     /// Print one JSON object with the figures instead of text.
     #[arg(long)]
     json: bool,
+    /// Transports used in turn, comma-separated: http (`stream: false`), sse, ws.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "sse")]
+    mix: Vec<Transport>,
+    /// Share of requests (0–1) whose client drops the connection after a random number of
+    /// chunks.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio)]
+    disconnect_ratio: f64,
+    /// The server's process id: its RSS is read from /proc (default: from its /metrics).
+    #[arg(long, value_name = "PID")]
+    rss_pid: Option<u32>,
+    /// Seconds between RSS samples (taken with --rss-pid or --check-leaks).
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    sample_interval: u64,
+    /// After the load, check that the server freed everything: no request running or waiting,
+    /// no generation or WebSocket open, the KV cache held by the prefix cache only, and no
+    /// 5xx during the run. Exits non-zero if not.
+    #[arg(long)]
+    check_leaks: bool,
+    /// Seconds the server gets after the load to become idle before the leak check fails.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    settle: u64,
+    /// RSS growth is measured from the first sample this many seconds into the load.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    rss_warmup: u64,
+    /// Fail when the RSS grew more than this many percent after the warm-up.
+    #[arg(long, value_name = "PCT")]
+    max_rss_growth: Option<f64>,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("'{s}' is not a number from 0 to 1")),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +127,8 @@ pub enum BenchError {
     Warmup(RequestError),
     #[error("every request failed ({0} of {0})")]
     AllFailed(u64),
+    #[error("the soak check failed:\n  {}", .0.join("\n  "))]
+    Soak(Vec<String>),
 }
 
 /// Runs the benchmark on its own single-threaded runtime and prints the report to stdout.
@@ -96,10 +141,13 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     } else {
         println!("{report}");
     }
-    if report.requests > 0 && report.successful == 0 {
+    if report.errors > 0 && report.successful == 0 {
         return Err(BenchError::AllFailed(report.requests));
     }
-    Ok(())
+    match &report.soak {
+        Some(soak) if !soak.failures.is_empty() => Err(BenchError::Soak(soak.failures.clone())),
+        _ => Ok(()),
+    }
 }
 
 /// When to stop sending new requests.
@@ -114,6 +162,7 @@ enum Limit {
 struct Progress {
     done: AtomicU64,
     errors: AtomicU64,
+    disconnected: AtomicU64,
     running: AtomicU64,
     tokens: AtomicU64,
 }
@@ -124,6 +173,9 @@ struct Shared {
     url: String,
     api_key: Option<String>,
     spec: RequestSpec,
+    ws_url: String,
+    mix: Vec<Transport>,
+    disconnect_ratio: f64,
     seed: u64,
     timeout: Duration,
     limit: Limit,
@@ -154,7 +206,9 @@ async fn bench(args: BenchArgs) -> Result<Report, BenchError> {
     for k in 0..args.warmup {
         let prompt = format!("Warm-up {k}: {}", prompts::prompt(k as usize));
         let body = request::request_body(&spec, &prompt);
-        request::run_one(&client, &url, args.api_key.as_deref(), &body, timeout).await.map_err(BenchError::Warmup)?;
+        request::run_one(&client, &url, args.api_key.as_deref(), &body, timeout, None)
+            .await
+            .map_err(BenchError::Warmup)?;
     }
 
     let start = Instant::now();
@@ -169,11 +223,17 @@ async fn bench(args: BenchArgs) -> Result<Report, BenchError> {
         max_tokens: args.max_tokens,
         seed: args.seed,
     };
+    let sampling = args.check_leaks || args.rss_pid.is_some();
+    let rss_source = args.rss_pid.map_or(RssSource::Metrics, RssSource::Pid);
+    let probe = Probe::new(client.clone(), &info.base_url, args.api_key.clone(), rss_source);
     let shared = Arc::new(Shared {
         client,
         url,
         api_key: args.api_key,
         spec,
+        ws_url: transports::ws_url(&info.base_url),
+        mix: args.mix,
+        disconnect_ratio: args.disconnect_ratio,
         seed: args.seed,
         timeout,
         limit,
@@ -181,6 +241,9 @@ async fn bench(args: BenchArgs) -> Result<Report, BenchError> {
         progress: Progress::default(),
     });
     let ticker = tokio::spawn(show_progress(shared.clone(), start));
+    let interval = Duration::from_secs(args.sample_interval);
+    let (stop_sampling, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sampler = sampling.then(|| tokio::spawn(monitor::sample_rss(probe.clone(), start, interval, stopped)));
     let mut clients = JoinSet::new();
     for _ in 0..concurrency {
         clients.spawn(client_loop(shared.clone()));
@@ -200,13 +263,31 @@ async fn bench(args: BenchArgs) -> Result<Report, BenchError> {
 
     let mut samples = Vec::new();
     let mut errors = Vec::new();
+    let mut tally = Tally::default();
     for outcome in outcomes {
         match outcome {
             Ok(s) => samples.push(s),
-            Err(e) => errors.push((e.kind(), e.to_string())),
+            Err(RequestError::Disconnected) => tally.disconnected += 1,
+            Err(e) => {
+                tally.server_errors += u64::from(e.is_server_error());
+                errors.push((e.kind(), e.to_string()));
+            }
         }
     }
-    Ok(stats::report(info, &samples, &errors, wall))
+    let mut report = stats::report(info, &samples, &errors, tally, wall);
+    if let Some(sampler) = sampler {
+        let leaks = if args.check_leaks {
+            Some(monitor::check_idle(&probe, Duration::from_secs(args.settle)).await)
+        } else {
+            None
+        };
+        // The last sample, after the settle: what the server kept.
+        let _ = stop_sampling.send(());
+        let rss = sampler.await.unwrap_or_default();
+        let warmup = Duration::from_secs(args.rss_warmup);
+        report.soak = Some(monitor::soak_report(rss, warmup, args.max_rss_growth, leaks, report.server_errors));
+    }
+    Ok(report)
 }
 
 /// One client: takes the next request number until the limit, sends, records.
@@ -222,14 +303,24 @@ async fn client_loop(shared: Arc<Shared>) -> Vec<Outcome> {
             return outcomes;
         }
         let body = request::request_body(&shared.spec, &request_prompt(shared.seed, i));
+        let plan = transports::plan(shared.seed, i, &shared.mix, shared.disconnect_ratio, shared.spec.max_tokens);
         let p = &shared.progress;
         p.running.fetch_add(1, Ordering::Relaxed);
-        let outcome =
-            request::run_one(&shared.client, &shared.url, shared.api_key.as_deref(), &body, shared.timeout).await;
+        let (key, drop_after) = (shared.api_key.as_deref(), plan.disconnect_after);
+        let outcome = match plan.transport {
+            Transport::Sse => {
+                request::run_one(&shared.client, &shared.url, key, &body, shared.timeout, drop_after).await
+            }
+            Transport::Http => {
+                transports::run_http(&shared.client, &shared.url, key, &body, shared.timeout, drop_after).await
+            }
+            Transport::Ws => transports::run_ws(&shared.ws_url, key, &body, shared.timeout, drop_after).await,
+        };
         p.running.fetch_sub(1, Ordering::Relaxed);
         p.done.fetch_add(1, Ordering::Relaxed);
         match &outcome {
             Ok(s) => p.tokens.fetch_add(s.output_tokens, Ordering::Relaxed),
+            Err(RequestError::Disconnected) => p.disconnected.fetch_add(1, Ordering::Relaxed),
             Err(_) => p.errors.fetch_add(1, Ordering::Relaxed),
         };
         outcomes.push(outcome);
@@ -259,10 +350,11 @@ async fn show_progress(shared: Arc<Shared>, start: Instant) {
             Limit::Until(_) => String::new(),
         };
         let line = format!(
-            "bench: {}{total} done, {} running, {} errors, {tokens} tokens, {:.1} tok/s, {secs:.1} s",
+            "bench: {}{total} done, {} running, {} errors, {} dropped, {tokens} tokens, {:.1} tok/s, {secs:.1} s",
             p.done.load(Ordering::Relaxed),
             p.running.load(Ordering::Relaxed),
             p.errors.load(Ordering::Relaxed),
+            p.disconnected.load(Ordering::Relaxed),
             tokens as f64 / secs.max(1e-9),
         );
         if terminal {

@@ -96,6 +96,13 @@ pub struct ServeArgs {
     #[arg(long, env = "STELLARCHAT_BODY_TIMEOUT", default_value_t = 30)]
     pub body_timeout: u64,
 
+    /// Open connections served at once; more wait (in the kernel's accept queue) until one
+    /// closes. Bounds file descriptors and per-connection memory; the default stays under
+    /// the usual 1024 open-file limit, with room for the model file and logs.
+    #[arg(long, env = "STELLARCHAT_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
     /// Put `/metrics` behind the API key, like `/v1/*` (off: `/metrics` is open).
     #[arg(long, env = "STELLARCHAT_METRICS_API_KEY")]
     pub metrics_api_key: bool,

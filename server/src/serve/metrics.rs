@@ -27,6 +27,9 @@ pub struct Metrics {
     pub num_requests_running: IntGauge,
     pub num_requests_waiting: IntGauge,
     pub kv_cache_usage_perc: Gauge,
+    pub prefix_cache_usage_perc: Gauge,
+    /// Set at scrape time by the `/metrics` handler from the shutdown lifecycle's count.
+    pub active_generations: IntGauge,
     pub prompt_tokens_total: IntCounter,
     pub generation_tokens_total: IntCounter,
     pub prefix_cache_queries_tokens_total: IntCounter,
@@ -71,6 +74,16 @@ impl Metrics {
         let num_requests_running = IntGauge::new(name("num_requests_running"), "Sequences in the running batch.")?;
         let num_requests_waiting = IntGauge::new(name("num_requests_waiting"), "Requests waiting for a slot.")?;
         let kv_cache_usage_perc = Gauge::new(name("kv_cache_usage_perc"), "Fraction of the KV cache in use (0-1).")?;
+        // With no request running, all of the KV cache in use must be this part: the soak's
+        // leak check (`stellarchat bench --check-leaks`) compares the two.
+        let prefix_cache_usage_perc = Gauge::new(
+            name("prefix_cache_usage_perc"),
+            "Fraction of the KV cache held by the prefix cache for reuse (0-1).",
+        )?;
+        let active_generations = IntGauge::new(
+            name("active_generations"),
+            "Generations in flight over HTTP and WebSocket (what graceful shutdown waits for).",
+        )?;
         let prompt_tokens_total = IntCounter::new(name("prompt_tokens_total"), "Prompt tokens processed.")?;
         let generation_tokens_total = IntCounter::new(name("generation_tokens_total"), "Tokens generated.")?;
         let prefix_cache_queries_tokens_total = IntCounter::new(
@@ -94,6 +107,8 @@ impl Metrics {
         registry.register(Box::new(num_requests_running.clone()))?;
         registry.register(Box::new(num_requests_waiting.clone()))?;
         registry.register(Box::new(kv_cache_usage_perc.clone()))?;
+        registry.register(Box::new(prefix_cache_usage_perc.clone()))?;
+        registry.register(Box::new(active_generations.clone()))?;
         registry.register(Box::new(prompt_tokens_total.clone()))?;
         registry.register(Box::new(generation_tokens_total.clone()))?;
         registry.register(Box::new(prefix_cache_queries_tokens_total.clone()))?;
@@ -115,6 +130,8 @@ impl Metrics {
             num_requests_running,
             num_requests_waiting,
             kv_cache_usage_perc,
+            prefix_cache_usage_perc,
+            active_generations,
             prompt_tokens_total,
             generation_tokens_total,
             prefix_cache_queries_tokens_total,
@@ -151,6 +168,7 @@ impl Metrics {
         self.num_requests_running.set(stats.running as i64);
         self.num_requests_waiting.set(stats.waiting as i64);
         self.kv_cache_usage_perc.set(stats.kv_cache_usage);
+        self.prefix_cache_usage_perc.set(stats.prefix_cache_usage);
         // The engine counts since its start; the counters catch up to it (they only rise).
         let catch_up = |counter: &IntCounter, total: u64| counter.inc_by(total.saturating_sub(counter.get()));
         catch_up(&self.prefix_cache_queries_tokens_total, stats.prefix_cache_queries_tokens);

@@ -185,7 +185,7 @@ pub async fn run(
     println!("listening on http://{bound}");
     let _ = std::io::stdout().flush();
 
-    let server = Server::new(acceptor);
+    let server = Server::new(acceptor).max_connections(args.max_connections as usize);
     let handle = server.handle();
     let service = router::service(state.clone(), &args.cors_origins);
     let mut serving = tokio::spawn(server.try_serve(service));

@@ -13,6 +13,11 @@
 //! Tools: a template that uses `tools` receives the definitions and the messages' calls and
 //! results as Hugging Face passes them; any other template gets the conversation rewritten
 //! by [`tools::fallback`] (tools described in the system prompt, calls and results as text).
+//!
+//! This is the CPU-heavy part of a request (a prompt may be megabytes): handlers run it
+//! through [`off_worker`], on tokio's blocking pool, so the async workers keep serving other
+//! requests meanwhile; and a prompt whose length alone proves it exceeds the context is
+//! refused before it is tokenized ([`reject_certainly_too_long`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -160,6 +165,7 @@ pub fn plan_chat_with_tools(
     parse_special_in_content: bool,
 ) -> Result<(String, PlannedPrompt), ApiError> {
     let prompt = render_chat_parts(model, messages, tools, true)?;
+    reject_certainly_too_long(model, limits, prompt.parts().iter().map(|(text, _)| text.as_str()), "messages")?;
     let ids = encode_chat(model, &prompt, parse_special_in_content)?;
     let max_tokens = resolve_max_tokens(ids.len(), spec.max_tokens, limits, "messages")?;
     Ok((prompt.text(), PlannedPrompt { ids, max_tokens }))
@@ -176,13 +182,56 @@ pub fn plan_completion(
         .iter()
         .map(|p| {
             let ids = match p {
-                PromptSource::Text(text) => encode_prompt(model, text)?,
+                PromptSource::Text(text) => {
+                    reject_certainly_too_long(model, limits, [text.as_str()], "prompt")?;
+                    encode_prompt(model, text)?
+                }
                 PromptSource::Tokens(ids) => ids.clone(),
             };
             let max_tokens = resolve_max_tokens(ids.len(), spec.max_tokens, limits, "prompt")?;
             Ok(PlannedPrompt { ids, max_tokens })
         })
         .collect()
+}
+
+/// Refuses a prompt (given as its pieces) that cannot fit the context whatever its text:
+/// the tokenizer's lower bound on its token count ([`Tokenizer::min_token_count`]) already
+/// reaches `max_model_len`. Tokenizing megabytes only to count them would hold a CPU for
+/// seconds. Tokenizers without such a bound pass every prompt on to be counted.
+///
+/// [`Tokenizer::min_token_count`]: stellarchat_model::tokenizer::Tokenizer::min_token_count
+pub fn reject_certainly_too_long<'a>(
+    model: &ModelInfo,
+    limits: &Limits,
+    pieces: impl IntoIterator<Item = &'a str> + Clone,
+    param: &str,
+) -> Result<(), ApiError> {
+    let context = limits.max_model_len;
+    match model.tokenizer.min_token_count(pieces.clone()) {
+        Some(at_least) if at_least >= context => {
+            let bytes: usize = pieces.into_iter().map(str::len).sum();
+            Err(ApiError::ContextLengthExceeded {
+                message: format!(
+                    "This model's maximum context length is {context} tokens. However, your prompt ({bytes} bytes) \
+                     has at least {at_least} tokens. Please reduce the length of the prompt."
+                ),
+                param: Some(param.to_string()),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Runs CPU-heavy request work (template rendering, tokenizing or detokenizing inputs up to
+/// the body limit, grammar compilation) on tokio's blocking pool, so that the async workers
+/// stay free: four 4 MB `/tokenize` calls once held `/health` for ~10 s. A panic in `work`
+/// becomes a 500, like a panic in a handler.
+pub async fn off_worker<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Internal(format!("prompt preparation failed: {e}")))?
 }
 
 #[cfg(test)]
@@ -227,6 +276,57 @@ mod tests {
         // Ordinary chats get the same ids either way.
         let plain = render_chat_parts(&info, &hello(), None, true).unwrap();
         assert_eq!(encode_chat(&info, &plain, false).unwrap(), encode_chat(&info, &plain, true).unwrap());
+    }
+
+    #[test]
+    fn a_prompt_certain_to_exceed_the_context_is_refused_before_tokenizing() {
+        // One token per byte plus ChatML's control tokens: the bound is bytes / 12.
+        let tokenizer = Arc::new(stellarchat_model::tokenizer::Tokenizer::synthetic(300).unwrap());
+        let template = ChatTemplate::new(stellarchat_model::chat_template::CHATML_TEMPLATE, "", "").unwrap();
+        let info = ModelInfo { tokenizer, chat_template: Some(template), ..ModelInfo::clone(&synthetic()) };
+        let limits = Limits { max_model_len: 64, max_tokens_limit: 16, max_n: 1, vocab_size: 300 };
+        let spec = GenerationSpec {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: vec![],
+            seed: None,
+            max_tokens: None,
+            max_tokens_param: "max_tokens",
+            stop: vec![],
+            stop_token_ids: vec![],
+            ignore_eos: false,
+            skip_special_tokens: true,
+            logprobs: None,
+            n: 1,
+            stream: false,
+            include_usage: false,
+            constraint: None,
+        };
+        // 4 MB is far past the bound, and the refusal says "at least" (the count was not taken).
+        let big = vec![Message::new(Role::User, "x".repeat(4 << 20))];
+        let err = plan_chat(&info, &limits, &big, &spec, false).unwrap_err();
+        assert!(matches!(&err, ApiError::ContextLengthExceeded { .. }), "{err}");
+        assert!(err.to_string().contains("at least"), "{err}");
+        let err = plan_completion(&info, &limits, &[PromptSource::Text("y".repeat(1 << 20))], &spec).unwrap_err();
+        assert!(err.to_string().contains("at least"), "{err}");
+        // Just over the context (~100 tokens, bound ~10): only the exact count can tell.
+        let over = vec![Message::new(Role::User, "x".repeat(100))];
+        let err = plan_chat(&info, &limits, &over, &spec, false).unwrap_err();
+        assert!(matches!(&err, ApiError::ContextLengthExceeded { .. }), "{err}");
+        assert!(!err.to_string().contains("at least"), "{err}");
+        assert!(reject_certainly_too_long(&info, &limits, ["short"], "prompt").is_ok());
+    }
+
+    #[tokio::test]
+    async fn off_worker_returns_the_result_and_turns_a_panic_into_a_500() {
+        assert_eq!(off_worker(|| Ok(7)).await.unwrap(), 7);
+        let err = off_worker::<()>(|| panic!("boom")).await.unwrap_err();
+        assert_eq!(err.kind(), "internal");
     }
 
     #[test]

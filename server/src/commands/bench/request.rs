@@ -57,6 +57,12 @@ pub enum RequestError {
     Protocol(String),
     #[error("the stream ended before [DONE]")]
     Incomplete,
+    /// An `error` frame on a WebSocket, by its OpenAI error type.
+    #[error("WebSocket error ({kind}): {message}")]
+    WsError { kind: String, message: String },
+    /// Not a failure: the client dropped the connection on purpose (`--disconnect-ratio`).
+    #[error("disconnected by the client")]
+    Disconnected,
 }
 
 impl RequestError {
@@ -69,6 +75,19 @@ impl RequestError {
             RequestError::ErrorEvent(_) => "error_event".into(),
             RequestError::Protocol(_) => "protocol".into(),
             RequestError::Incomplete => "incomplete".into(),
+            RequestError::WsError { kind, .. } => format!("ws_{kind}"),
+            RequestError::Disconnected => "disconnected".into(),
+        }
+    }
+
+    /// The server's fault (a 5xx, or its equivalent inside a stream), as opposed to the
+    /// request's (4xx) or the network's.
+    pub fn is_server_error(&self) -> bool {
+        match self {
+            RequestError::Status { status, .. } => *status >= 500,
+            RequestError::ErrorEvent(_) => true,
+            RequestError::WsError { kind, .. } => kind == "server_error" || kind == "service_unavailable_error",
+            _ => false,
         }
     }
 }
@@ -138,16 +157,18 @@ impl Timing {
     }
 }
 
-/// Sends one request and times its stream. `timeout` bounds the whole request.
+/// Sends one request and times its stream. `timeout` bounds the whole request. With
+/// `disconnect_after`, the body is dropped unread after that many content chunks.
 pub async fn run_one(
     client: &reqwest::Client,
     url: &str,
     api_key: Option<&str>,
     body: &Value,
     timeout: Duration,
+    disconnect_after: Option<u32>,
 ) -> Result<Sample, RequestError> {
     let start = Instant::now();
-    match tokio::time::timeout(timeout, stream_one(client, url, api_key, body, start)).await {
+    match tokio::time::timeout(timeout, stream_one(client, url, api_key, body, start, disconnect_after)).await {
         Ok(result) => result,
         Err(_) => Err(RequestError::Timeout),
     }
@@ -159,6 +180,7 @@ async fn stream_one(
     api_key: Option<&str>,
     body: &Value,
     start: Instant,
+    disconnect_after: Option<u32>,
 ) -> Result<Sample, RequestError> {
     let mut request = client.post(url).json(body);
     if let Some(key) = api_key {
@@ -179,6 +201,10 @@ async fn stream_one(
         for event in decoder.push(&bytes).map_err(|e| RequestError::Protocol(e.to_string()))? {
             if handle(&mut timing, &event, at)? {
                 return Ok(timing.finish(Instant::now()));
+            }
+            if disconnect_after.is_some_and(|n| timing.content_chunks >= u64::from(n)) {
+                // Dropping the response closes its connection: an abrupt end.
+                return Err(RequestError::Disconnected);
             }
         }
     }
@@ -247,5 +273,11 @@ mod tests {
     fn error_kinds() {
         assert_eq!(RequestError::Status { status: 429, message: String::new() }.kind(), "http_429");
         assert_eq!(RequestError::Incomplete.kind(), "incomplete");
+        assert!(RequestError::Status { status: 503, message: String::new() }.is_server_error());
+        assert!(!RequestError::Status { status: 429, message: String::new() }.is_server_error());
+        let ws = |kind: &str| RequestError::WsError { kind: kind.into(), message: String::new() };
+        assert!(ws("server_error").is_server_error() && !ws("invalid_request_error").is_server_error());
+        assert_eq!(ws("rate_limit_error").kind(), "ws_rate_limit_error");
+        assert!(!RequestError::Disconnected.is_server_error());
     }
 }

@@ -52,6 +52,15 @@ impl Percentiles {
     }
 }
 
+/// Outcomes that are not samples or errors' kinds: counted by the caller.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tally {
+    /// Requests the client dropped on purpose (`--disconnect-ratio`).
+    pub disconnected: u64,
+    /// Errors that are the server's fault (5xx, or an error inside a stream).
+    pub server_errors: u64,
+}
+
 /// The whole run's figures; `--json` prints this object.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -64,6 +73,11 @@ pub struct Report {
     pub requests: u64,
     pub successful: u64,
     pub errors: u64,
+    /// Dropped by the client on purpose: neither successful nor errors.
+    pub disconnected: u64,
+    /// Of the errors: HTTP 4xx, and the server's faults (5xx, errors inside a stream).
+    pub client_errors: u64,
+    pub server_errors: u64,
     /// Error count by kind (`http_429`, `timeout`, `error_event`, …).
     pub errors_by_kind: BTreeMap<String, u64>,
     /// The first message seen for each error kind.
@@ -76,6 +90,9 @@ pub struct Report {
     pub ttft_ms: Option<Percentiles>,
     pub itl_ms: Option<Percentiles>,
     pub e2e_ms: Option<Percentiles>,
+    /// RSS curve and leak check (`--rss-pid`, `--check-leaks`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<super::monitor::SoakReport>,
 }
 
 /// Run parameters that go into the report unchanged.
@@ -89,7 +106,7 @@ pub struct RunInfo {
 }
 
 /// Errors as (kind, message) pairs, in the order they happened.
-pub fn report(info: RunInfo, samples: &[Sample], errors: &[(String, String)], wall: Duration) -> Report {
+pub fn report(info: RunInfo, samples: &[Sample], errors: &[(String, String)], tally: Tally, wall: Duration) -> Report {
     let secs = wall.as_secs_f64();
     let per_s = |n: f64| if secs > 0.0 { n / secs } else { 0.0 };
     let output_tokens: u64 = samples.iter().map(|s| s.output_tokens).sum();
@@ -105,9 +122,12 @@ pub fn report(info: RunInfo, samples: &[Sample], errors: &[(String, String)], wa
         concurrency: info.concurrency,
         max_tokens: info.max_tokens,
         seed: info.seed,
-        requests: (samples.len() + errors.len()) as u64,
+        requests: samples.len() as u64 + errors.len() as u64 + tally.disconnected,
         successful: samples.len() as u64,
         errors: errors.len() as u64,
+        disconnected: tally.disconnected,
+        client_errors: errors.iter().filter(|(kind, _)| kind.starts_with("http_4")).count() as u64,
+        server_errors: tally.server_errors,
         errors_by_kind,
         error_examples,
         duration_s: secs,
@@ -117,6 +137,7 @@ pub fn report(info: RunInfo, samples: &[Sample], errors: &[(String, String)], wa
         ttft_ms: Percentiles::of(samples.iter().filter_map(|s| s.ttft)),
         itl_ms: Percentiles::of(samples.iter().flat_map(|s| s.itls.iter().copied())),
         e2e_ms: Percentiles::of(samples.iter().map(|s| s.e2e)),
+        soak: None,
     }
 }
 
@@ -151,7 +172,11 @@ impl std::fmt::Display for Report {
         writeln!(f, "server       {} (model {})", self.base_url, self.model)?;
         let clients = if self.concurrency == 1 { "client" } else { "clients" };
         writeln!(f, "load         {} {clients}, max_tokens {}, seed {}", self.concurrency, self.max_tokens, self.seed)?;
-        writeln!(f, "requests     {} ok, {} errors, in {:.2} s", self.successful, self.errors, self.duration_s)?;
+        writeln!(
+            f,
+            "requests     {} ok, {} errors ({} 4xx, {} 5xx), {} dropped by the client, in {:.2} s",
+            self.successful, self.errors, self.client_errors, self.server_errors, self.disconnected, self.duration_s
+        )?;
         writeln!(
             f,
             "throughput   {:.2} req/s, {:.1} output tok/s ({} output tokens)",
@@ -163,6 +188,9 @@ impl std::fmt::Display for Report {
         for (kind, count) in &self.errors_by_kind {
             let example = self.error_examples.get(kind).map(String::as_str).unwrap_or("");
             write!(f, "\nerror        {kind} ×{count}: {example}")?;
+        }
+        if let Some(soak) = &self.soak {
+            write!(f, "\n{soak}")?;
         }
         Ok(())
     }
@@ -204,8 +232,10 @@ mod tests {
             Sample { ttft: None, itls: vec![], e2e: ms(50), output_tokens: 0 },
         ];
         let errors = vec![("http_429".to_string(), "queue full".to_string()), ("http_429".into(), "again".into())];
-        let r = report(info, &samples, &errors, Duration::from_secs(2));
-        assert_eq!((r.requests, r.successful, r.errors), (4, 2, 2));
+        let tally = Tally { disconnected: 1, server_errors: 0 };
+        let r = report(info, &samples, &errors, tally, Duration::from_secs(2));
+        assert_eq!((r.requests, r.successful, r.errors, r.disconnected), (5, 2, 2, 1));
+        assert_eq!((r.client_errors, r.server_errors), (2, 0));
         assert_eq!(r.errors_by_kind["http_429"], 2);
         assert_eq!(r.error_examples["http_429"], "queue full");
         assert_eq!(r.requests_per_s, 1.0);

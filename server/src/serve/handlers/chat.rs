@@ -13,7 +13,7 @@ use super::read_body;
 use crate::serve::error::ApiError;
 use crate::serve::generate::{DriverEvent, Generation, LogprobToken, PlannedPrompt};
 use crate::serve::middleware::{RequestId, RequestLog};
-use crate::serve::prompt::plan_chat_with_tools;
+use crate::serve::prompt::{off_worker, plan_chat_with_tools};
 use crate::serve::protocol::{
     ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatDelta,
     ChatLogprobs, ChatMessageOut, ChatTokenLogprob, FunctionCallDelta, FunctionCallOut, ToolCallDelta, ToolCallOut,
@@ -58,6 +58,20 @@ pub fn prepare_chat(
     Ok((text, prompt, plan))
 }
 
+/// [`prepare_chat`] on the blocking pool ([`off_worker`]): rendering and tokenizing a big
+/// prompt, or compiling a grammar, must not hold an async worker.
+pub async fn prepare_chat_off_worker(
+    state: &Arc<AppState>,
+    mut valid: ValidChat,
+) -> Result<(ValidChat, String, PlannedPrompt, OutputPlan), ApiError> {
+    let state = state.clone();
+    off_worker(move || {
+        let (text, prompt, plan) = prepare_chat(&state, &mut valid)?;
+        Ok((valid, text, prompt, plan))
+    })
+    .await
+}
+
 /// Creates a chat completion: JSON, or Server-Sent Events with `"stream": true`.
 #[endpoint(
     tags("chat"),
@@ -71,8 +85,8 @@ pub async fn chat_completions(req: &mut Request, depot: &mut Depot, res: &mut Re
     let state = AppState::from_depot(depot)?;
     let body = read_body(req, state.max_body_bytes).await?;
     let request: ChatCompletionRequest = parse_json(&body)?;
-    let mut valid = validate_chat(request, &state.validation_context())?;
-    let (prompt_text, prompt, plan) = prepare_chat(&state, &mut valid)?;
+    let valid = validate_chat(request, &state.validation_context())?;
+    let (valid, prompt_text, prompt, plan) = prepare_chat_off_worker(&state, valid).await?;
     let generation = Generation::start(&state, &valid.spec, std::slice::from_ref(&prompt))?;
 
     let request_id = depot.get_typed::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();

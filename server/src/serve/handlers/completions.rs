@@ -20,7 +20,7 @@ use super::read_body;
 use crate::serve::error::ApiError;
 use crate::serve::generate::{DriverEvent, Generation, LogprobToken};
 use crate::serve::middleware::{RequestId, RequestLog};
-use crate::serve::prompt::plan_completion;
+use crate::serve::prompt::{off_worker, plan_completion};
 use crate::serve::protocol::{
     CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest, CompletionResponse, UsageSlot, unix_now,
 };
@@ -47,13 +47,21 @@ pub async fn completions(req: &mut Request, depot: &mut Depot, res: &mut Respons
     let body = read_body(req, state.max_body_bytes).await?;
     let request: CompletionRequest = parse_json(&body)?;
     let valid = validate_completion(request, &state.validation_context())?;
-    let sources = match &valid.suffix {
-        Some(suffix) => {
-            valid.prompts.iter().map(|p| fill_in_the_middle(&state.model, p, suffix)).collect::<Result<Vec<_>, _>>()?
-        }
-        None => valid.prompts.clone(),
-    };
-    let prompts = plan_completion(&state.model, &state.limits, &sources, &valid.spec)?;
+    // Tokenizing prompts of up to the body limit: on the blocking pool (see `off_worker`).
+    let (work_state, prompts, suffix, spec) =
+        (state.clone(), valid.prompts.clone(), valid.suffix.clone(), valid.spec.clone());
+    let (sources, prompts) = off_worker(move || {
+        let sources = match &suffix {
+            Some(suffix) => prompts
+                .iter()
+                .map(|p| fill_in_the_middle(&work_state.model, p, suffix))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => prompts,
+        };
+        let planned = plan_completion(&work_state.model, &work_state.limits, &sources, &spec)?;
+        Ok((sources, planned))
+    })
+    .await?;
     let mut generation = Generation::start_scoring(&state, &valid.spec, &prompts, valid.prompt_logprobs)?;
     let n = valid.spec.n.max(1);
     let want_logprobs = valid.spec.logprobs.is_some();

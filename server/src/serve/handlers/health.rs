@@ -27,6 +27,7 @@ pub async fn ready(depot: &mut Depot) -> Result<Json<StatusBody>, ApiError> {
 #[endpoint(tags("health"), responses((status_code = 200, body = String, content_type = "text/plain")))]
 pub async fn metrics(depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
     let state = AppState::from_depot(depot)?;
+    state.metrics.active_generations.set(state.lifecycle.active() as i64);
     let text = state
         .metrics
         .render(&state.engine.stats())

@@ -1,11 +1,12 @@
-//! `POST /tokenize` and `POST /detokenize`, in vLLM's shapes.
+//! `POST /tokenize` and `POST /detokenize`, in vLLM's shapes. Both work on inputs up to the
+//! body limit, so the work runs off the async workers.
 
 use salvo::oapi::endpoint;
 use salvo::prelude::*;
 
 use super::read_body;
 use crate::serve::error::ApiError;
-use crate::serve::prompt::{encode_chat, render_chat_parts};
+use crate::serve::prompt::{encode_chat, off_worker, render_chat_parts};
 use crate::serve::protocol::{DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse};
 use crate::serve::state::AppState;
 use crate::serve::validate::{parse_json, validate_messages};
@@ -26,6 +27,11 @@ pub async fn tokenize(req: &mut Request, depot: &mut Depot) -> Result<Json<Token
     let body = read_body(req, state.max_body_bytes).await?;
     let request: TokenizeRequest = parse_json(&body)?;
     check_model(&state, &request.model)?;
+    // Up to the body limit of text: tokenized on the blocking pool (see `off_worker`).
+    off_worker(move || tokenize_request(&state, &request)).await.map(Json)
+}
+
+fn tokenize_request(state: &AppState, request: &TokenizeRequest) -> Result<TokenizeResponse, ApiError> {
     let tokenizer = &state.model.tokenizer;
     let tokens = match (&request.prompt, &request.messages) {
         (Some(_), Some(_)) => {
@@ -51,7 +57,7 @@ pub async fn tokenize(req: &mut Request, depot: &mut Depot) -> Result<Json<Token
         .return_token_strs
         .unwrap_or(false)
         .then(|| tokens.iter().map(|&t| tokenizer.decode(&[t], false).unwrap_or_default()).collect());
-    Ok(Json(TokenizeResponse { count: tokens.len(), tokens, max_model_len: state.limits.max_model_len, token_strs }))
+    Ok(TokenizeResponse { count: tokens.len(), tokens, max_model_len: state.limits.max_model_len, token_strs })
 }
 
 /// Turns token ids back into text (special tokens included).
@@ -74,6 +80,6 @@ pub async fn detokenize(req: &mut Request, depot: &mut Depot) -> Result<Json<Det
             })
         })
         .collect::<Result<Vec<u32>, _>>()?;
-    let prompt = state.model.tokenizer.decode(&ids, false)?;
+    let prompt = off_worker(move || Ok(state.model.tokenizer.decode(&ids, false)?)).await?;
     Ok(Json(DetokenizeResponse { prompt }))
 }
