@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{Args, ValueEnum};
 use stellarchat_model::ModelError;
 use stellarchat_model::device::{DeviceSpec, Precision};
-use stellarchat_model::engine::EngineConfig;
+use stellarchat_model::engine::{EngineConfig, FaultInjection};
 use stellarchat_model::model::{LoadOptions, ModelInfo, ModelLoader};
 use stellarchat_model::weights::WeightFormat;
 
@@ -147,6 +147,11 @@ pub struct ServeArgs {
     #[arg(long, env = "STELLARCHAT_NO_PREFIX_CACHE", overrides_with = "prefix_cache")]
     pub no_prefix_cache: bool,
 
+    /// Test-only: make engine steps panic (`panic-at-step=N` or `panic-from-step=N`) so that
+    /// tests can watch the engine's supervision on the real binary. Hidden from `--help`.
+    #[arg(long, hide = true)]
+    pub fault_injection: Option<FaultInjection>,
+
     /// Seconds running streams may take to finish after SIGTERM/SIGINT before they are cut.
     #[arg(long, env = "STELLARCHAT_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
@@ -208,6 +213,7 @@ impl ServeArgs {
             max_prefill_tokens: self.max_prefill_tokens.max(1),
             kv_cache_tokens: self.kv_cache_tokens.max(1),
             prefix_cache: !self.no_prefix_cache,
+            fault_injection: self.fault_injection,
         }
     }
 

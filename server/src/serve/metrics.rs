@@ -34,6 +34,7 @@ pub struct Metrics {
     pub generation_tokens_total: IntCounter,
     pub prefix_cache_queries_tokens_total: IntCounter,
     pub prefix_cache_hits_tokens_total: IntCounter,
+    pub engine_failures_total: IntCounter,
     pub websocket_connections: IntGauge,
 }
 
@@ -94,6 +95,10 @@ impl Metrics {
             name("prefix_cache_hits_tokens_total"),
             "Prompt tokens found in the prefix cache (prefill skipped).",
         )?;
+        let engine_failures_total = IntCounter::new(
+            name("engine_failures_total"),
+            "Engine steps that panicked; their requests failed with a 500 and the engine served on.",
+        )?;
         let websocket_connections = IntGauge::new(name("websocket_connections"), "Open WebSocket connections.")?;
 
         registry.register(Box::new(requests_total.clone()))?;
@@ -113,6 +118,7 @@ impl Metrics {
         registry.register(Box::new(generation_tokens_total.clone()))?;
         registry.register(Box::new(prefix_cache_queries_tokens_total.clone()))?;
         registry.register(Box::new(prefix_cache_hits_tokens_total.clone()))?;
+        registry.register(Box::new(engine_failures_total.clone()))?;
         registry.register(Box::new(websocket_connections.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
@@ -136,6 +142,7 @@ impl Metrics {
             generation_tokens_total,
             prefix_cache_queries_tokens_total,
             prefix_cache_hits_tokens_total,
+            engine_failures_total,
             websocket_connections,
         })
     }
@@ -173,6 +180,7 @@ impl Metrics {
         let catch_up = |counter: &IntCounter, total: u64| counter.inc_by(total.saturating_sub(counter.get()));
         catch_up(&self.prefix_cache_queries_tokens_total, stats.prefix_cache_queries_tokens);
         catch_up(&self.prefix_cache_hits_tokens_total, stats.prefix_cache_hits_tokens);
+        catch_up(&self.engine_failures_total, stats.step_failures);
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))

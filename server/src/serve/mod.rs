@@ -52,7 +52,7 @@ use salvo::conn::tcp::TcpAcceptor;
 use salvo::prelude::*;
 use salvo::server::ServerHandle;
 use stellarchat_model::ModelError;
-use stellarchat_model::engine::{Engine, EngineHandle};
+use stellarchat_model::engine::{Engine, EngineHandle, EngineState};
 use stellarchat_model::model::ModelLoader;
 
 pub use config::{LogFormat, ServeArgs};
@@ -67,7 +67,11 @@ pub enum ServeError {
     #[error("--chat-template: {0}")]
     ChatTemplate(ModelError),
     #[error("loading the model failed: {0}")]
-    Load(String),
+    Load(Arc<ModelError>),
+    /// The engine failed while serving and gave up (see `engine::supervisor`): the process
+    /// exits non-zero so that its supervisor starts a fresh one.
+    #[error("the engine failed and the server stops: {0}")]
+    EngineFailed(Arc<ModelError>),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error("cannot read the API key file: {0}")]
@@ -190,9 +194,9 @@ pub async fn run(
     let service = router::service(state.clone(), &args.cors_origins);
     let mut serving = tokio::spawn(server.try_serve(service));
 
-    let load_failure = tokio::select! {
+    let failure = tokio::select! {
         _ = shutdown => None,
-        failure = watch_loading(&engine, load_started) => failure,
+        failure = watch_engine(engine.watch_state(), load_started) => Some(failure),
         result = &mut serving => {
             // The accept loop ended on its own: nothing left to drain.
             engine.shutdown();
@@ -205,25 +209,38 @@ pub async fn run(
     };
     shutdown_gracefully(&state, &handle, &mut serving, args.shutdown_timeout()).await;
     engine.shutdown();
-    match load_failure {
-        Some(message) => Err(ServeError::Load(message)),
+    match failure {
+        Some(failure) => Err(failure),
         None => Ok(()),
     }
 }
 
-/// Logs when the model is ready; returns the error if loading fails (which ends `serve`).
-async fn watch_loading(engine: &EngineHandle, started: Instant) -> Option<String> {
-    let mut ready_logged = false;
+/// Follows the engine's state: logs when the model is ready, and returns when the engine
+/// fails — to load, or later, when the supervisor gives up — which ends `serve` with an
+/// error (and the process with a non-zero status). Never returns while the engine serves.
+async fn watch_engine(mut states: tokio::sync::watch::Receiver<EngineState>, started: Instant) -> ServeError {
+    let mut served = false;
     loop {
-        if let Some(error) = engine.load_error() {
-            tracing::error!(error = %error, "the model failed to load; shutting down");
-            return Some(error);
+        let state = states.borrow_and_update().clone();
+        match state {
+            EngineState::Ready if !served => {
+                served = true;
+                tracing::info!(seconds = started.elapsed().as_secs_f64(), "model loaded; ready");
+            }
+            EngineState::Failed(error) if served => {
+                tracing::error!(error = %error, "the engine failed; shutting down");
+                return ServeError::EngineFailed(error);
+            }
+            EngineState::Failed(error) => {
+                tracing::error!(error = %error, "the model failed to load; shutting down");
+                return ServeError::Load(error);
+            }
+            _ => {}
         }
-        if !ready_logged && engine.is_ready() {
-            ready_logged = true;
-            tracing::info!(seconds = started.elapsed().as_secs_f64(), "model loaded; ready");
+        if states.changed().await.is_err() {
+            // The engine is gone without a failure (it was shut down): nothing more to watch.
+            std::future::pending::<()>().await;
         }
-        tokio::time::sleep(Duration::from_millis(if ready_logged { 1000 } else { 50 })).await;
     }
 }
 

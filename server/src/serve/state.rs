@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use salvo::Depot;
-use stellarchat_model::engine::EngineHandle;
+use stellarchat_model::engine::{EngineHandle, EngineState};
 use stellarchat_model::model::ModelInfo;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -69,8 +69,11 @@ impl AppState {
         if self.lifecycle.is_draining() {
             return Err(ApiError::ShuttingDown);
         }
-        if !self.engine.is_ready() {
-            return Err(ApiError::NotReady);
+        match self.engine.state() {
+            EngineState::Ready => {}
+            EngineState::Loading => return Err(ApiError::NotReady),
+            // The server is on its way out (see `serve::watch_engine`).
+            EngineState::Failed(_) | EngineState::Stopped => return Err(ApiError::ShuttingDown),
         }
         Ok(())
     }
