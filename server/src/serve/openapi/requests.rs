@@ -39,9 +39,9 @@ pub(super) fn tighten(t: &mut Tightener<'_>, served: &Served<'_>) {
     t.replace_property(chat, "tool_choice", tool_choice());
     t.replace_property(chat, "response_format", response_format());
     for name in ["functions", "audio", "prediction", "reasoning_effort", "web_search_options"] {
-        t.replace_property(chat, name, json!({"type": "null"}));
+        t.replace_property(chat, name, unset());
     }
-    t.replace_property(chat, "function_call", json!({"enum": [null, "none", "auto"]}));
+    t.replace_property(chat, "function_call", json!({"anyOf": [unset(), {"enum": ["none", "auto"]}]}));
     t.replace_property(chat, "modalities", json!({"anyOf": [{"type": "null"}, {"const": ["text"]}]}));
     t.schema_extra(
         chat,
@@ -133,8 +133,8 @@ pub(super) fn tighten(t: &mut Tightener<'_>, served: &Served<'_>) {
     t.replace_property(responses, "top_logprobs", json!({"enum": [null, 0]}));
     t.replace_property(responses, "max_tool_calls", json!({"type": "null"}));
     t.replace_property(responses, "truncation", json!({"enum": [null, "disabled"]}));
-    t.replace_property(responses, "prompt", json!({"type": "null"}));
-    t.replace_property(responses, "conversation", json!({"type": "null"}));
+    t.replace_property(responses, "prompt", unset());
+    t.replace_property(responses, "conversation", unset());
     t.schema_extra(responses, json!({"required": ["model", "input"], "allOf": [tool_choice_needs_tools()]}));
 
     // Tokenize: `prompt` or `messages`, not both.
@@ -185,6 +185,12 @@ fn stop() -> Value {
     json!({"anyOf": [{"type": "null"}, one, {"type": "array", "maxItems": MAX_STOP_STRINGS, "items": one}],
            "description": format!("Up to {MAX_STOP_STRINGS} sequences, none empty, each at most {MAX_STOP_BYTES} \
                                    bytes.")})
+}
+
+/// A field the server understands but does not implement, left unset: null, `[]` or `{}`
+/// (anything else is a 400 naming it).
+fn unset() -> Value {
+    json!({"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}, {"type": "object", "maxProperties": 0}]})
 }
 
 fn stream_options_need_stream() -> Value {
