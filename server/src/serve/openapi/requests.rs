@@ -67,10 +67,7 @@ pub(super) fn tighten(t: &mut Tightener<'_>, served: &Served<'_>) {
                        "items": {"type": "string", "minLength": 1}});
     let tokens = json!({"type": "array", "minItems": 1, "items": token});
     let batches = json!({"type": "array", "minItems": 1, "maxItems": limits.max_n, "items": tokens});
-    t.replace_schema(
-        "PromptInput",
-        json!({"oneOf": [{"type": "string", "minLength": 1}, texts, tokens, batches]}),
-    );
+    t.replace_schema("PromptInput", json!({"oneOf": [{"type": "string", "minLength": 1}, texts, tokens, batches]}));
     t.schema_extra(
         completions,
         json!({"allOf": [

@@ -147,9 +147,8 @@ fn matches(pattern: &str, s: &str) -> bool {
         }
         fn go(atoms: &[(u8, u8, usize, usize)], s: &[u8]) -> bool {
             let Some(&(lo, hi, min, max)) = atoms.first() else { return s.is_empty() };
-            (min..=max).any(|k| {
-                k <= s.len() && s[..k].iter().all(|c| (lo..=hi).contains(c)) && go(&atoms[1..], &s[k..])
-            })
+            (min..=max)
+                .any(|k| k <= s.len() && s[..k].iter().all(|c| (lo..=hi).contains(c)) && go(&atoms[1..], &s[k..]))
         }
         go(&atoms, s.as_bytes())
     })

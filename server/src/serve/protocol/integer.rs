@@ -29,7 +29,9 @@ impl Visitor<'_> for IntegerVisitor {
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Integer, E> {
-        i64::try_from(v).map(Integer).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &"an integer in i64's range"))
+        i64::try_from(v)
+            .map(Integer)
+            .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &"an integer in i64's range"))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Integer, E> {
