@@ -344,12 +344,12 @@ pub(super) fn below(max: u64) -> String {
         alternatives.push(format!("[1-9][0-9]{{0,{}}}", len - 2));
     }
     // Numbers of `max`'s length: equal to it up to position i, smaller at i, anything after.
-    for i in 0..len {
+    for (i, &digit) in digits.iter().enumerate() {
         let low = if i == 0 { 1 } else { 0 };
-        if digits[i] > low {
+        if digit > low {
             let prefix: String = digits[..i].iter().map(|d| d.to_string()).collect();
             let rest = if i + 1 < len { format!("[0-9]{{{}}}", len - i - 1) } else { String::new() };
-            alternatives.push(format!("{prefix}[{low}-{}]{rest}", digits[i] - 1));
+            alternatives.push(format!("{prefix}[{low}-{}]{rest}", digit - 1));
         }
     }
     if max > 0 {
