@@ -12,7 +12,7 @@ seconds="${1:-300}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(gguf chat_template tokenizer chat_request completion_request responses_request tokenize_request ws_frame)
+    targets=(gguf chat_template tokenizer chat_request completion_request responses_request tokenize_request ws_frame tool_output)
 fi
 sanitizer="${FUZZ_SANITIZER:-none}"
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal

@@ -49,7 +49,9 @@ pub struct ReplayCounts {
 /// of them. A panic is reported with the input's origin, and the input is written to a
 /// file in the temporary directory (to commit under `fuzz/regressions/<target>/` once
 /// fixed). Panics if the target has no corpus (a misspelt name would otherwise test nothing).
+/// `STELLARCHAT_FUZZ_MUTATIONS=N` sets the count instead: a longer run on stable.
 pub fn replay(target: &str, body: fn(&[u8]), mutations: usize) -> ReplayCounts {
+    let mutations = std::env::var("STELLARCHAT_FUZZ_MUTATIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(mutations);
     let inputs = committed_inputs(target);
     assert!(!inputs.is_empty(), "no corpus in {}", fuzz_dir().join("corpus").join(target).display());
     for (path, bytes) in &inputs {

@@ -9,7 +9,7 @@ use crate::rng::SplitMix64;
 const MUTATIONS: usize = 300;
 
 fn assert_ran(counts: ReplayCounts) {
-    assert!(counts.committed > 0 && counts.mutated == MUTATIONS, "{counts:?}");
+    assert!(counts.committed > 0 && counts.mutated >= MUTATIONS, "{counts:?}");
 }
 
 #[test]

@@ -123,7 +123,12 @@ impl ToolCallParser {
                         self.region = None;
                     }
                     RegionState::Broken(offset) => {
-                        // Not calls after all: the rest is text, and stays text.
+                        // Not calls after all: the rest is text, and stays text. Calls already
+                        // announced from the malformed part count as unfinished, so that a
+                        // stream does not end as `tool_calls` with calls the whole text lacks.
+                        for progress in self.calls.iter_mut().skip(first_call + scan.calls.len()) {
+                            progress.complete = false;
+                        }
                         self.emitted = start + offset;
                         self.region = None;
                         self.plain = true;

@@ -161,6 +161,11 @@ impl<'a> Cursor<'a> {
             self.skip_ws();
             let value_start = self.i;
             let is_arguments = key == arguments_key || key == "arguments" || key == "parameters";
+            // A repeated name or arguments would replace what a stream has already sent
+            // (the whole text keeps the last): not a call.
+            if key == "name" && call.name.is_some() || is_arguments && call.arguments.is_some() {
+                return Err(Stop::Bad);
+            }
             if is_arguments {
                 call.arguments = Some((value_start, self.s.len()));
             }
