@@ -6,6 +6,7 @@ and markup in messages rendered inert under the page's CSP. Takes desktop and ph
 screenshots (into docs/ with STELLARCHAT_UPDATE_SCREENSHOTS=1).
 """
 
+import json
 import os
 import pathlib
 
@@ -174,3 +175,27 @@ def test_screenshots_desktop_and_phone(browser, server, tmp_path):
         page.screenshot(path=str(out / name))
         ctx.close()
         assert (out / name).stat().st_size > 10_000
+
+
+def test_regenerate_edit_and_export(context, server):
+    page = open_chat(context, server)
+    set_max_tokens(page, 6)
+    send(page, "Name a fruit.")
+    page.wait_for_selector(".msg.assistant .role button >> text=Regenerate")
+    page.click(".msg.assistant .role button >> text=Regenerate")
+    page.wait_for_selector(".msg.assistant .role button >> text=Regenerate")
+    assert page.locator(".msg").count() == 2, "regenerate replaces the answer"
+    page.click(".msg.user .role button >> text=Edit")
+    assert page.input_value("#input") == "Name a fruit."
+    page.fill("#input", "Name a vegetable.")
+    page.press("#input", "Enter")
+    page.wait_for_selector(".msg.assistant .role button >> text=Regenerate")
+    assert page.locator(".msg").count() == 2, "editing replaces the message and what follows"
+    assert page.text_content(".msg.user .content").strip() == "Name a vegetable."
+    with page.expect_download() as download:
+        page.click("#export")
+    exported = json.loads(pathlib.Path(download.value.path()).read_text())
+    [conversation] = exported["conversations"]
+    assert [m["content"] for m in conversation["messages"]][0] == "Name a vegetable."
+    assert conversation["serverId"].startswith("conv_")
+    assert page.errors == []

@@ -13,6 +13,7 @@
 //! (`new WebSocket(url, ["stellarchat", "bearer." + key])`).
 
 pub mod conversation;
+mod stream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,15 +31,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::conversations::Owner;
 use super::error::ApiError;
-use super::generate::{DriverEvent, Generation, PlannedPrompt};
-use super::handlers::chat::{ChatChunker, prepare_chat};
-use super::middleware::{RequestId, RequestLog};
-use super::protocol::ChatCompletionRequest;
+use super::middleware::RequestId;
 use super::protocol::ws::{TYPE_CANCEL, TYPE_CREATE, WsServerFrame};
-use super::routes;
 use super::state::AppState;
-use super::tools::OutputPlan;
-use super::validate::{ValidChat, validate_chat};
+use stream::{Job, run_request};
 
 /// Requests one socket may have in flight.
 pub const MAX_IN_FLIGHT: usize = 16;
@@ -370,150 +366,6 @@ async fn session(ws: WebSocket, state: Arc<AppState>, conn_id: String, owner: Ow
     drop(outbox);
     let _ = writer.await;
     state.metrics.websocket_connections.dec();
-}
-
-/// What a request task runs: a `chat.completion.create`, or a conversation's turn.
-enum Job {
-    Request(Value),
-    Turn(conversation::Turn),
-}
-
-/// How a stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Finished,
-    Cancelled,
-    /// The socket's writer is gone.
-    Disconnected,
-}
-
-/// One job: validate, generate, stream chunks, finish with `done` (or an `error` event).
-async fn run_request(
-    state: Arc<AppState>,
-    log_id: String,
-    (id, seq): (String, u64),
-    job: Job,
-    outbox: Outbox,
-    cancel: CancellationToken,
-    ended: mpsc::UnboundedSender<(String, u64)>,
-) {
-    let mut log = RequestLog::new(state.clone(), log_id.clone(), "WS", routes::CHAT_WS).into_stream();
-    let stream = Stream { state: &state, id: &id, outbox: &outbox, cancel: &cancel, log_id: &log_id };
-    let outcome = match job {
-        Job::Request(request) => match prepare(&state, request) {
-            Ok(prepared) => stream.run(prepared, &mut log, &mut String::new()).await.map(|(_, last)| last),
-            Err(e) => Err(e),
-        },
-        // The turn is in the conversation when this returns.
-        Job::Turn(turn) => turn.run(&stream, &mut log).await,
-    };
-    let last = match outcome {
-        Ok(last) => last.map(Outgoing::from),
-        Err(e) => {
-            log.status = e.status().as_u16();
-            log.error_kind = Some(e.kind());
-            Some(error_frame(Some(id.clone()), &e))
-        }
-    };
-    log.mark_completed();
-    // The end is reported before the last frame goes out (see the session's loop).
-    let _ = ended.send((id, seq));
-    if let Some(last) = last {
-        let _ = outbox.send(last).await;
-    }
-}
-
-/// A request validated and tokenized, ready to generate.
-struct Prepared {
-    valid: ValidChat,
-    prompt_text: String,
-    prompt: PlannedPrompt,
-    plan: OutputPlan,
-}
-
-/// Validates a chat request and plans its prompt (the same tools and response formats as
-/// over HTTP).
-fn prepare(state: &Arc<AppState>, request: Value) -> Result<Prepared, ApiError> {
-    let request: ChatCompletionRequest = serde_json::to_vec(&request)
-        .map_err(|e| ApiError::Internal(e.to_string()))
-        .and_then(|bytes| super::validate::parse_json(&bytes))?;
-    let mut valid = validate_chat(request, &state.validation_context())?;
-    let (prompt_text, prompt, plan) = prepare_chat(state, &mut valid)?;
-    Ok(Prepared { valid, prompt_text, prompt, plan })
-}
-
-/// Where one job's events go.
-struct Stream<'a> {
-    state: &'a Arc<AppState>,
-    id: &'a str,
-    outbox: &'a Outbox,
-    cancel: &'a CancellationToken,
-    log_id: &'a str,
-}
-
-impl Stream<'_> {
-    async fn send(&self, frame: WsServerFrame) -> bool {
-        self.outbox.send(frame.into()).await.is_ok()
-    }
-
-    /// Generates and streams chunks; the text of choice 0 is appended to `transcript` as it
-    /// streams. Returns how it ended and the `done` frame, which the caller sends last.
-    async fn run(
-        &self,
-        prepared: Prepared,
-        log: &mut RequestLog,
-        transcript: &mut String,
-    ) -> Result<(Outcome, Option<WsServerFrame>), ApiError> {
-        let Prepared { valid, prompt_text, prompt, plan } = prepared;
-        let id = self.id;
-        let mut generation = Generation::start(self.state, &valid.spec, std::slice::from_ref(&prompt))?;
-        if log.log_content() {
-            log.prompt = Some(prompt_text);
-        }
-        log.prompt_tokens = prompt.ids.len();
-
-        let mut chunker =
-            ChatChunker::new(format!("chatcmpl-{}", self.log_id), valid.model.clone(), valid.spec.include_usage);
-        chunker.choices = generation.choices();
-        chunker.parse_tool_calls(&plan);
-        for chunk in chunker.role_chunks() {
-            if !self.send(WsServerFrame::Chunk { id: id.to_string(), chunk }).await {
-                return Ok((Outcome::Disconnected, None));
-            }
-        }
-        loop {
-            let event = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => {
-                    let usage = generation.usage_so_far();
-                    log.completion_tokens = usage.completion_tokens;
-                    return Ok((Outcome::Cancelled, Some(WsServerFrame::Done { id: id.to_string(), usage, cancelled: true })));
-                }
-                event = generation.next() => event,
-            };
-            let Some(event) = event else { return Ok((Outcome::Finished, None)) };
-            if let DriverEvent::Error(e) = event {
-                return Err(e);
-            }
-            if let DriverEvent::Delta { index, text, .. } = &event {
-                if *index == 0 {
-                    transcript.push_str(text);
-                }
-                if log.log_content() {
-                    log.completion.get_or_insert_with(String::new).push_str(text);
-                }
-            }
-            for chunk in chunker.chunks(&event) {
-                if !self.send(WsServerFrame::Chunk { id: id.to_string(), chunk }).await {
-                    return Ok((Outcome::Disconnected, None));
-                }
-            }
-            if let DriverEvent::Done(usage) = event {
-                log.completion_tokens = usage.completion_tokens;
-                return Ok((Outcome::Finished, Some(WsServerFrame::Done { id: id.to_string(), usage, cancelled: false })));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::{Outcome, Prepared, Stream, prepare};
+use super::stream::{Outcome, Prepared, Stream, prepare};
 use crate::serve::conversations::{ConversationStore, Owner, Setup, StoredMessage, Summary};
 use crate::serve::error::ApiError;
 use crate::serve::middleware::RequestLog;
