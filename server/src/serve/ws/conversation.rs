@@ -19,6 +19,7 @@ use super::stream::{Outcome, Prepared, Stream, prepare};
 use crate::serve::conversations::{ConversationStore, Owner, Setup, StoredMessage, Summary};
 use crate::serve::error::ApiError;
 use crate::serve::middleware::RequestLog;
+use crate::serve::prompt::off_worker;
 use crate::serve::protocol::ws::WsServerFrame;
 use crate::serve::state::AppState;
 
@@ -326,23 +327,27 @@ impl Turn {
 
     /// Runs the turn on `stream` and appends it to the conversation (also when it fails or is
     /// aborted: the record does it when dropped); returns the `done` frame, to send after.
-    pub(super) async fn run(
-        mut self,
-        stream: &Stream<'_>,
-        log: &mut RequestLog,
-    ) -> Result<Option<WsServerFrame>, ApiError> {
-        let (prepared, dropped) = self.plan(stream.state)?;
-        self.record.dropped = dropped;
-        self.record.phase = Phase::Streaming;
-        let outcome = stream.run(prepared, log, &mut self.record.answer).await;
+    pub(super) async fn run(self, stream: &Stream<'_>, log: &mut RequestLog) -> Result<Option<WsServerFrame>, ApiError> {
+        // Rendering and tokenizing the history (again for each exchange dropped) is CPU work:
+        // off the async workers, as for HTTP requests.
+        let state = stream.state.clone();
+        let (mut turn, planned) = off_worker(move || {
+            let planned = self.plan(&state);
+            Ok((self, planned))
+        })
+        .await?;
+        let (prepared, dropped) = planned?;
+        turn.record.dropped = dropped;
+        turn.record.phase = Phase::Streaming;
+        let outcome = stream.run(prepared, log, &mut turn.record.answer).await;
         match &outcome {
-            Ok((Outcome::Finished, _)) => self.record.phase = Phase::Finished,
+            Ok((Outcome::Finished, _)) => turn.record.phase = Phase::Finished,
             // Refused before a token (a full queue): nothing to keep.
-            Err(_) if self.record.answer.is_empty() => self.record.phase = Phase::Preparing,
+            Err(_) if turn.record.answer.is_empty() => turn.record.phase = Phase::Preparing,
             _ => {}
         }
         // Into the conversation before `done` reaches the client, which may send the next turn.
-        drop(self);
+        drop(turn);
         outcome.map(|(_, last)| last)
     }
 }

@@ -12,6 +12,7 @@ use crate::serve::error::ApiError;
 use crate::serve::generate::{DriverEvent, Generation, PlannedPrompt};
 use crate::serve::handlers::chat::{ChatChunker, prepare_chat};
 use crate::serve::middleware::RequestLog;
+use crate::serve::prompt::off_worker;
 use crate::serve::protocol::ChatCompletionRequest;
 use crate::serve::protocol::ws::WsServerFrame;
 use crate::serve::routes;
@@ -47,7 +48,13 @@ pub(super) async fn run_request(
     let mut log = RequestLog::new(state.clone(), log_id.clone(), "WS", routes::CHAT_WS).into_stream();
     let stream = Stream { state: &state, id: &id, outbox: &outbox, cancel: &cancel, log_id: &log_id };
     let outcome = match job {
-        Job::Request(request) => match prepare(&state, request) {
+        // Validation, rendering and tokenizing run off the async workers, as over HTTP.
+        Job::Request(request) => match off_worker({
+            let state = state.clone();
+            move || prepare(&state, request)
+        })
+        .await
+        {
             Ok(prepared) => stream.run(prepared, &mut log, &mut String::new()).await.map(|(_, last)| last),
             Err(e) => Err(e),
         },

@@ -21,7 +21,7 @@ use super::read_body;
 use crate::serve::error::ApiError;
 use crate::serve::generate::{Generation, PlannedPrompt};
 use crate::serve::middleware::RequestLog;
-use crate::serve::prompt::{encode_chat, render_chat_parts};
+use crate::serve::prompt::{encode_chat, off_worker, render_chat_parts};
 use crate::serve::protocol::{ResponseDeleted, ResponseObject, ResponsesRequest, unix_now};
 use crate::serve::responses_store::Owner;
 use crate::serve::sse;
@@ -58,26 +58,15 @@ pub async fn create_response(req: &mut Request, depot: &mut Depot, res: &mut Res
     check_call_outputs(&conversation, &valid.input)?;
     conversation.append(&mut valid.input);
 
-    let format =
-        state.model.chat_template.as_ref().map_or(ToolFormat::Hermes, |t| ToolFormat::for_template(t.source()));
-    // Checked with the engine's grammar compiler: a schema it cannot use is a 400 here. (A
-    // block, so that the request's borrowed closures are gone before any `await`.)
-    let plan = {
-        let request = OutputRequest {
-            tools: valid.tools.as_ref(),
-            tool_choice: &valid.tool_choice,
-            parallel_tool_calls: valid.echo.parallel_tool_calls,
-            response_format: &valid.format,
-            response_format_param: "text.format",
-            tool_parameters_param: &|i| format!("tools[{i}].parameters"),
-        };
-        OutputPlan::new(&request, format, &state.model.tokenizer, &|c| state.engine.check_constraint(c))?
+    // Grammar compilation, rendering and tokenizing are CPU work: off the async workers.
+    let (valid, conversation, (plan, prompt_text, prompt)) = {
+        let state = state.clone();
+        off_worker(move || {
+            let prepared = prepare(&state, &mut valid, &conversation)?;
+            Ok((valid, conversation, prepared))
+        })
+        .await?
     };
-    valid.spec.constraint = plan.constraint.clone();
-    if plan.keep_special_tokens {
-        valid.spec.skip_special_tokens = false;
-    }
-    let (prompt_text, prompt) = plan_prompt(&state, &valid, &conversation)?;
     let generation = Generation::start(&state, &valid.spec, std::slice::from_ref(&prompt))?;
 
     let draft = ResponseDraft {
@@ -169,6 +158,34 @@ fn owner_of(req: &Request, keys: &[String]) -> Owner {
         }
     }
     Owner(owner)
+}
+
+/// The request's output plan (tools, `text.format`) and its prompt, tokenized.
+fn prepare(
+    state: &AppState,
+    valid: &mut ValidResponses,
+    conversation: &[ConversationItem],
+) -> Result<(OutputPlan, String, PlannedPrompt), ApiError> {
+    let format =
+        state.model.chat_template.as_ref().map_or(ToolFormat::Hermes, |t| ToolFormat::for_template(t.source()));
+    // Checked with the engine's grammar compiler: a schema it cannot use is a 400 here.
+    let plan = {
+        let request = OutputRequest {
+            tools: valid.tools.as_ref(),
+            tool_choice: &valid.tool_choice,
+            parallel_tool_calls: valid.echo.parallel_tool_calls,
+            response_format: &valid.format,
+            response_format_param: "text.format",
+            tool_parameters_param: &|i| format!("tools[{i}].parameters"),
+        };
+        OutputPlan::new(&request, format, &state.model.tokenizer, &|c| state.engine.check_constraint(c))?
+    };
+    valid.spec.constraint = plan.constraint.clone();
+    if plan.keep_special_tokens {
+        valid.spec.skip_special_tokens = false;
+    }
+    let (prompt_text, prompt) = plan_prompt(state, valid, conversation)?;
+    Ok((plan, prompt_text, prompt))
 }
 
 /// The chat prompt of the conversation, tokenized, with its generation budget; errors name
