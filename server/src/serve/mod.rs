@@ -12,6 +12,13 @@
 //! - [`error`]: [`error::ApiError`] and the one place errors become HTTP.
 //! - [`middleware`]: access log + request id, API keys, CORS; [`metrics`]: Prometheus.
 //! - [`state`]: shared state and the graceful-shutdown [`state::Lifecycle`].
+//! - [`tools`]: tool calls and structured outputs (grammars for the engine, parsers for its
+//!   text); [`responses_store`]: stored `/v1/responses`; [`conversations`]: the WebSocket's
+//!   server-side conversations; [`openapi`]: `/openapi.json` made to state what validation
+//!   accepts; [`ui`]: the embedded chat page at `/`.
+//!
+//! The engine's state (loading, ready, failed) is followed on its watch channel: a failure
+//! ends `serve` with an error, and the process with status 1 (see [`run`]).
 //!
 //! The modules form layers, bottom to top ([`layers::LAYERS`], enforced by a test): route
 //! paths and wire types; errors; tools and validation; the response store, state and access
