@@ -42,9 +42,9 @@ def context(browser):
     ctx.close()
 
 
-def open_chat(context, server):
+def open_chat(context, server, page=None):
     """The page, past the API-key prompt (the server runs with --api-key)."""
-    page = context.new_page()
+    page = page or context.new_page()
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server + "/")
@@ -127,6 +127,39 @@ def test_stop_mid_answer_then_reload_finds_the_conversation(context, server):
     page.wait_for_selector(".msg.assistant >> nth=1")
     page.wait_for_selector("#send:not([hidden])")
     assert page.locator(".msg").count() == 4
+    assert page.errors == []
+
+
+def test_switching_models_sends_the_chosen_model(context, server):
+    """The server serves one model, so the page's `/v1/models` answer gets a second entry:
+    picking it sends that model (the server refuses it with model_not_found, shown on the
+    answer), and picking the served model again gets an answer."""
+    page = context.new_page()
+
+    def two_models(route):
+        response = route.fetch()
+        body = response.json()
+        body["data"].append(dict(body["data"][0], id="other-model"))
+        route.fulfill(response=response, json=body)
+
+    page.route("**/v1/models", two_models)
+    open_chat(context, server, page)
+    options = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
+    assert options == [MODEL, "other-model"], options
+    set_max_tokens(page, 6)
+
+    page.select_option("#model", "other-model")
+    send(page, "Hello.")
+    page.wait_for_selector(".msg.assistant:last-child .error")
+    error = page.text_content(".msg.assistant:last-child .error")
+    assert "other-model" in error, error
+    page.wait_for_selector("#send:not([hidden])")
+
+    page.select_option("#model", MODEL)
+    send(page, "Hello again.")
+    page.wait_for_function(f"() => document.querySelector('{LAST_ANSWER}')?.textContent.trim().length > 0")
+    page.wait_for_selector("#send:not([hidden])")
+    assert page.locator(".msg.assistant:last-child .error").count() == 0
     assert page.errors == []
 
 
