@@ -27,20 +27,19 @@ def binary():
     return os.environ.get("STELLARCHAT_BIN") or str(target / "debug" / "stellarchat")
 
 
-@pytest.fixture(scope="session")
-def server():
-    """The server's base URL (`http://127.0.0.1:PORT`)."""
+def serve(model_args, ready_timeout=300):
+    """Runs `stellarchat serve --port 0 <model_args>` until the generator is closed; yields its
+    base URL and its log lines so far (stderr is drained into them so the server never blocks
+    on a full pipe)."""
     bin_path = binary()
     assert pathlib.Path(bin_path).exists(), f"{bin_path} is missing: cargo build"
-    assert MODEL_FILE.exists(), f"{MODEL_FILE} is missing: just weights"
     proc = subprocess.Popen(
-        [bin_path, "serve", "--host", "127.0.0.1", "--port", "0", "--model", str(MODEL_FILE), "--api-key", API_KEY],
+        [bin_path, "serve", "--host", "127.0.0.1", "--port", "0", *model_args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    # Drain stderr so the server never blocks on a full pipe.
     log = []
     threading.Thread(target=lambda: [log.append(line) for line in proc.stderr], daemon=True).start()
     base = None
@@ -54,7 +53,7 @@ def server():
             break
     assert base, "the server did not start:\n" + "".join(log)
     threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    deadline = time.time() + 300
+    deadline = time.time() + ready_timeout
     while time.time() < deadline:
         try:
             with urllib.request.urlopen(base + "/ready") as r:
@@ -64,12 +63,22 @@ def server():
             time.sleep(0.2)
     else:
         pytest.fail("the server did not become ready:\n" + "".join(log))
-    yield base
-    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        yield base, log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server():
+    """The server's base URL (`http://127.0.0.1:PORT`): the default model, with an API key."""
+    assert MODEL_FILE.exists(), f"{MODEL_FILE} is missing: just weights"
+    for base, _log in serve(["--model", str(MODEL_FILE), "--api-key", API_KEY]):
+        yield base
 
 
 @pytest.fixture

@@ -17,16 +17,12 @@ STELLARCHAT_SCHEMATHESIS_EXAMPLES (default 12) sets the examples per operation a
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
-import threading
-import time
-import urllib.request
 
 import pytest
 
-from conftest import API_KEY, ROOT, binary
+from conftest import API_KEY, serve
 
 CHECKS = ",".join([
     "not_a_server_error",
@@ -44,39 +40,8 @@ def st_binary():
 
 @pytest.fixture(scope="module")
 def tiny_server():
-    proc = subprocess.Popen(
-        [binary(), "serve", "--host", "127.0.0.1", "--port", "0", "--model", "synthetic:tiny",
-         "--max-tokens-limit", "8", "--max-n", "2", "--api-key", API_KEY],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    log = []
-    threading.Thread(target=lambda: [log.append(line) for line in proc.stderr], daemon=True).start()
-    base = None
-    for line in proc.stdout:
-        if line.startswith("listening on http://"):
-            base = line.strip()[len("listening on "):]
-            break
-    assert base, "the server did not start:\n" + "".join(log)
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(base + "/ready") as r:
-                if r.status == 200:
-                    break
-        except Exception:
-            time.sleep(0.1)
-    else:
-        pytest.fail("the server did not become ready:\n" + "".join(log))
-    yield base, log
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    yield from serve(["--model", "synthetic:tiny", "--max-tokens-limit", "8", "--max-n", "2", "--api-key", API_KEY],
+                     ready_timeout=60)
 
 
 def test_every_operation_conforms_to_the_openapi_description(tiny_server, tmp_path):

@@ -178,7 +178,7 @@ impl Server {
     /// Sends `request` as one `chat.completion.create` on a fresh WebSocket and returns the
     /// chunk objects of its `chat.completion.chunk` frames, up to `chat.completion.done`.
     pub async fn ws_chat_chunks(&self, request: &serde_json::Value) -> Vec<serde_json::Value> {
-        use futures::{SinkExt, StreamExt};
+        use futures::SinkExt;
         use tokio_tungstenite::tungstenite::Message;
 
         let (mut ws, _) = tokio_tungstenite::connect_async(self.ws_url(routes::CHAT_WS)).await.expect("connect");
@@ -186,13 +186,7 @@ impl Server {
         ws.send(Message::text(frame.to_string())).await.expect("send");
         let mut chunks = Vec::new();
         loop {
-            let message = tokio::time::timeout(Duration::from_secs(120), ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("open")
-                .expect("frame");
-            let Message::Text(text) = message else { continue };
-            let frame: serde_json::Value = serde_json::from_str(text.as_str()).expect("JSON frame");
+            let frame = next_ws_frame(&mut ws).await;
             match frame["type"].as_str() {
                 Some("chat.completion.chunk") => chunks.push(frame["chunk"].clone()),
                 Some("chat.completion.done") => break,
@@ -213,6 +207,26 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
+    }
+}
+
+/// The next text frame of a WebSocket, as JSON (control frames are skipped); panics after
+/// 120 s or when the socket closes.
+pub async fn next_ws_frame<S>(ws: &mut S) -> serde_json::Value
+where
+    S: futures::StreamExt<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(120), ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("socket open")
+            .expect("frame");
+        if let Message::Text(text) = message {
+            return serde_json::from_str(text.as_str()).expect("JSON frame");
+        }
     }
 }
 

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::{Value, json};
-use stellarchat_tests::{DEFAULT_MODEL_NAME, Server, client, routes};
+use stellarchat_tests::{DEFAULT_MODEL_NAME, Server, client, next_ws_frame, routes};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -43,23 +43,11 @@ async fn connect(server: &Server, key: Key<'_>) -> Result<Ws, tokio_tungstenite:
     Ok(ws)
 }
 
-async fn next_frame(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(120), ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("socket open")
-            .expect("frame");
-        if let Message::Text(text) = msg {
-            return serde_json::from_str(text.as_str()).expect("JSON frame");
-        }
-    }
-}
 
 /// Sends a frame and returns the next frame (for frames answered by one).
 async fn ask(ws: &mut Ws, frame: Value) -> Value {
     ws.send(Message::text(frame.to_string())).await.expect("send");
-    next_frame(ws).await
+    next_ws_frame(ws).await
 }
 
 async fn create(ws: &mut Ws, extra: Value) -> String {
@@ -82,7 +70,7 @@ async fn turn(ws: &mut Ws, conversation_id: &str, content: &str, max_tokens: u32
     ws.send(Message::text(frame.to_string())).await.expect("send");
     let mut text = String::new();
     loop {
-        let frame = next_frame(ws).await;
+        let frame = next_ws_frame(ws).await;
         assert_eq!(frame["id"], "t", "{frame}");
         match frame["type"].as_str() {
             Some("chat.completion.chunk") => {
@@ -162,7 +150,7 @@ async fn conversations_keep_history_per_key_within_bounds() {
     alice.send(Message::text(frame.to_string())).await.unwrap();
     let mut streamed = String::new();
     loop {
-        let frame = next_frame(&mut alice).await;
+        let frame = next_ws_frame(&mut alice).await;
         match frame["type"].as_str() {
             Some("chat.completion.chunk") => {
                 let piece = frame["chunk"]["choices"][0]["delta"]["content"].as_str().unwrap_or_default();

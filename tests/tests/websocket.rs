@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::{Value, json};
-use stellarchat_tests::{DEFAULT_MODEL_NAME, Server, golden_chat, routes};
+use stellarchat_tests::{DEFAULT_MODEL_NAME, Server, golden_chat, next_ws_frame, routes};
 use tokio_tungstenite::tungstenite::Message;
 
 fn create(id: &str, extra: Value) -> Message {
@@ -18,21 +18,6 @@ fn create(id: &str, extra: Value) -> Message {
     Message::text(json!({"type": "chat.completion.create", "id": id, "request": request}).to_string())
 }
 
-async fn next_frame<S>(ws: &mut S) -> Value
-where
-    S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(120), ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("socket open")
-            .expect("frame");
-        if let Message::Text(text) = msg {
-            return serde_json::from_str(text.as_str()).expect("JSON frame");
-        }
-    }
-}
 
 #[tokio::test]
 async fn interleaved_requests_cancel_and_malformed_frames() {
@@ -47,7 +32,7 @@ async fn interleaved_requests_cancel_and_malformed_frames() {
     let mut order: Vec<String> = Vec::new();
     let mut done = 0;
     while done < 2 {
-        let frame = next_frame(&mut ws).await;
+        let frame = next_ws_frame(&mut ws).await;
         let id = frame["id"].as_str().expect("an id").to_string();
         match frame["type"].as_str() {
             Some("chat.completion.chunk") => {
@@ -77,7 +62,7 @@ async fn interleaved_requests_cancel_and_malformed_frames() {
     ws.send(create("long", json!({"max_tokens": 400, "ignore_eos": true}))).await.unwrap();
     let mut cancelled = false;
     loop {
-        let frame = next_frame(&mut ws).await;
+        let frame = next_ws_frame(&mut ws).await;
         assert_eq!(frame["id"], "long");
         match frame["type"].as_str() {
             Some("chat.completion.chunk") if !cancelled => {
@@ -99,21 +84,21 @@ async fn interleaved_requests_cancel_and_malformed_frames() {
 
     // Malformed frames get an error event; the socket stays usable.
     ws.send(Message::text("{not json")).await.unwrap();
-    let frame = next_frame(&mut ws).await;
+    let frame = next_ws_frame(&mut ws).await;
     assert_eq!(frame["type"], "error");
     assert_eq!(frame["id"], Value::Null);
     assert_eq!(frame["error"]["type"], "invalid_request_error");
     ws.send(Message::text(json!({"type": "dance", "id": "x"}).to_string())).await.unwrap();
-    let frame = next_frame(&mut ws).await;
+    let frame = next_ws_frame(&mut ws).await;
     assert_eq!((frame["type"].as_str(), frame["id"].as_str()), (Some("error"), Some("x")));
     // An invalid request is an error event for its id.
     ws.send(create("bad", json!({"temperature": 9}))).await.unwrap();
-    let frame = next_frame(&mut ws).await;
+    let frame = next_ws_frame(&mut ws).await;
     assert_eq!((frame["type"].as_str(), frame["id"].as_str()), (Some("error"), Some("bad")));
     assert_eq!(frame["error"]["param"], "temperature");
     ws.send(create("after", json!({"max_tokens": 3}))).await.unwrap();
     loop {
-        let frame = next_frame(&mut ws).await;
+        let frame = next_ws_frame(&mut ws).await;
         if frame["type"] == "chat.completion.done" {
             assert_eq!(frame["id"], "after");
             assert_eq!(frame["usage"]["completion_tokens"], 3);
@@ -132,7 +117,7 @@ async fn closing_the_socket_cancels_its_requests() {
     // Wait until both are generating.
     let mut seen = std::collections::HashSet::new();
     while seen.len() < 2 {
-        let frame = next_frame(&mut ws).await;
+        let frame = next_ws_frame(&mut ws).await;
         if frame["chunk"]["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty()) {
             seen.insert(frame["id"].as_str().unwrap().to_string());
         }
