@@ -111,6 +111,10 @@ impl Generation {
         prompt_logprobs: Option<usize>,
     ) -> Result<Self, ApiError> {
         state.check_accepting()?;
+        // Counted as running before anything reaches the engine: a shutdown that starts
+        // meanwhile (e.g. the engine failing on this very request) must wait for this
+        // generation's own events instead of cutting it before it exists.
+        let active = state.lifecycle.enter();
         let n = spec.n.max(1);
         let choices = prompts.len() * n;
         let mut streams = SelectAll::new();
@@ -151,7 +155,7 @@ impl Generation {
             tokenizer: state.model.tokenizer.clone(),
             want_logprobs: spec.logprobs.is_some(),
             cut: state.lifecycle.cut_token(),
-            _active: state.lifecycle.enter(),
+            _active: active,
             state: state.clone(),
             finished: false,
             tokens_seen: 0,
