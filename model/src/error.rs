@@ -25,6 +25,11 @@ pub enum ModelError {
     #[error("tensor `{tensor}`: {problem}")]
     Tensor { tensor: String, problem: String },
 
+    /// A Hugging Face checkpoint directory, or one of its files, is incomplete or wrong;
+    /// `path` is the file (or directory) at fault, `problem` names the key or tensor.
+    #[error("{}: {problem}", path.display())]
+    Checkpoint { path: PathBuf, problem: String },
+
     #[error("tensor `{tensor}` has quantization type {ggml_type}, which is not supported")]
     UnsupportedQuantization { tensor: String, ggml_type: String },
 
@@ -84,7 +89,9 @@ impl ModelError {
             ModelError::BadMagic { .. } | ModelError::UnsupportedVersion(_) | ModelError::Truncated { .. } => {
                 "invalid_model_file"
             }
-            ModelError::Metadata { .. } | ModelError::Tensor { .. } => "invalid_model_file",
+            ModelError::Metadata { .. } | ModelError::Tensor { .. } | ModelError::Checkpoint { .. } => {
+                "invalid_model_file"
+            }
             ModelError::UnsupportedQuantization { .. } => "unsupported_quantization",
             ModelError::UnsupportedArchitecture { .. } => "unsupported_architecture",
             ModelError::Tokenizer(_) => "tokenizer",
@@ -109,6 +116,10 @@ impl ModelError {
 
     pub(crate) fn tensor(tensor: &str, problem: impl Into<String>) -> Self {
         ModelError::Tensor { tensor: tensor.to_string(), problem: problem.into() }
+    }
+
+    pub(crate) fn checkpoint(path: &std::path::Path, problem: impl Into<String>) -> Self {
+        ModelError::Checkpoint { path: path.to_path_buf(), problem: problem.into() }
     }
 }
 

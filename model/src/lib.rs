@@ -13,6 +13,8 @@
 //!   keep the output inside a JSON schema or grammar (llguidance).
 //! - [`synthetic`]: deterministic random-weight models for tests and benchmarks; [`rng`]: the
 //!   one seeded generator (SplitMix64) behind them, the sampler's seeding and test data.
+//! - [`hf`]: Hugging Face checkpoints (config.json, safetensors, tokenizer.json), read and
+//!   exported from GGUF.
 //! - [`model`]: opening a model and loading it onto a device.
 //! - [`engine`]: the batching engine thread: `submit(request) -> stream of events`.
 //! - `fuzzing`: the fuzz targets' bodies (GGUF bytes, chat templates, tokenizer), for `fuzz/`
@@ -29,6 +31,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gguf;
+pub mod hf;
 pub mod kv_cache;
 pub mod host_attention;
 pub mod layers;

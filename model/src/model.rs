@@ -1,6 +1,7 @@
-//! A model as the rest of the program sees it: where it comes from (a GGUF file or a
-//! synthetic preset), what it says about itself ([`ModelInfo`]: name, tokenizer, chat
-//! template, context length), and how its weights are put on a device.
+//! A model as the rest of the program sees it: where it comes from (a GGUF file, a Hugging
+//! Face checkpoint directory ([`crate::hf`]) or a synthetic preset), what it says about itself
+//! ([`ModelInfo`]: name, tokenizer, chat template, context length, recommended sampling), and
+//! how its weights are put on a device.
 //!
 //! Opening is quick (metadata, tokenizer, template); [`ModelLoader::load`] does the heavy
 //! part and is meant to run on the engine thread.
@@ -16,6 +17,7 @@ use crate::config::ModelConfig;
 use crate::device::{DeviceSpec, Precision};
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
+use crate::hf::{self, HfWeights};
 use crate::layers::ComputePlan;
 use crate::synthetic::{SyntheticPreset, SyntheticWeights};
 use crate::transformer::Transformer;
@@ -31,6 +33,18 @@ pub struct ModelInfo {
     pub chat_template: Option<ChatTemplate>,
     pub context_length: usize,
     pub config: ModelConfig,
+    /// The sampling its authors recommend (Hugging Face `generation_config.json`); all
+    /// `None` for GGUF files and synthetic models, which do not say.
+    pub generation: GenerationDefaults,
+}
+
+/// Default sampling settings a checkpoint recommends, for requests that set none.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GenerationDefaults {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<usize>,
+    pub repetition_penalty: Option<f64>,
 }
 
 /// Where to run the model, in which float type, and how weights are kept.
@@ -75,6 +89,7 @@ impl Default for DeviceSpec {
 
 enum Source {
     Gguf(GgufFile),
+    Hf(HfWeights),
     Synthetic(SyntheticWeights),
 }
 
@@ -88,7 +103,8 @@ pub struct ModelLoader {
 pub const SYNTHETIC_SEED: u64 = 42;
 
 impl ModelLoader {
-    /// `spec`: a path to a `.gguf` file, or `synthetic:<preset>[:<seed>]`.
+    /// `spec`: a path to a `.gguf` file, a Hugging Face checkpoint directory, or
+    /// `synthetic:<preset>[:<seed>]`.
     pub fn open(spec: &str) -> Result<ModelLoader> {
         if let Some(rest) = spec.strip_prefix("synthetic:") {
             let (preset_name, seed) = match rest.split_once(':') {
@@ -112,10 +128,16 @@ impl ModelLoader {
                 chat_template,
                 context_length: config.context_length,
                 config: config.clone(),
+                generation: GenerationDefaults::default(),
             };
             return Ok(ModelLoader { source: Source::Synthetic(SyntheticWeights::new(config, seed)), info: Arc::new(info) });
         }
-        Self::open_gguf(Path::new(spec))
+        let path = Path::new(spec);
+        if path.is_dir() {
+            let (info, weights) = hf::open(path)?;
+            return Ok(ModelLoader { source: Source::Hf(weights), info: Arc::new(info) });
+        }
+        Self::open_gguf(path)
     }
 
     fn open_gguf(path: &Path) -> Result<ModelLoader> {
@@ -130,6 +152,7 @@ impl ModelLoader {
             chat_template,
             context_length: config.context_length,
             config,
+            generation: GenerationDefaults::default(),
         };
         Ok(ModelLoader { source: Source::Gguf(file), info: Arc::new(info) })
     }
@@ -149,6 +172,7 @@ impl ModelLoader {
         options.precision.check_supported(&device, spec)?;
         let source: &dyn WeightSource = match &self.source {
             Source::Gguf(file) => file,
+            Source::Hf(weights) => weights,
             Source::Synthetic(weights) => weights,
         };
         Transformer::load(self.info.config.clone(), source, &device, plan, progress)

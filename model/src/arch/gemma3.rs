@@ -9,12 +9,24 @@
 //! (`rope.freq_base_swa`, 10 000). The output projection is usually tied to the embedding.
 //! GGUF norm gains already include Gemma's `+1`.
 
-use super::{Family, FamilyKind, Role, TensorDecl, llama_block, outer_tensors, read_sliding_window, u32_value};
+use serde_json::{Value, json};
+
+use super::{Family, FamilyKind, Role, TensorDecl, hf_name, llama, llama_block, outer_tensors, read_sliding_window, u32_value};
 use crate::config::{Activation, ModelConfig, RopeLayout};
 use crate::error::{ModelError, Result};
 use crate::gguf::{Metadata, MetadataValue};
+use crate::hf::config::{ConfigJson, JsonMap, common_json, read_common};
 
 pub struct Gemma3;
+
+/// Hugging Face names where Gemma 3 differs from Llama: four norms a block.
+const HF_NAMES: &[(&str, &str)] = &[
+    ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
+    ("post_attention_norm.weight", "post_attention_layernorm.weight"),
+    ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
+    ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+    ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+];
 
 /// Layers `il` with `il % 6 < 5` slide unless the file says otherwise.
 const DEFAULT_PATTERN: usize = 6;
@@ -74,6 +86,59 @@ impl Family for Gemma3 {
             ]);
         }
         out
+    }
+
+    fn hf_model_types(&self) -> &'static [&'static str] {
+        &["gemma3_text", "gemma3"]
+    }
+
+    /// The text model's keys (multimodal checkpoints nest them in `text_config`): sliding
+    /// layers from `layer_types`, else `sliding_window_pattern`; the attention scale from
+    /// `query_pre_attn_scalar`; the sliding layers' RoPE base `rope_local_base_freq`.
+    fn hf_config(&self, json: &ConfigJson, _has_tensor: &dyn Fn(&str) -> bool) -> Result<ModelConfig> {
+        let mut c = read_common(FamilyKind::Gemma3, json, true)?;
+        c.activation = Activation::GeluTanh;
+        c.embedding_scale = (c.hidden_size as f64).sqrt();
+        if let Some(scalar) = json.opt_f64("query_pre_attn_scalar")? {
+            c.attention_scale = 1.0 / scalar.sqrt();
+        }
+        for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            if json.get(key).is_some() {
+                return Err(json.error(key, "logit soft-capping is not supported (Gemma 3 does not use it)"));
+            }
+        }
+        c.sliding_window = json.opt_usize("sliding_window")?.filter(|&w| w > 0);
+        if c.sliding_window.is_some() {
+            c.sliding = match json.get("layer_types") {
+                Some(Value::Array(types)) if types.len() == c.num_layers => {
+                    types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect()
+                }
+                Some(_) => return Err(json.error("layer_types", format!("expected {} layer types", c.num_layers))),
+                None => period_pattern(json.opt_usize("sliding_window_pattern")?.unwrap_or(DEFAULT_PATTERN), c.num_layers),
+            };
+            c.rope_theta_local = Some(json.opt_f64("rope_local_base_freq")?.unwrap_or(DEFAULT_LOCAL_THETA));
+        }
+        Ok(c)
+    }
+
+    fn hf_config_json(&self, c: &ModelConfig) -> Result<JsonMap> {
+        let mut map = common_json(c, "gemma3_text", "Gemma3ForCausalLM")?;
+        map.insert("query_pre_attn_scalar".into(), json!(1.0 / (c.attention_scale * c.attention_scale)));
+        map.insert("sliding_window".into(), json!(c.sliding_window));
+        let types: Vec<_> =
+            c.sliding.iter().map(|&s| if s && c.sliding_window.is_some() { "sliding_attention" } else { "full_attention" }).collect();
+        map.insert("layer_types".into(), json!(types));
+        map.insert("rope_local_base_freq".into(), json!(c.rope_theta_local.unwrap_or(DEFAULT_LOCAL_THETA)));
+        map.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+        Ok(map)
+    }
+
+    fn hf_tensor_name(&self, gguf_name: &str) -> Option<String> {
+        hf_name(gguf_name, &[HF_NAMES, llama::HF_NAMES])
+    }
+
+    fn hf_norm_offset(&self) -> f32 {
+        1.0
     }
 }
 

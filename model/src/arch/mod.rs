@@ -22,6 +22,7 @@ mod tests;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::{Metadata, MetadataValue};
+use crate::hf::config::{ConfigJson, JsonMap};
 
 /// The families this crate runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,6 +70,47 @@ pub trait Family: Sync {
 
     /// Every tensor of a checkpoint of this configuration, by its name in the file.
     fn tensors(&self, config: &ModelConfig) -> Vec<TensorDecl>;
+
+    /// The Hugging Face `model_type`s (`config.json`) it reads; the first is the one it writes.
+    fn hf_model_types(&self) -> &'static [&'static str];
+
+    /// The configuration of a Hugging Face checkpoint from its `config.json`;
+    /// `has_tensor` tells which tensors (by their Hugging Face names) it carries.
+    fn hf_config(&self, json: &ConfigJson, has_tensor: &dyn Fn(&str) -> bool) -> Result<ModelConfig>;
+
+    /// The `config.json` [`Family::hf_config`] reads back as `config` (for exporting).
+    fn hf_config_json(&self, config: &ModelConfig) -> Result<JsonMap>;
+
+    /// The Hugging Face name of a tensor [`Family::tensors`] declares; `None` for one such
+    /// checkpoints do not store (Llama 3's `rope_freqs.weight`, computed from `config.json`).
+    fn hf_tensor_name(&self, gguf_name: &str) -> Option<String>;
+
+    /// What a Hugging Face norm gain lacks against the GGUF one: Gemma stores `w` and
+    /// multiplies by `1 + w`, its GGUF files store `1 + w`.
+    fn hf_norm_offset(&self) -> f32 {
+        0.0
+    }
+}
+
+/// The family that reads Hugging Face `model_type`, or an error listing the supported ones.
+pub fn family_of_hf(model_type: &str) -> Result<&'static dyn Family> {
+    FAMILIES.into_iter().find(|f| f.hf_model_types().contains(&model_type)).ok_or_else(|| {
+        let supported = FAMILIES.iter().flat_map(|f| f.hf_model_types().iter().copied()).collect::<Vec<_>>();
+        ModelError::UnsupportedArchitecture { name: model_type.to_string(), supported: supported.join(", ") }
+    })
+}
+
+/// A tensor's Hugging Face name from a family's tables of `(GGUF name, HF name)` pairs,
+/// searched in order: block tensors (`blk.{i}.{suffix}`) by their suffix, under
+/// `model.layers.{i}.`; the others by their whole name.
+pub(crate) fn hf_name(gguf_name: &str, tables: &[&[(&str, &str)]]) -> Option<String> {
+    let lookup = |key: &str| tables.iter().flat_map(|t| t.iter()).find(|(g, _)| *g == key).map(|(_, hf)| *hf);
+    if let Some(rest) = gguf_name.strip_prefix("blk.") {
+        let (layer, suffix) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        return lookup(suffix).map(|hf| format!("model.layers.{layer}.{hf}"));
+    }
+    lookup(gguf_name).map(str::to_owned)
 }
 
 /// The family that reads `architecture`, or an error listing the supported ones.

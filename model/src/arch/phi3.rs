@@ -7,12 +7,17 @@
 //! because converters write values that do not match how the models were trained. LongRoPE
 //! checkpoints (the 128k-context variants, `rope_factors_long`) are refused with a clear error.
 
-use super::{Family, FamilyKind, Role, TensorDecl, outer_tensors};
+use super::{Family, FamilyKind, Role, TensorDecl, hf_name, llama, outer_tensors};
 use crate::config::{ModelConfig, RopeLayout};
 use crate::error::{ModelError, Result};
 use crate::gguf::{Metadata, MetadataValue};
+use crate::hf::config::{ConfigJson, JsonMap, common_json, read_common};
 
 pub struct Phi3;
+
+/// Hugging Face names where Phi-3 differs from Llama: the fused matrices.
+const HF_NAMES: &[(&str, &str)] =
+    &[("attn_qkv.weight", "self_attn.qkv_proj.weight"), ("ffn_up.weight", "mlp.gate_up_proj.weight")];
 
 impl Family for Phi3 {
     fn kind(&self) -> FamilyKind {
@@ -60,5 +65,24 @@ impl Family for Phi3 {
             ]);
         }
         out
+    }
+
+    fn hf_model_types(&self) -> &'static [&'static str] {
+        &["phi3"]
+    }
+
+    fn hf_config(&self, json: &ConfigJson, has_tensor: &dyn Fn(&str) -> bool) -> Result<ModelConfig> {
+        // read_common refuses LongRoPE (`rope_scaling.type` longrope), as the GGUF path does.
+        let mut c = read_common(FamilyKind::Phi3, json, false)?;
+        c.fused_qkv = has_tensor("model.layers.0.self_attn.qkv_proj.weight");
+        Ok(c)
+    }
+
+    fn hf_config_json(&self, c: &ModelConfig) -> Result<JsonMap> {
+        common_json(c, "phi3", "Phi3ForCausalLM")
+    }
+
+    fn hf_tensor_name(&self, gguf_name: &str) -> Option<String> {
+        hf_name(gguf_name, &[HF_NAMES, llama::HF_NAMES])
     }
 }

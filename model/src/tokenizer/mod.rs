@@ -137,6 +137,12 @@ impl Tokenizer {
         Ok(Self::assemble(tokenizer, tokens, specials))
     }
 
+    /// The tokenizer as a Hugging Face `tokenizer.json` (for exporting a checkpoint): the
+    /// same pipeline, so [`Tokenizer::from_json_file`] of it encodes identically.
+    pub fn to_hf_json(&self) -> Result<String> {
+        self.inner.parsing.to_string(true).map_err(|e| ModelError::Tokenizer(format!("cannot serialize: {e}")))
+    }
+
     fn assemble(mut tokenizer: tokenizers::Tokenizer, tokens: Vec<String>, specials: Specials) -> Tokenizer {
         tokenizer.set_encode_special_tokens(false);
         let mut plain = tokenizer.clone();
