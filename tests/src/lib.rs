@@ -237,9 +237,13 @@ pub fn client() -> reqwest::Client {
 
 /// The value of a sample line `name{labels} value` in Prometheus text.
 pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
-    })
+    // A sample without labels also sums the series of every label set (e.g. `model`).
+    let matching = text.lines().filter(|l| !l.starts_with('#')).filter_map(|line| {
+        let (key, value) = line.rsplit_once(' ')?;
+        let labelled = !sample.contains('{') && key.strip_prefix(sample).is_some_and(|rest| rest.starts_with('{'));
+        (key == sample || labelled).then(|| value.trim().parse::<f64>().ok()).flatten()
+    });
+    matching.fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
 }
 
 /// Splits an SSE body into frames (each without its trailing blank line). Panics on bytes

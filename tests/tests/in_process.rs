@@ -64,5 +64,5 @@ async fn run_reports_a_missing_model_file_without_serving() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let result = serve::run(listener, args("/nonexistent/model.gguf"), std::future::pending()).await;
     let error = result.expect_err("a missing file is an error");
-    assert!(matches!(error, serve::ServeError::Model(_)), "{error}");
+    assert!(matches!(error, serve::ServeError::Model { .. }), "{error}");
 }

@@ -101,7 +101,7 @@ pub enum GenerateError {
 
 pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
     let loader = ModelLoader::open(&args.model)?;
-    let info = crate::serve::prompt::apply_chat_template_file(loader.info(), args.chat_template.as_deref())
+    let info = crate::serve::registry::apply_chat_template_file(loader.info(), args.chat_template.as_deref())
         .map_err(GenerateError::ChatTemplate)?;
     let prompt_ids = match (&args.prompt, &args.messages) {
         (Some(prompt), _) => info.tokenizer.encode_prompt(prompt)?,

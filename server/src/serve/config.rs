@@ -5,14 +5,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use clap::{Args, ValueEnum};
-use stellarchat_model::ModelError;
 use stellarchat_model::device::{DeviceSpec, Precision};
 use stellarchat_model::engine::{EngineConfig, FaultInjection};
-use stellarchat_model::model::{LoadOptions, ModelInfo, ModelLoader};
+use stellarchat_model::model::LoadOptions;
 use stellarchat_model::weights::WeightFormat;
+
+use super::registry::spec::{self, ModelSpec, SpecDefaults, SpecError};
 
 /// The default model: fetched into `weights/` by `just weights`.
 pub const DEFAULT_MODEL: &str = "weights/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -26,9 +25,37 @@ pub enum LogFormat {
 /// Serve the OpenAI-compatible API over HTTP, SSE and WebSocket.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// A GGUF file, or `synthetic:<preset>` (random weights, for tests and benchmarks).
-    #[arg(long, env = "STELLARCHAT_MODEL", default_value = DEFAULT_MODEL)]
-    pub model: String,
+    /// A GGUF file, a Hugging Face checkpoint folder, or `synthetic:<preset>` (random
+    /// weights, for tests and benchmarks); repeatable: several models in one server, the
+    /// first loaded at start-up and the default. Default: the default model, unless
+    /// `--models-dir` or `--models-config` names models.
+    #[arg(long = "model", env = "STELLARCHAT_MODEL", value_delimiter = ',')]
+    pub models: Vec<String>,
+
+    /// Serve every GGUF file and checkpoint folder in this folder (ids from file or folder
+    /// names), loaded when first asked for.
+    #[arg(long, env = "STELLARCHAT_MODELS_DIR", value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+
+    /// A TOML file of `[[models]]` with per-model settings (`path`, `id`, `aliases`,
+    /// `device`, `dtype`, `weights`, `max_model_len`, `chat_template`, `kv_cache_tokens`,
+    /// `max_num_seqs`, `pinned`, `preload`, `keep_alive`); see the README.
+    #[arg(long, env = "STELLARCHAT_MODELS_CONFIG", value_name = "FILE")]
+    pub models_config: Option<PathBuf>,
+
+    /// Models loaded at once; loading one more unloads the least recently used idle one
+    /// (0: no limit).
+    #[arg(long, env = "STELLARCHAT_MAX_LOADED_MODELS", default_value_t = 0)]
+    pub max_loaded_models: usize,
+
+    /// Unload a model after this many seconds without requests (default: keep it loaded).
+    #[arg(long, env = "STELLARCHAT_KEEP_ALIVE", value_name = "SECONDS")]
+    pub keep_alive: Option<u64>,
+
+    /// Keep this model loaded: loaded at start-up, never unloaded for room or keep-alive;
+    /// repeatable.
+    #[arg(long = "pin", env = "STELLARCHAT_PIN", value_delimiter = ',', value_name = "MODEL")]
+    pub pins: Vec<String>,
 
     /// A Jinja chat template file that replaces the model's own (for every model); models
     /// without one (base models such as Gemma 3 270M) need it for /v1/chat/completions.
@@ -41,9 +68,10 @@ pub struct ServeArgs {
     #[arg(long, env = "STELLARCHAT_PARSE_SPECIAL_IN_CONTENT")]
     pub parse_special_in_content: bool,
 
-    /// The model id clients send and `/v1/models` lists (default: the file stem).
-    #[arg(long, env = "STELLARCHAT_SERVED_MODEL_NAME")]
-    pub served_model_name: Option<String>,
+    /// The model id clients send and `/v1/models` lists (default: the file stem or folder
+    /// name); repeatable: the i-th names the i-th `--model`.
+    #[arg(long = "served-model-name", env = "STELLARCHAT_SERVED_MODEL_NAME", value_delimiter = ',')]
+    pub served_model_names: Vec<String>,
 
     /// Backend: flex, ndarray, wgpu[:adapter], vulkan, metal, cuda[:N], rocm[:N], auto.
     #[arg(long, env = "STELLARCHAT_DEVICE", default_value = "flex", value_parser = parse_device)]
@@ -201,9 +229,33 @@ impl ServeArgs {
         LoadOptions { device: self.device, precision: self.dtype, weights: self.weights }
     }
 
-    /// The opened model's info, with `--chat-template` applied (a bad file is an error).
-    pub fn model_info(&self, loader: &ModelLoader) -> Result<Arc<ModelInfo>, ModelError> {
-        super::prompt::apply_chat_template_file(loader.info(), self.chat_template.as_deref())
+    /// Every model to serve, in order (the first is the default): `--model`s, then the
+    /// `--models-config` file's, then `--models-dir`'s; the default model when none is named.
+    pub fn model_specs(&self) -> Result<Vec<ModelSpec>, SpecError> {
+        let defaults = SpecDefaults {
+            load: self.load_options(),
+            engine: self.engine_config(),
+            max_model_len: self.max_model_len,
+            chat_template: self.chat_template.clone(),
+            keep_alive: self.keep_alive.map(Duration::from_secs),
+        };
+        let mut specs = spec::from_flags(&self.models, &self.served_model_names, &defaults)?;
+        if let Some(path) = &self.models_config {
+            specs.extend(spec::read_config(path, &defaults)?);
+        }
+        if let Some(dir) = &self.models_dir {
+            let found = spec::from_dir(dir, &defaults)?;
+            if found.is_empty() && specs.is_empty() {
+                return Err(SpecError::Empty(dir.clone()));
+            }
+            // A file named on its own keeps its own settings.
+            let named: Vec<String> = specs.iter().map(|s| s.source.clone()).collect();
+            specs.extend(found.into_iter().filter(|f| !named.contains(&f.source)));
+        }
+        if specs.is_empty() {
+            specs = spec::from_flags(&[DEFAULT_MODEL.to_string()], &self.served_model_names, &defaults)?;
+        }
+        spec::finish(specs, &self.pins)
     }
 
     pub fn engine_config(&self) -> EngineConfig {
@@ -260,7 +312,12 @@ mod tests {
     fn defaults_match_the_issue() {
         let cli = Cli::try_parse_from(["stellarchat"]).expect("defaults parse");
         let a = cli.serve;
-        assert_eq!(a.model, DEFAULT_MODEL);
+        let specs = a.model_specs().expect("specs");
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].source, DEFAULT_MODEL);
+        assert!(specs[0].preload && !specs[0].pinned);
+        assert_eq!(a.max_loaded_models, 0);
+        assert_eq!(a.keep_alive, None);
         assert_eq!(a.host, "127.0.0.1");
         assert_eq!(a.port, 8080);
         assert_eq!(a.device, DeviceSpec::Flex);

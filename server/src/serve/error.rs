@@ -70,6 +70,11 @@ pub enum ApiError {
     /// up); the request may be retried. The string is logged, never sent.
     #[error("engine fault: {0}")]
     EngineFault(String),
+    /// A model named by the request could not be loaded (a bad file, no room on the
+    /// device, a broken chat template). The reason names the file or key; other models
+    /// keep serving.
+    #[error("The model `{model}` could not be loaded: {reason}")]
+    ModelLoadFailed { model: String, reason: String },
 }
 
 /// One row of [`ERROR_TABLE`]: what the API says about one kind of error.
@@ -123,6 +128,7 @@ pub const ERROR_TABLE: &[ErrorClass] = &[
     class("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID, true, false, "Content-Type is not application/json"),
     class("body_timeout", StatusCode::REQUEST_TIMEOUT, INVALID, true, false, "Request body too slow"),
     class("internal_error", StatusCode::INTERNAL_SERVER_ERROR, "server_error", true, false, "The engine failed during the request"),
+    class("model_load_failed", StatusCode::INTERNAL_SERVER_ERROR, "server_error", true, false, "The model could not be loaded"),
 ];
 
 impl ApiError {
@@ -166,6 +172,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::EngineFault(_) => "internal_error",
+            ApiError::ModelLoadFailed { .. } => "model_load_failed",
         };
         // Every kind has its row: `every_variant_has_one_row` below checks the table.
         ERROR_TABLE.iter().find(|c| c.kind == kind).unwrap_or(&ERROR_TABLE[INTERNAL_ROW])
@@ -212,7 +219,7 @@ impl ApiError {
             ApiError::InvalidRequest { param, .. } | ApiError::ContextLengthExceeded { param, .. } => param.clone(),
             ApiError::Unsupported { param, .. } => Some(param.clone()),
             ApiError::UnknownField(name) => Some(name.clone()),
-            ApiError::ModelNotFound(_) => Some("model".into()),
+            ApiError::ModelNotFound(_) | ApiError::ModelLoadFailed { .. } => Some("model".into()),
             _ => None,
         }
     }
@@ -366,6 +373,7 @@ mod table_tests {
             ApiError::UnsupportedMediaType("text/plain".into()),
             ApiError::BodyTimeout { seconds: 1 },
             ApiError::EngineFault("x".into()),
+            ApiError::ModelLoadFailed { model: "m".into(), reason: "x".into() },
         ]
     }
 

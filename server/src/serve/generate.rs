@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::protocol::UsageInfo;
+use super::registry::ModelLease;
 use super::state::{ActiveGuard, AppState};
 use super::validate::GenerationSpec;
 
@@ -69,6 +70,8 @@ pub struct Generation {
     tokenizer: Arc<Tokenizer>,
     want_logprobs: bool,
     state: Arc<AppState>,
+    /// The model generating: held so that it is not unloaded under a running request.
+    model: ModelLease,
     cut: CancellationToken,
     finished: bool,
     /// Tokens received so far over all choices (for usage after a cancel).
@@ -98,14 +101,20 @@ fn sampling_params(spec: &GenerationSpec, index: usize) -> SamplingParams {
 impl Generation {
     /// Submits `prompts.len() × spec.n` sequences; choice `p * n + j` is prompt `p`'s `j`-th.
     /// If any submit fails (queue full), the ones already submitted are cancelled.
-    pub fn start(state: &Arc<AppState>, spec: &GenerationSpec, prompts: &[PlannedPrompt]) -> Result<Self, ApiError> {
-        Self::start_scoring(state, spec, prompts, None)
+    pub fn start(
+        state: &Arc<AppState>,
+        model: &ModelLease,
+        spec: &GenerationSpec,
+        prompts: &[PlannedPrompt],
+    ) -> Result<Self, ApiError> {
+        Self::start_scoring(state, model, spec, prompts, None)
     }
 
     /// [`Generation::start`] that also scores every prompt token, with `prompt_logprobs`
     /// alternatives each (see [`Generation::prompt_logprobs`]); `None` scores nothing.
     pub fn start_scoring(
         state: &Arc<AppState>,
+        model: &ModelLease,
         spec: &GenerationSpec,
         prompts: &[PlannedPrompt],
         prompt_logprobs: Option<usize>,
@@ -137,7 +146,7 @@ impl Generation {
                     prompt_logprobs,
                 };
                 // On error, `streams` is dropped here, cancelling what was submitted.
-                let events = state.engine.submit(request)?;
+                let events = model.engine.submit(request)?;
                 streams.push(events.map(move |e| (index, e)).boxed());
                 first_of_prompt.push(j == 0);
             }
@@ -152,11 +161,12 @@ impl Generation {
             pending_logprobs: vec![Vec::new(); choices],
             prompt_logprobs: vec![None; choices],
             last_token_at: vec![None; choices],
-            tokenizer: state.model.tokenizer.clone(),
+            tokenizer: model.info.tokenizer.clone(),
             want_logprobs: spec.logprobs.is_some(),
             cut: state.lifecycle.cut_token(),
             _active: active,
             state: state.clone(),
+            model: model.clone(),
             finished: false,
             tokens_seen: 0,
             choice_tokens: vec![0; choices],
@@ -217,7 +227,11 @@ impl Generation {
                 self.choice_tokens[index] += 1;
                 let now = Instant::now();
                 if let Some(last) = self.last_token_at[index].replace(now) {
-                    self.state.metrics.inter_token_latency_seconds.observe(now.duration_since(last).as_secs_f64());
+                    self.state
+                        .metrics
+                        .inter_token_latency_seconds
+                        .with_label_values(&[self.model.id.as_str()])
+                        .observe(now.duration_since(last).as_secs_f64());
                 }
                 if self.want_logprobs
                     && let Some(lp) = logprob
@@ -246,6 +260,7 @@ impl Generation {
                     details.cached_tokens += usage.cached_prompt_tokens;
                 }
                 self.state.metrics.observe_finished(
+                    &self.model.id,
                     reason.as_str(),
                     usage.prompt_tokens,
                     usage.completion_tokens,
@@ -325,7 +340,7 @@ impl Drop for Generation {
     fn drop(&mut self) {
         let unfinished: usize =
             self.choice_tokens.iter().zip(&self.choice_finished).filter(|(_, done)| !**done).map(|(n, _)| n).sum();
-        self.state.metrics.generation_tokens_total.inc_by(unfinished as u64);
+        self.state.metrics.generation_tokens_total.with_label_values(&[self.model.id.as_str()]).inc_by(unfinished as u64);
     }
 }
 

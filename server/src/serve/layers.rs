@@ -14,6 +14,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["validate"],
     &["responses_store"],
     &["conversations"],
+    &["registry"],
     &["state"],
     &["middleware"],
     &["generate"],

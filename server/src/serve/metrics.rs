@@ -4,10 +4,15 @@
 //! figures by the generation driver when a sequence finishes; engine gauges and the prefix
 //! cache's counters are read from [`EngineStats`] at scrape time so they can never drift from
 //! the engine's own count.
+//!
+//! Generation and engine figures carry a `model` label (several models may be loaded); the
+//! counters an engine keeps survive its unloading ([`Metrics::retire_engine`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use stellarchat_model::engine::{EngineStats, Timings};
 
@@ -20,22 +25,55 @@ pub struct Metrics {
     pub request_duration_seconds: HistogramVec,
     pub errors_total: IntCounterVec,
     pub request_success_total: IntCounterVec,
-    pub time_to_first_token_seconds: Histogram,
-    pub inter_token_latency_seconds: Histogram,
-    pub e2e_request_latency_seconds: Histogram,
-    pub request_queue_time_seconds: Histogram,
-    pub num_requests_running: IntGauge,
-    pub num_requests_waiting: IntGauge,
-    pub kv_cache_usage_perc: Gauge,
-    pub prefix_cache_usage_perc: Gauge,
+    pub time_to_first_token_seconds: HistogramVec,
+    pub inter_token_latency_seconds: HistogramVec,
+    pub e2e_request_latency_seconds: HistogramVec,
+    pub request_queue_time_seconds: HistogramVec,
+    pub num_requests_running: IntGaugeVec,
+    pub num_requests_waiting: IntGaugeVec,
+    pub kv_cache_usage_perc: GaugeVec,
+    pub prefix_cache_usage_perc: GaugeVec,
     /// Set at scrape time by the `/metrics` handler from the shutdown lifecycle's count.
     pub active_generations: IntGauge,
-    pub prompt_tokens_total: IntCounter,
-    pub generation_tokens_total: IntCounter,
-    pub prefix_cache_queries_tokens_total: IntCounter,
-    pub prefix_cache_hits_tokens_total: IntCounter,
-    pub engine_failures_total: IntCounter,
+    pub prompt_tokens_total: IntCounterVec,
+    pub generation_tokens_total: IntCounterVec,
+    pub prefix_cache_queries_tokens_total: IntCounterVec,
+    pub prefix_cache_hits_tokens_total: IntCounterVec,
+    pub engine_failures_total: IntCounterVec,
     pub websocket_connections: IntGauge,
+    /// Models whose engine is loaded and ready.
+    pub models_loaded: IntGauge,
+    pub model_loads_total: IntCounterVec,
+    pub model_load_seconds: HistogramVec,
+    pub model_unloads_total: IntCounterVec,
+    /// What unloaded engines had counted, by model, so the counters never go back.
+    retired: Mutex<HashMap<String, EngineTotals>>,
+}
+
+/// The counters an engine keeps itself (read at scrape time).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineTotals {
+    pub prefix_cache_queries_tokens: u64,
+    pub prefix_cache_hits_tokens: u64,
+    pub step_failures: u64,
+}
+
+impl EngineTotals {
+    fn of(stats: &EngineStats) -> Self {
+        EngineTotals {
+            prefix_cache_queries_tokens: stats.prefix_cache_queries_tokens,
+            prefix_cache_hits_tokens: stats.prefix_cache_hits_tokens,
+            step_failures: stats.step_failures,
+        }
+    }
+
+    fn plus(self, other: EngineTotals) -> Self {
+        EngineTotals {
+            prefix_cache_queries_tokens: self.prefix_cache_queries_tokens + other.prefix_cache_queries_tokens,
+            prefix_cache_hits_tokens: self.prefix_cache_hits_tokens + other.prefix_cache_hits_tokens,
+            step_failures: self.step_failures + other.step_failures,
+        }
+    }
 }
 
 fn name(n: &str) -> String {
@@ -62,44 +100,55 @@ impl Metrics {
         let errors_total =
             IntCounterVec::new(Opts::new(name("errors_total"), "Failed requests by error kind."), &["kind"])?;
         let request_success_total = IntCounterVec::new(
-            Opts::new(name("request_success_total"), "Finished generations by finish reason."),
-            &["finished_reason"],
+            Opts::new(name("request_success_total"), "Finished generations by finish reason and model."),
+            &["finished_reason", "model"],
         )?;
         let histogram = |n: &str, help: &str| {
-            Histogram::with_opts(HistogramOpts::new(name(n), help.to_string()).buckets(latency_buckets()))
+            HistogramVec::new(HistogramOpts::new(name(n), help.to_string()).buckets(latency_buckets()), &["model"])
         };
+        let by_model = |n: &str, help: &str| IntCounterVec::new(Opts::new(name(n), help.to_string()), &["model"]);
         let time_to_first_token_seconds = histogram("time_to_first_token_seconds", "Time to the first token.")?;
         let inter_token_latency_seconds = histogram("inter_token_latency_seconds", "Time between tokens.")?;
         let e2e_request_latency_seconds = histogram("e2e_request_latency_seconds", "Submit to finish.")?;
         let request_queue_time_seconds = histogram("request_queue_time_seconds", "Time waiting for a slot.")?;
-        let num_requests_running = IntGauge::new(name("num_requests_running"), "Sequences in the running batch.")?;
-        let num_requests_waiting = IntGauge::new(name("num_requests_waiting"), "Requests waiting for a slot.")?;
-        let kv_cache_usage_perc = Gauge::new(name("kv_cache_usage_perc"), "Fraction of the KV cache in use (0-1).")?;
+        let gauge = |n: &str, help: &str| IntGaugeVec::new(Opts::new(name(n), help.to_string()), &["model"]);
+        let num_requests_running = gauge("num_requests_running", "Sequences in the running batch.")?;
+        let num_requests_waiting = gauge("num_requests_waiting", "Requests waiting for a slot.")?;
+        let fraction = |n: &str, help: &str| GaugeVec::new(Opts::new(name(n), help.to_string()), &["model"]);
+        let kv_cache_usage_perc = fraction("kv_cache_usage_perc", "Fraction of the model's KV cache in use (0-1).")?;
         // With no request running, all of the KV cache in use must be this part: the soak's
         // leak check (`stellarchat bench --check-leaks`) compares the two.
-        let prefix_cache_usage_perc = Gauge::new(
-            name("prefix_cache_usage_perc"),
-            "Fraction of the KV cache held by the prefix cache for reuse (0-1).",
-        )?;
+        let prefix_cache_usage_perc =
+            fraction("prefix_cache_usage_perc", "Fraction of the KV cache held by the prefix cache for reuse (0-1).")?;
         let active_generations = IntGauge::new(
             name("active_generations"),
             "Generations in flight over HTTP and WebSocket (what graceful shutdown waits for).",
         )?;
-        let prompt_tokens_total = IntCounter::new(name("prompt_tokens_total"), "Prompt tokens processed.")?;
-        let generation_tokens_total = IntCounter::new(name("generation_tokens_total"), "Tokens generated.")?;
-        let prefix_cache_queries_tokens_total = IntCounter::new(
-            name("prefix_cache_queries_tokens_total"),
-            "Prompt tokens looked up in the prefix cache.",
-        )?;
-        let prefix_cache_hits_tokens_total = IntCounter::new(
-            name("prefix_cache_hits_tokens_total"),
-            "Prompt tokens found in the prefix cache (prefill skipped).",
-        )?;
-        let engine_failures_total = IntCounter::new(
-            name("engine_failures_total"),
+        let prompt_tokens_total = by_model("prompt_tokens_total", "Prompt tokens processed.")?;
+        let generation_tokens_total = by_model("generation_tokens_total", "Tokens generated.")?;
+        let prefix_cache_queries_tokens_total =
+            by_model("prefix_cache_queries_tokens_total", "Prompt tokens looked up in the prefix cache.")?;
+        let prefix_cache_hits_tokens_total =
+            by_model("prefix_cache_hits_tokens_total", "Prompt tokens found in the prefix cache (prefill skipped).")?;
+        let engine_failures_total = by_model(
+            "engine_failures_total",
             "Engine steps that panicked; their requests failed with a 500 and the engine served on.",
         )?;
         let websocket_connections = IntGauge::new(name("websocket_connections"), "Open WebSocket connections.")?;
+        let models_loaded = IntGauge::new(name("models_loaded"), "Models loaded and ready.")?;
+        let model_loads_total = IntCounterVec::new(
+            Opts::new(name("model_loads_total"), "Model loads by outcome (loaded, failed)."),
+            &["model", "outcome"],
+        )?;
+        let model_load_seconds = HistogramVec::new(
+            HistogramOpts::new(name("model_load_seconds"), "Time from the start of a load to the model being ready.")
+                .buckets(latency_buckets()),
+            &["model"],
+        )?;
+        let model_unloads_total = IntCounterVec::new(
+            Opts::new(name("model_unloads_total"), "Model unloads by reason (capacity, keep_alive, admin)."),
+            &["model", "reason"],
+        )?;
 
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(request_duration_seconds.clone()))?;
@@ -120,6 +169,10 @@ impl Metrics {
         registry.register(Box::new(prefix_cache_hits_tokens_total.clone()))?;
         registry.register(Box::new(engine_failures_total.clone()))?;
         registry.register(Box::new(websocket_connections.clone()))?;
+        registry.register(Box::new(models_loaded.clone()))?;
+        registry.register(Box::new(model_loads_total.clone()))?;
+        registry.register(Box::new(model_load_seconds.clone()))?;
+        registry.register(Box::new(model_unloads_total.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
@@ -144,6 +197,11 @@ impl Metrics {
             prefix_cache_hits_tokens_total,
             engine_failures_total,
             websocket_connections,
+            models_loaded,
+            model_loads_total,
+            model_load_seconds,
+            model_unloads_total,
+            retired: Mutex::new(HashMap::new()),
         })
     }
 
@@ -156,31 +214,73 @@ impl Metrics {
         }
     }
 
-    /// One sequence finished normally.
-    pub fn observe_finished(&self, reason: &str, prompt_tokens: usize, completion_tokens: usize, timings: &Timings) {
-        self.request_success_total.with_label_values(&[reason]).inc();
-        self.prompt_tokens_total.inc_by(prompt_tokens as u64);
-        self.generation_tokens_total.inc_by(completion_tokens as u64);
-        self.e2e_request_latency_seconds.observe(timings.finished.duration_since(timings.submitted).as_secs_f64());
+    /// One sequence of `model` finished normally.
+    pub fn observe_finished(
+        &self,
+        model: &str,
+        reason: &str,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+        timings: &Timings,
+    ) {
+        self.request_success_total.with_label_values(&[reason, model]).inc();
+        self.prompt_tokens_total.with_label_values(&[model]).inc_by(prompt_tokens as u64);
+        self.generation_tokens_total.with_label_values(&[model]).inc_by(completion_tokens as u64);
+        let seconds = |later: std::time::Instant| later.duration_since(timings.submitted).as_secs_f64();
+        self.e2e_request_latency_seconds.with_label_values(&[model]).observe(seconds(timings.finished));
         if let Some(scheduled) = timings.scheduled {
-            self.request_queue_time_seconds.observe(scheduled.duration_since(timings.submitted).as_secs_f64());
+            self.request_queue_time_seconds.with_label_values(&[model]).observe(seconds(scheduled));
         }
         if let Some(first) = timings.first_token {
-            self.time_to_first_token_seconds.observe(first.duration_since(timings.submitted).as_secs_f64());
+            self.time_to_first_token_seconds.with_label_values(&[model]).observe(seconds(first));
         }
     }
 
-    /// Prometheus text exposition, with the engine gauges refreshed first.
-    pub fn render(&self, stats: &EngineStats) -> Result<String, prometheus::Error> {
-        self.num_requests_running.set(stats.running as i64);
-        self.num_requests_waiting.set(stats.waiting as i64);
-        self.kv_cache_usage_perc.set(stats.kv_cache_usage);
-        self.prefix_cache_usage_perc.set(stats.prefix_cache_usage);
-        // The engine counts since its start; the counters catch up to it (they only rise).
-        let catch_up = |counter: &IntCounter, total: u64| counter.inc_by(total.saturating_sub(counter.get()));
-        catch_up(&self.prefix_cache_queries_tokens_total, stats.prefix_cache_queries_tokens);
-        catch_up(&self.prefix_cache_hits_tokens_total, stats.prefix_cache_hits_tokens);
-        catch_up(&self.engine_failures_total, stats.step_failures);
+    /// A load of `model` ended: `outcome` `loaded` (with its seconds) or `failed`.
+    pub fn observe_model_load(&self, model: &str, outcome: &str, seconds: Option<f64>) {
+        self.model_loads_total.with_label_values(&[model, outcome]).inc();
+        if let Some(seconds) = seconds {
+            self.model_load_seconds.with_label_values(&[model]).observe(seconds);
+        }
+    }
+
+    pub fn observe_model_unload(&self, model: &str, reason: &str) {
+        self.model_unloads_total.with_label_values(&[model, reason]).inc();
+    }
+
+    /// An engine of `model` stopped: what it counted stays in the model's counters.
+    pub fn retire_engine(&self, model: &str, stats: &EngineStats) {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        let total = retired.entry(model.to_string()).or_default();
+        *total = total.plus(EngineTotals::of(stats));
+    }
+
+    /// Prometheus text exposition, with the engine gauges refreshed first from the live
+    /// engines' `stats` (by model id); `loaded`: models loaded and ready.
+    pub fn render(&self, stats: &HashMap<String, EngineStats>, loaded: usize) -> Result<String, prometheus::Error> {
+        self.models_loaded.set(loaded as i64);
+        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut models: Vec<&String> = stats.keys().chain(retired.keys()).collect();
+        models.sort();
+        models.dedup();
+        for model in models {
+            let live = stats.get(model).copied().unwrap_or_default();
+            let label = [model.as_str()];
+            self.num_requests_running.with_label_values(&label).set(live.running as i64);
+            self.num_requests_waiting.with_label_values(&label).set(live.waiting as i64);
+            self.kv_cache_usage_perc.with_label_values(&label).set(live.kv_cache_usage);
+            self.prefix_cache_usage_perc.with_label_values(&label).set(live.prefix_cache_usage);
+            // The engines count since their start; the counters catch up to the sum of the
+            // unloaded ones and the live one (they only rise).
+            let total = retired.get(model).copied().unwrap_or_default().plus(EngineTotals::of(&live));
+            let catch_up = |counter: &IntCounterVec, total: u64| {
+                let counter = counter.with_label_values(&label);
+                counter.inc_by(total.saturating_sub(counter.get()));
+            };
+            catch_up(&self.prefix_cache_queries_tokens_total, total.prefix_cache_queries_tokens);
+            catch_up(&self.prefix_cache_hits_tokens_total, total.prefix_cache_hits_tokens);
+            catch_up(&self.engine_failures_total, total.step_failures);
+        }
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))

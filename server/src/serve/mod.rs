@@ -17,8 +17,12 @@
 //!   server-side conversations; [`openapi`]: `/openapi.json` made to state what validation
 //!   accepts; [`ui`]: the embedded chat page at `/`.
 //!
-//! The engine's state (loading, ready, failed) is followed on its watch channel: a failure
-//! ends `serve` with an error, and the process with status 1 (see [`run`]).
+//! - [`registry`]: the models offered (`--model`s, `--models-dir`, `--models-config`), each
+//!   with its own engine, loaded on demand and unloaded by LRU or keep-alive.
+//!
+//! What happens to the models comes as [`registry::ModelEvent`]s: a start-up model failing to
+//! load, or the only model's engine giving up, ends `serve` with an error, and the process
+//! with status 1 (see [`run`]).
 //!
 //! The modules form layers, bottom to top ([`layers::LAYERS`], enforced by a test): route
 //! paths and wire types; errors; tools and validation; the response store, state and access
@@ -40,6 +44,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod prompt;
 pub mod protocol;
+pub mod registry;
 pub mod responses_store;
 pub mod router;
 pub mod routes;
@@ -53,32 +58,32 @@ pub mod ws;
 use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use salvo::conn::tcp::TcpAcceptor;
 use salvo::prelude::*;
 use salvo::server::ServerHandle;
 use stellarchat_model::ModelError;
-use stellarchat_model::engine::{Engine, EngineHandle, EngineState};
-use stellarchat_model::model::ModelLoader;
 
 pub use config::{LogFormat, ServeArgs};
+use metrics::Metrics;
+use registry::{ModelEvent, ModelRegistry, ModelSpec, SharedLimits, SpecError};
 use state::{AppState, Lifecycle};
-use validate::Limits;
 
 /// Why `serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot open the model: {0}")]
-    Model(#[from] ModelError),
-    #[error("--chat-template: {0}")]
-    ChatTemplate(ModelError),
-    #[error("loading the model failed: {0}")]
-    Load(Arc<ModelError>),
-    /// The engine failed while serving and gave up (see `engine::supervisor`): the process
-    /// exits non-zero so that its supervisor starts a fresh one.
-    #[error("the engine failed and the server stops: {0}")]
-    EngineFailed(Arc<ModelError>),
+    #[error("models: {0}")]
+    Models(#[from] SpecError),
+    #[error("cannot open the model `{model}`: {error}")]
+    Model { model: String, error: ModelError },
+    #[error("loading the model `{model}` failed: {error}")]
+    Load { model: String, error: Arc<ModelError> },
+    /// The engine of the server's only model failed while serving and gave up (see
+    /// `engine::supervisor`): the process exits non-zero so that its supervisor starts a
+    /// fresh one. With several models, the failed one is unloaded instead.
+    #[error("the engine of `{model}` failed and the server stops: {error}")]
+    EngineFailed { model: String, error: Arc<ModelError> },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error("cannot read the API key file: {0}")]
@@ -104,27 +109,38 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-/// Builds the shared state for a model and an engine (also used by in-process tests).
+/// The registry of `args`' models, with the start-up ones opened and loading (a file that
+/// cannot be opened fails here, fast); also used by in-process tests.
+pub fn open_models(
+    args: &ServeArgs,
+    metrics: Arc<Metrics>,
+) -> Result<(Arc<ModelRegistry>, tokio::sync::mpsc::UnboundedReceiver<ModelEvent>), ServeError> {
+    let specs = args.model_specs()?;
+    let limits = SharedLimits { max_tokens_limit: args.max_tokens_limit, max_n: args.max_n };
+    let (models, events) = ModelRegistry::new(specs, limits, args.max_loaded_models, metrics);
+    let preload: Vec<(usize, ModelSpec)> =
+        models.specs().cloned().enumerate().filter(|(_, spec)| spec.preload).collect();
+    for (index, spec) in preload {
+        // Opening parses metadata, tokenizer and template only; the weights load on the
+        // model's engine thread.
+        let (loader, info) =
+            registry::open_model(&spec).map_err(|error| ServeError::Model { model: spec.id.clone(), error })?;
+        models.start(index, loader, info);
+    }
+    Ok((models, events))
+}
+
+/// Builds the shared state (also used by in-process tests).
 pub fn build_state(
     args: &ServeArgs,
-    info: Arc<stellarchat_model::model::ModelInfo>,
-    engine: EngineHandle,
+    models: Arc<ModelRegistry>,
+    metrics: Arc<Metrics>,
     api_keys: Vec<String>,
-) -> Result<Arc<AppState>, ServeError> {
-    let max_model_len = args.max_model_len.map_or(info.context_length, |m| m.clamp(1, info.context_length));
-    let limits = Limits {
-        max_model_len,
-        max_tokens_limit: args.max_tokens_limit.max(1),
-        max_n: args.max_n.max(1),
-        vocab_size: info.tokenizer.vocab_size(),
-    };
-    Ok(Arc::new(AppState {
-        engine,
-        served_model_name: args.served_model_name.clone().unwrap_or_else(|| info.name.clone()),
-        model: info,
-        limits,
+) -> Arc<AppState> {
+    Arc::new(AppState {
+        models,
         api_keys,
-        metrics: metrics::Metrics::new()?,
+        metrics,
         log_content: args.log_content,
         parse_special_in_content: args.parse_special_in_content,
         max_body_bytes: args.max_body_bytes,
@@ -139,7 +155,7 @@ pub fn build_state(
         responses: Arc::new(responses_store::ResponseStore::new(args.responses_store_size)),
         conversations: Arc::new(conversations::ConversationStore::new(args.conversation_limits())),
         ui: !args.no_ui,
-    }))
+    })
 }
 
 /// `stellarchat serve` from the command line: logging, then the listener on `--host`/`--port`,
@@ -162,33 +178,22 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let api_keys = args.load_api_keys().map_err(ServeError::ApiKeyFile)?;
-    // Opening parses metadata, tokenizer and template only: a bad path fails here, fast.
-    let loader = ModelLoader::open(&args.model)?;
-    let info = args.model_info(&loader).map_err(ServeError::ChatTemplate)?;
+    let metrics = Arc::new(metrics::Metrics::new()?);
+    let (models, events) = open_models(&args, metrics.clone())?;
 
     let bound = listener.local_addr().map_err(ServeError::Server)?;
     let acceptor = TcpAcceptor::try_from(listener).map_err(ServeError::Server)?;
+    let state = build_state(&args, models.clone(), metrics, api_keys);
 
-    let options = args.load_options();
-    let load_started = Instant::now();
-    let mut last_reported = 0;
-    let progress = Box::new(move |done: usize, total: usize| {
-        let pct = (done * 100).checked_div(total).unwrap_or(100);
-        if pct >= last_reported + 25 || (done == total && last_reported < 100) {
-            last_reported = pct;
-            tracing::info!(done, total, "loading weights: {pct}%");
-        }
-    });
-    let engine = Engine::spawn(loader, options, args.engine_config(), progress);
-    let state = build_state(&args, info, engine.clone(), api_keys)?;
-
+    let ids: Vec<&str> = models.specs().map(|s| s.id.as_str()).collect();
     tracing::info!(
-        model = %args.model,
-        served_model_name = %state.served_model_name,
+        models = %ids.join(","),
+        default_model = %models.default_id(),
         device = %args.device,
         dtype = %args.dtype,
         weights = %args.weights,
-        max_model_len = state.limits.max_model_len,
+        max_loaded_models = args.max_loaded_models,
+        keep_alive_s = ?args.keep_alive,
         api_keys = state.api_keys.len(),
         "listening on http://{bound}"
     );
@@ -200,13 +205,16 @@ pub async fn run(
     let handle = server.handle();
     let service = router::service(state.clone(), &args.cors_origins);
     let mut serving = tokio::spawn(server.try_serve(service));
+    let reaper_stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(models.clone().run_reaper(reaper_stop.clone()));
 
     let failure = tokio::select! {
         _ = shutdown => None,
-        failure = watch_engine(engine.watch_state(), load_started) => Some(failure),
+        failure = watch_models(events, models.specs().count()) => Some(failure),
         result = &mut serving => {
             // The accept loop ended on its own: nothing left to drain.
-            engine.shutdown();
+            reaper_stop.cancel();
+            models.shutdown();
             return match result {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(ServeError::Server(e)),
@@ -214,41 +222,42 @@ pub async fn run(
             };
         }
     };
+    reaper_stop.cancel();
     shutdown_gracefully(&state, &handle, &mut serving, args.shutdown_timeout()).await;
-    engine.shutdown();
+    models.shutdown();
     match failure {
         Some(failure) => Err(failure),
         None => Ok(()),
     }
 }
 
-/// Follows the engine's state: logs when the model is ready, and returns when the engine
-/// fails — to load, or later, when the supervisor gives up — which ends `serve` with an
-/// error (and the process with a non-zero status). Never returns while the engine serves.
-async fn watch_engine(mut states: tokio::sync::watch::Receiver<EngineState>, started: Instant) -> ServeError {
-    let mut served = false;
-    loop {
-        let state = states.borrow_and_update().clone();
-        match state {
-            EngineState::Ready if !served => {
-                served = true;
-                tracing::info!(seconds = started.elapsed().as_secs_f64(), "model loaded; ready");
+/// Follows the models' events: logs loads, and returns the error that ends `serve` — a
+/// model loaded at start-up that fails to load, or the engine of the only model giving up
+/// (the process then exits non-zero for its supervisor to restart it). With several
+/// models, a failed one is unloaded and loads again when next asked for. Never returns
+/// while the models serve.
+async fn watch_models(mut events: tokio::sync::mpsc::UnboundedReceiver<ModelEvent>, models: usize) -> ServeError {
+    while let Some(event) = events.recv().await {
+        match event {
+            ModelEvent::Ready { id, seconds } => tracing::info!(model = %id, seconds, "model loaded; ready"),
+            ModelEvent::LoadFailed { id, error, preload: true } => {
+                tracing::error!(model = %id, error = %error, "a start-up model failed to load; shutting down");
+                return ServeError::Load { model: id, error };
             }
-            EngineState::Failed(error) if served => {
-                tracing::error!(error = %error, "the engine failed; shutting down");
-                return ServeError::EngineFailed(error);
+            ModelEvent::LoadFailed { id, error, preload: false } => {
+                tracing::error!(model = %id, error = %error, "loading a model on demand failed; serving the others");
             }
-            EngineState::Failed(error) => {
-                tracing::error!(error = %error, "the model failed to load; shutting down");
-                return ServeError::Load(error);
+            ModelEvent::EngineFailed { id, error } if models == 1 => {
+                tracing::error!(model = %id, error = %error, "the engine failed; shutting down");
+                return ServeError::EngineFailed { model: id, error };
             }
-            _ => {}
-        }
-        if states.changed().await.is_err() {
-            // The engine is gone without a failure (it was shut down): nothing more to watch.
-            std::future::pending::<()>().await;
+            ModelEvent::EngineFailed { id, error } => {
+                tracing::error!(model = %id, error = %error, "the engine failed; the model is unloaded");
+            }
         }
     }
+    // The registry is gone: nothing more to watch.
+    std::future::pending().await
 }
 
 /// Graceful shutdown: stop accepting and refuse new generations, let running ones finish

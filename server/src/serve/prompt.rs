@@ -19,12 +19,9 @@
 //! requests meanwhile; and a prompt whose length alone proves it exceeds the context is
 //! refused before it is tokenized ([`reject_certainly_too_long`]).
 
-use std::path::Path;
-use std::sync::Arc;
 
 use serde_json::{Value, json};
-use stellarchat_model::ModelError;
-use stellarchat_model::chat_template::{ChatMessage, ChatTemplate};
+use stellarchat_model::chat_template::ChatMessage;
 use stellarchat_model::model::ModelInfo;
 use stellarchat_model::tokenizer::RenderedPrompt;
 
@@ -38,32 +35,6 @@ use super::validate::{GenerationSpec, Limits, Message, PromptSource, Role, resol
 pub const NO_TEMPLATE_MESSAGE: &str = "This model has no chat template, so chat messages cannot be turned into a \
      prompt. Send a raw prompt to /v1/completions instead, or restart the server with \
      --chat-template FILE (a Jinja chat template).";
-
-/// The model's info with `--chat-template FILE` applied: the file's template (checked now,
-/// so a bad file stops start-up) replaces the model's own, for every model. Logs which
-/// template chats will use, or that there is none.
-pub fn apply_chat_template_file(info: Arc<ModelInfo>, file: Option<&Path>) -> Result<Arc<ModelInfo>, ModelError> {
-    let Some(file) = file else {
-        match &info.chat_template {
-            Some(_) => tracing::info!(model = %info.name, "chat template: the model's own"),
-            None => tracing::warn!(
-                model = %info.name,
-                "the model has no chat template: /v1/chat/completions answers 400 (use /v1/completions, \
-                 or pass --chat-template FILE)"
-            ),
-        }
-        return Ok(info);
-    };
-    let template = ChatTemplate::from_file(file, &info.tokenizer)?;
-    tracing::info!(
-        model = %info.name,
-        file = %file.display(),
-        replaces_models_own = info.chat_template.is_some(),
-        "chat template: from --chat-template"
-    );
-    // The rest is cheap to clone: the tokenizer is shared.
-    Ok(Arc::new(ModelInfo { chat_template: Some(template), ..ModelInfo::clone(&info) }))
-}
 
 /// Renders a chat with the model's template (ending with the assistant header when
 /// `add_generation_prompt`).
@@ -236,9 +207,14 @@ pub async fn off_worker<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use stellarchat_model::ModelError;
+    use stellarchat_model::chat_template::ChatTemplate;
     use stellarchat_model::model::ModelLoader;
 
     use super::*;
+    use crate::serve::registry::apply_chat_template_file;
 
     fn synthetic() -> Arc<ModelInfo> {
         ModelLoader::open("synthetic:tiny").expect("synthetic model").info()

@@ -17,6 +17,7 @@ use super::middleware::{AccessLog, ApiKeyAuth, ReadBodyWithin, RequireJson, cors
 use super::openapi::{self, OpenApiJson, Served};
 use super::routes::*;
 use super::state::AppState;
+use super::validate::Limits;
 
 fn path(p: &str) -> Router {
     Router::with_path(p.trim_start_matches('/'))
@@ -39,7 +40,7 @@ pub fn router(state: &Arc<AppState>) -> Router {
         .hoop(RequireJson)
         .hoop(ReadBodyWithin { timeout: state.body_timeout, limit: state.max_body_bytes })
         .push(path(MODELS).get(handlers::models::list_models))
-        .push(path(MODEL).get(handlers::models::get_model))
+        .push(path(MODEL).get(handlers::models::get_model).post(handlers::models::model_action))
         .push(path(CHAT_COMPLETIONS).post(handlers::chat::chat_completions))
         .push(path(COMPLETIONS).post(handlers::completions::completions))
         .push(path(RESPONSES).post(handlers::responses::create_response))
@@ -52,10 +53,14 @@ pub fn router(state: &Arc<AppState>) -> Router {
     let doc = OpenApi::new("StellarChat", env!("CARGO_PKG_VERSION"))
         .add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)))
         .merge_router(&router);
+    // The default model is loaded at start-up, so its limits are known here.
+    let names: Vec<String> = state.models.specs().flat_map(|s| std::iter::once(s.id.clone()).chain(s.aliases.clone())).collect();
+    let default = state.models.default_model();
+    let limits = default.as_ref().map(|m| m.limits.clone()).unwrap_or(Limits { max_model_len: 1, max_tokens_limit: 1, max_n: 1, vocab_size: 1 });
     let served = Served {
-        model: &state.served_model_name,
-        limits: &state.limits,
-        fill_in_the_middle: handlers::completions::has_fill_in_the_middle(&state.model),
+        models: &names,
+        limits: &limits,
+        fill_in_the_middle: default.as_ref().is_some_and(|m| handlers::completions::has_fill_in_the_middle(&m.info)),
         api_keys: !state.api_keys.is_empty(),
         metrics_api_key: state.metrics_api_key,
     };

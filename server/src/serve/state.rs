@@ -1,30 +1,26 @@
-//! What every handler shares: the engine handle, the model's tokenizer and template, the
-//! limits, the metrics, and the [`Lifecycle`] that coordinates graceful shutdown.
+//! What every handler shares: the models ([`ModelRegistry`]: engines, tokenizers, templates,
+//! limits), the metrics, and the [`Lifecycle`] that coordinates graceful shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use salvo::Depot;
-use stellarchat_model::engine::{EngineHandle, EngineState};
-use stellarchat_model::model::ModelInfo;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::conversations::ConversationStore;
 use super::error::ApiError;
 use super::metrics::Metrics;
+use super::registry::{ModelLease, ModelRegistry};
 use super::responses_store::ResponseStore;
-use super::validate::{Context, Limits};
 
 pub struct AppState {
-    pub engine: EngineHandle,
-    pub model: Arc<ModelInfo>,
-    pub served_model_name: String,
-    pub limits: Limits,
+    /// The models offered, loaded on demand.
+    pub models: Arc<ModelRegistry>,
     /// Accepted API keys; empty = the API is open.
     pub api_keys: Vec<String>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub log_content: bool,
     /// `--parse-special-in-content`: chat content may spell control tokens (see `prompt`).
     pub parse_special_in_content: bool,
@@ -52,10 +48,6 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn validation_context(&self) -> Context<'_> {
-        Context { served_model_name: &self.served_model_name, limits: &self.limits }
-    }
-
     /// The state the access-log hoop put into the depot.
     pub fn from_depot(depot: &Depot) -> Result<Arc<AppState>, ApiError> {
         depot
@@ -64,18 +56,19 @@ impl AppState {
             .map_err(|_| ApiError::Internal("application state missing from the depot".into()))
     }
 
-    /// New generations are refused while loading and while shutting down.
+    /// New generations are refused while shutting down.
     pub fn check_accepting(&self) -> Result<(), ApiError> {
         if self.lifecycle.is_draining() {
             return Err(ApiError::ShuttingDown);
         }
-        match self.engine.state() {
-            EngineState::Ready => {}
-            EngineState::Loading => return Err(ApiError::NotReady),
-            // The server is on its way out (see `serve::watch_engine`).
-            EngineState::Failed(_) | EngineState::Stopped => return Err(ApiError::ShuttingDown),
-        }
         Ok(())
+    }
+
+    /// The model a request names (id or alias), loaded if need be (see
+    /// [`ModelRegistry::acquire`]); refused while shutting down.
+    pub async fn model(&self, name: &str) -> Result<ModelLease, ApiError> {
+        self.check_accepting()?;
+        self.models.acquire(name).await
     }
 }
 

@@ -9,11 +9,8 @@ use clap::Parser;
 use salvo::prelude::*;
 use salvo::test::{ResponseExt, TestClient};
 use serde_json::{Value, json};
-use stellarchat_model::engine::Engine;
-use stellarchat_model::model::ModelLoader;
-
 use super::state::AppState;
-use super::{ServeArgs, build_state, routes};
+use super::{ServeArgs, build_state, open_models, routes};
 
 const BASE: &str = "http://127.0.0.1:8080";
 const MODEL: &str = "synthetic-tiny";
@@ -31,7 +28,7 @@ struct App {
 
 impl Drop for App {
     fn drop(&mut self) {
-        self.state.engine.shutdown();
+        self.state.models.shutdown();
     }
 }
 
@@ -39,19 +36,17 @@ async fn app(extra: &[&str]) -> App {
     let mut argv = vec!["stellarchat", "--model", "synthetic:tiny"];
     argv.extend_from_slice(extra);
     let args = Cli::try_parse_from(argv).expect("flags").serve;
-    let loader = ModelLoader::open(&args.model).expect("synthetic model");
-    let info = loader.info();
-    let engine = Engine::spawn(loader, args.load_options(), args.engine_config(), Box::new(|_, _| {}));
+    let metrics = Arc::new(super::metrics::Metrics::new().expect("metrics"));
+    let (models, _events) = open_models(&args, metrics.clone()).expect("synthetic model");
     for _ in 0..600 {
-        if engine.is_ready() {
+        if models.check_ready().is_ok() {
             break;
         }
-        assert!(engine.failure().is_none(), "load failed: {:?}", engine.failure());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(engine.is_ready(), "the synthetic engine did not load in time");
+    models.check_ready().expect("the synthetic engine did not load in time");
     let keys = args.load_api_keys().expect("keys");
-    let state = build_state(&args, info, engine, keys).expect("state");
+    let state = build_state(&args, models, metrics, keys);
     App { service: super::router::service(state.clone(), &args.cors_origins), state }
 }
 
@@ -359,7 +354,7 @@ async fn metrics_count_requests_and_tokens() {
     for _ in 0..100 {
         let mut res = TestClient::get(url(routes::METRICS)).send(&app.service).await;
         text = res.take_string().await.unwrap();
-        if text.contains("stellarchat:num_requests_running 0") {
+        if text.contains(r#"stellarchat:num_requests_running{model="synthetic-tiny"} 0"#) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -369,8 +364,15 @@ async fn metrics_count_requests_and_tokens() {
     // Parametrized routes are labelled by their pattern, not the raw path.
     assert!(text.contains(r#"stellarchat:requests_total{route="/v1/models/{**id}",status="404"} 1"#), "{text}");
     assert!(text.contains(r#"stellarchat:errors_total{kind="model_not_found"} 1"#), "{text}");
-    assert!(text.contains("stellarchat:generation_tokens_total 5"), "{text}");
-    assert!(text.contains("stellarchat:num_requests_running 0"), "{text}");
+    // Generation and engine figures are labelled by model.
+    assert!(text.contains(r#"stellarchat:generation_tokens_total{model="synthetic-tiny"} 5"#), "{text}");
+    assert!(text.contains(r#"stellarchat:num_requests_running{model="synthetic-tiny"} 0"#), "{text}");
+    assert!(
+        text.contains(r#"stellarchat:request_success_total{finished_reason="length",model="synthetic-tiny"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("stellarchat:models_loaded 1"), "{text}");
+    assert!(text.contains(r#"stellarchat:model_loads_total{model="synthetic-tiny",outcome="loaded"} 1"#), "{text}");
     for name in [
         "time_to_first_token_seconds",
         "inter_token_latency_seconds",

@@ -81,12 +81,15 @@ pub fn proc_status_rss(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// The value of an unlabelled sample `name` in Prometheus text.
+/// The value of the sample `name` in Prometheus text: the sum over its label sets (one per
+/// model), or the unlabelled sample.
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (key, value) = line.split_once(' ')?;
-        (key == name).then(|| value.trim().parse().ok()).flatten()
-    })
+    let matching = text.lines().filter(|l| !l.starts_with('#')).filter_map(|line| {
+        let (key, value) = line.rsplit_once(' ')?;
+        let labelled = key.strip_prefix(name).is_some_and(|rest| rest.starts_with('{'));
+        (key == name || labelled).then(|| value.trim().parse::<f64>().ok()).flatten()
+    });
+    matching.fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
 }
 
 /// The leak check's verdict, in the report.
@@ -272,6 +275,8 @@ mod tests {
     fn metric_values_and_proc_status() {
         assert_eq!(metric_value(IDLE, "process_resident_memory_bytes"), Some(1.2e8));
         assert_eq!(metric_value(IDLE, "stellarchat:num_requests"), None);
+        let two_models = "x{model=\"a\"} 0.25\nx{model=\"b/c\"} 0.5\nxy 7\n";
+        assert_eq!(metric_value(two_models, "x"), Some(0.75), "summed over models");
         assert_eq!(proc_status_rss("Name:\tx\nVmRSS:\t  2048 kB\n"), Some(2 << 20));
         assert_eq!(proc_status_rss("Name:\tx\n"), None);
     }

@@ -14,6 +14,7 @@ use crate::serve::error::ApiError;
 use crate::serve::generate::{DriverEvent, Generation, LogprobToken, PlannedPrompt};
 use crate::serve::middleware::{RequestId, RequestLog};
 use crate::serve::prompt::{off_worker, plan_chat_with_tools};
+use crate::serve::registry::{ModelLease, ServedModel};
 use crate::serve::protocol::{
     ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatDelta,
     ChatLogprobs, ChatMessageOut, ChatTokenLogprob, FunctionCallDelta, FunctionCallOut, ToolCallDelta, ToolCallOut,
@@ -28,11 +29,12 @@ use crate::serve::validate::{ValidChat, parse_json, validate_chat};
 /// grammar compiler, which sets `valid.spec`'s constraint), then the prompt with the tools
 /// rendered. Returns the prompt text, the tokenized prompt and the plan.
 pub fn prepare_chat(
-    state: &Arc<AppState>,
+    state: &AppState,
+    model: &ServedModel,
     valid: &mut ValidChat,
 ) -> Result<(String, PlannedPrompt, OutputPlan), ApiError> {
     let format =
-        state.model.chat_template.as_ref().map_or(ToolFormat::Hermes, |t| ToolFormat::for_template(t.source()));
+        model.info.chat_template.as_ref().map_or(ToolFormat::Hermes, |t| ToolFormat::for_template(t.source()));
     let request = OutputRequest {
         tools: valid.tools.as_ref(),
         tool_choice: &valid.tool_choice,
@@ -42,14 +44,14 @@ pub fn prepare_chat(
         tool_parameters_param: &|i: usize| format!("tools[{i}].function.parameters"),
     };
     let plan =
-        OutputPlan::new(&request, format, &state.model.tokenizer, &|c: &Constraint| state.engine.check_constraint(c))?;
+        OutputPlan::new(&request, format, &model.info.tokenizer, &|c: &Constraint| model.engine.check_constraint(c))?;
     valid.spec.constraint = plan.constraint.clone();
     if plan.keep_special_tokens {
         valid.spec.skip_special_tokens = false;
     }
     let (text, prompt) = plan_chat_with_tools(
-        &state.model,
-        &state.limits,
+        &model.info,
+        &model.limits,
         &valid.messages,
         valid.tools.as_ref(),
         &valid.spec,
@@ -62,11 +64,13 @@ pub fn prepare_chat(
 /// prompt, or compiling a grammar, must not hold an async worker.
 pub async fn prepare_chat_off_worker(
     state: &Arc<AppState>,
+    model: &ModelLease,
     mut valid: ValidChat,
 ) -> Result<(ValidChat, String, PlannedPrompt, OutputPlan), ApiError> {
     let state = state.clone();
+    let model = model.clone();
     off_worker(move || {
-        let (text, prompt, plan) = prepare_chat(&state, &mut valid)?;
+        let (text, prompt, plan) = prepare_chat(&state, &model, &mut valid)?;
         Ok((valid, text, prompt, plan))
     })
     .await
@@ -84,10 +88,12 @@ pub async fn prepare_chat_off_worker(
 pub async fn chat_completions(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
     let state = AppState::from_depot(depot)?;
     let body = read_body(req, state.max_body_bytes).await?;
-    let request: ChatCompletionRequest = parse_json(&body)?;
-    let valid = validate_chat(request, &state.validation_context())?;
-    let (valid, prompt_text, prompt, plan) = prepare_chat_off_worker(&state, valid).await?;
-    let generation = Generation::start(&state, &valid.spec, std::slice::from_ref(&prompt))?;
+    let mut request: ChatCompletionRequest = parse_json(&body)?;
+    let model = state.model(&request.model).await?;
+    request.model = model.id.clone();
+    let valid = validate_chat(request, &model.validation_context())?;
+    let (valid, prompt_text, prompt, plan) = prepare_chat_off_worker(&state, &model, valid).await?;
+    let generation = Generation::start(&state, &model, &valid.spec, std::slice::from_ref(&prompt))?;
 
     let request_id = depot.get_typed::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
     let mut chunker = ChatChunker::new(format!("chatcmpl-{request_id}"), valid.model.clone(), valid.spec.include_usage);

@@ -45,24 +45,26 @@ const FIM_TOKENS: [[&str; 3]; 2] =
 pub async fn completions(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), ApiError> {
     let state = AppState::from_depot(depot)?;
     let body = read_body(req, state.max_body_bytes).await?;
-    let request: CompletionRequest = parse_json(&body)?;
-    let valid = validate_completion(request, &state.validation_context())?;
+    let mut request: CompletionRequest = parse_json(&body)?;
+    let model = state.model(&request.model).await?;
+    request.model = model.id.clone();
+    let valid = validate_completion(request, &model.validation_context())?;
     // Tokenizing prompts of up to the body limit: on the blocking pool (see `off_worker`).
-    let (work_state, prompts, suffix, spec) =
-        (state.clone(), valid.prompts.clone(), valid.suffix.clone(), valid.spec.clone());
+    let (work_model, prompts, suffix, spec) =
+        (model.clone(), valid.prompts.clone(), valid.suffix.clone(), valid.spec.clone());
     let (sources, prompts) = off_worker(move || {
         let sources = match &suffix {
             Some(suffix) => prompts
                 .iter()
-                .map(|p| fill_in_the_middle(&work_state.model, p, suffix))
+                .map(|p| fill_in_the_middle(&work_model.info, p, suffix))
                 .collect::<Result<Vec<_>, _>>()?,
             None => prompts,
         };
-        let planned = plan_completion(&work_state.model, &work_state.limits, &sources, &spec)?;
+        let planned = plan_completion(&work_model.info, &work_model.limits, &sources, &spec)?;
         Ok((sources, planned))
     })
     .await?;
-    let mut generation = Generation::start_scoring(&state, &valid.spec, &prompts, valid.prompt_logprobs)?;
+    let mut generation = Generation::start_scoring(&state, &model, &valid.spec, &prompts, valid.prompt_logprobs)?;
     let n = valid.spec.n.max(1);
     let want_logprobs = valid.spec.logprobs.is_some();
     // The prompt text each choice echoes (choice `i` answers prompt `i / n`).
@@ -71,7 +73,7 @@ pub async fn completions(req: &mut Request, depot: &mut Depot, res: &mut Respons
             .prompts
             .iter()
             .zip(&prompts)
-            .map(|(source, planned)| echo_text(&state.model, source, &planned.ids))
+            .map(|(source, planned)| echo_text(&model.info, source, &planned.ids))
             .collect()
     });
     // Choice `index`'s echo, given its prompt's scores (when logprobs are wanted).
@@ -79,7 +81,7 @@ pub async fn completions(req: &mut Request, depot: &mut Depot, res: &mut Respons
         let p = index / n;
         let text = echo_texts.as_ref()?[p].clone();
         let logprobs =
-            want_logprobs.then(|| prompt_logprobs(&state.model, &prompts[p].ids, scores.unwrap_or_default()));
+            want_logprobs.then(|| prompt_logprobs(&model.info, &prompts[p].ids, scores.unwrap_or_default()));
         Some(Echo { text, logprobs })
     };
 

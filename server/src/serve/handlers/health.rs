@@ -14,12 +14,13 @@ pub async fn health() -> Json<StatusBody> {
     Json(StatusBody { status: "ok".into() })
 }
 
-/// Readiness: 200 once the model is loaded, 503 (OpenAI error) before, and while
-/// shutting down.
+/// Readiness: 200 once the models loaded at start-up are, 503 (OpenAI error) before, and
+/// while shutting down. Models loaded on demand do not make it 503.
 #[endpoint(tags("health"), responses((status_code = 200, body = StatusBody)))]
 pub async fn ready(depot: &mut Depot) -> Result<Json<StatusBody>, ApiError> {
     let state = AppState::from_depot(depot)?;
     state.check_accepting()?;
+    state.models.check_ready()?;
     Ok(Json(StatusBody { status: "ready".into() }))
 }
 
@@ -30,7 +31,7 @@ pub async fn metrics(depot: &mut Depot, res: &mut Response) -> Result<(), ApiErr
     state.metrics.active_generations.set(state.lifecycle.active() as i64);
     let text = state
         .metrics
-        .render(&state.engine.stats())
+        .render(&state.models.engine_stats(), state.models.loaded_count())
         .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
     res.headers_mut().insert(
         salvo::http::header::CONTENT_TYPE,

@@ -8,14 +8,13 @@ use super::read_body;
 use crate::serve::error::ApiError;
 use crate::serve::prompt::{encode_chat, off_worker, render_chat_parts};
 use crate::serve::protocol::{DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse};
+use crate::serve::registry::{ModelLease, ServedModel};
 use crate::serve::state::AppState;
 use crate::serve::validate::{parse_json, validate_messages};
 
-fn check_model(state: &AppState, model: &Option<String>) -> Result<(), ApiError> {
-    match model {
-        Some(m) if *m != state.served_model_name => Err(ApiError::ModelNotFound(m.clone())),
-        _ => Ok(()),
-    }
+/// The model named (the default one when none is), loaded if need be.
+async fn model_of(state: &AppState, model: &Option<String>) -> Result<ModelLease, ApiError> {
+    state.model(model.as_deref().unwrap_or(state.models.default_id())).await
 }
 
 /// Tokenizes `prompt` (special-token text parsed, as for `/v1/completions`), or `messages`
@@ -26,13 +25,17 @@ pub async fn tokenize(req: &mut Request, depot: &mut Depot) -> Result<Json<Token
     let state = AppState::from_depot(depot)?;
     let body = read_body(req, state.max_body_bytes).await?;
     let request: TokenizeRequest = parse_json(&body)?;
-    check_model(&state, &request.model)?;
+    let model = model_of(&state, &request.model).await?;
     // Up to the body limit of text: tokenized on the blocking pool (see `off_worker`).
-    off_worker(move || tokenize_request(&state, &request)).await.map(Json)
+    off_worker(move || tokenize_request(&state, &model, &request)).await.map(Json)
 }
 
-fn tokenize_request(state: &AppState, request: &TokenizeRequest) -> Result<TokenizeResponse, ApiError> {
-    let tokenizer = &state.model.tokenizer;
+fn tokenize_request(
+    state: &AppState,
+    model: &ServedModel,
+    request: &TokenizeRequest,
+) -> Result<TokenizeResponse, ApiError> {
+    let tokenizer = &model.info.tokenizer;
     let tokens = match (&request.prompt, &request.messages) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid("messages", "Give either `prompt` or `messages`, not both."));
@@ -48,8 +51,8 @@ fn tokenize_request(state: &AppState, request: &TokenizeRequest) -> Result<Token
             let messages = validate_messages(messages)?;
             // The ids a chat request with these messages gets (content is text).
             let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
-            let prompt = render_chat_parts(&state.model, &messages, None, add_generation_prompt)?;
-            encode_chat(&state.model, &prompt, state.parse_special_in_content)?
+            let prompt = render_chat_parts(&model.info, &messages, None, add_generation_prompt)?;
+            encode_chat(&model.info, &prompt, state.parse_special_in_content)?
         }
         (None, None) => return Err(ApiError::invalid("prompt", "Missing required parameter: 'prompt' or 'messages'.")),
     };
@@ -57,7 +60,7 @@ fn tokenize_request(state: &AppState, request: &TokenizeRequest) -> Result<Token
         .return_token_strs
         .unwrap_or(false)
         .then(|| tokens.iter().map(|&t| tokenizer.decode(&[t], false).unwrap_or_default()).collect());
-    Ok(TokenizeResponse { count: tokens.len(), tokens, max_model_len: state.limits.max_model_len, token_strs })
+    Ok(TokenizeResponse { count: tokens.len(), tokens, max_model_len: model.limits.max_model_len, token_strs })
 }
 
 /// Turns token ids back into text (special tokens included).
@@ -66,8 +69,8 @@ pub async fn detokenize(req: &mut Request, depot: &mut Depot) -> Result<Json<Det
     let state = AppState::from_depot(depot)?;
     let body = read_body(req, state.max_body_bytes).await?;
     let request: DetokenizeRequest = parse_json(&body)?;
-    check_model(&state, &request.model)?;
-    let vocab = state.limits.vocab_size;
+    let model = model_of(&state, &request.model).await?;
+    let vocab = model.limits.vocab_size;
     let ids = request
         .tokens
         .iter()
@@ -80,6 +83,6 @@ pub async fn detokenize(req: &mut Request, depot: &mut Depot) -> Result<Json<Det
             })
         })
         .collect::<Result<Vec<u32>, _>>()?;
-    let prompt = off_worker(move || Ok(state.model.tokenizer.decode(&ids, false)?)).await?;
+    let prompt = off_worker(move || Ok(model.info.tokenizer.decode(&ids, false)?)).await?;
     Ok(Json(DetokenizeResponse { prompt }))
 }

@@ -22,10 +22,12 @@ use serde_json::{Map, Value, json};
 use super::protocol::{ChatCompletionChunk, CompletionChunk, ErrorBody, ResponseStreamEvent};
 use super::validate::Limits;
 
-/// What the description states beyond the types: the model and the limits in force.
+/// What the description states beyond the types: the models and the limits in force (the
+/// default model's: other models' context and vocabulary are known once they load).
 #[derive(Debug, Clone, Copy)]
 pub struct Served<'a> {
-    pub model: &'a str,
+    /// Every id and alias a request may name; the first is the default model's.
+    pub models: &'a [String],
     pub limits: &'a Limits,
     /// Whether the vocabulary has fill-in-the-middle tokens (`suffix` on `/v1/completions`).
     pub fill_in_the_middle: bool,
@@ -48,9 +50,9 @@ pub fn document(mut doc: OpenApi, served: &Served<'_>) -> (Value, Vec<String>) {
         error: reference(<ErrorBody as ToSchema>::to_schema(&mut doc.components)),
     };
     let mut doc = serde_json::to_value(&doc).unwrap_or_else(|_| json!({}));
-    plain_path_parameters(&mut doc, served.model);
+    plain_path_parameters(&mut doc, served.models);
     stream_content(&mut doc, &events);
-    request_examples(&mut doc, served.model);
+    request_examples(&mut doc, served.models.first().map_or("", String::as_str));
     if served.api_keys {
         key_required(&mut doc, served.metrics_api_key);
     }
@@ -74,7 +76,7 @@ impl Handler for OpenApiJson {
 /// `{**id}` (salvo's rest-of-path segment, so that ids may hold `/`) becomes `{id}`, and
 /// every `{name}` in a path gets its parameter: a string (`%2F` stands for `/`), the served
 /// model's id on `/v1/models/{id}`.
-fn plain_path_parameters(doc: &mut Value, model: &str) {
+fn plain_path_parameters(doc: &mut Value, models: &[String]) {
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return };
     let old = std::mem::take(paths);
     for (path, mut item) in old {
@@ -88,7 +90,7 @@ fn plain_path_parameters(doc: &mut Value, model: &str) {
             parameters.retain(|p| p["in"] != "path");
             for name in &names {
                 let schema = if path.starts_with("/v1/models/") {
-                    json!({"type": "string", "enum": [model]})
+                    json!({"type": "string", "enum": models})
                 } else {
                     json!({"type": "string", "minLength": 1})
                 };

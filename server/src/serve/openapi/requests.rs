@@ -18,7 +18,7 @@ const INT64_MAX: i64 = i64::MAX;
 
 pub(super) fn tighten(t: &mut Tightener<'_>, served: &Served<'_>) {
     let limits = served.limits;
-    let model = json!({"type": "string", "enum": [served.model]});
+    let model = json!({"type": "string", "enum": served.models});
     let token = json!({"type": "integer", "minimum": 0, "maximum": limits.vocab_size.saturating_sub(1)});
     let max_tokens = |min: usize| json!({"minimum": min, "maximum": limits.max_tokens_limit});
 
@@ -135,7 +135,7 @@ pub(super) fn tighten(t: &mut Tightener<'_>, served: &Served<'_>) {
     t.schema_extra(responses, json!({"required": ["model", "input"], "allOf": [tool_choice_needs_tools()]}));
 
     // Tokenize: `prompt` or `messages`, not both.
-    t.property("TokenizeRequest", "model", json!({"enum": [served.model, null]}));
+    t.property("TokenizeRequest", "model", json!({"enum": served.models.iter().map(|m| json!(m)).chain([Value::Null]).collect::<Vec<_>>()}));
     t.property("TokenizeRequest", "messages", json!({"minItems": 1}));
     t.schema_extra(
         "TokenizeRequest",
@@ -144,7 +144,7 @@ pub(super) fn tighten(t: &mut Tightener<'_>, served: &Served<'_>) {
             {"required": ["messages"], "properties": {"messages": {"type": "array"}, "prompt": {"type": "null"}}},
         ]}),
     );
-    t.property("DetokenizeRequest", "model", json!({"enum": [served.model, null]}));
+    t.property("DetokenizeRequest", "model", json!({"enum": served.models.iter().map(|m| json!(m)).chain([Value::Null]).collect::<Vec<_>>()}));
     t.replace_property("DetokenizeRequest", "tokens", json!({"type": "array", "items": token}));
 }
 

@@ -31,7 +31,7 @@ fn doc_with_keys(api_keys: bool) -> (Value, Vec<String>) {
     let limits = limits();
     document(
         openapi,
-        &Served { model: MODEL, limits: &limits, fill_in_the_middle: true, api_keys, metrics_api_key: false },
+        &Served { models: &[MODEL.to_string()], limits: &limits, fill_in_the_middle: true, api_keys, metrics_api_key: false },
     )
 }
 

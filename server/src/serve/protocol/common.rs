@@ -96,8 +96,20 @@ pub struct ModelCard {
     /// Unix seconds when the server started.
     pub created: u64,
     pub owned_by: String,
-    /// The context window the server enforces (vLLM's extension).
-    pub max_model_len: usize,
+    /// The context window the server enforces (vLLM's extension); absent until the model
+    /// has been loaded once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<usize>,
+    /// StellarChat's extension: whether the model is loaded now (requests for an unloaded
+    /// model load it, and wait).
+    pub loaded: bool,
+    /// StellarChat's extension: `loaded`, `loading` or `unloaded`.
+    pub state: String,
+    /// StellarChat's extension: kept loaded (never unloaded for room or keep-alive).
+    pub pinned: bool,
+    /// StellarChat's extension: other ids that name this model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::stream::{Outcome, Prepared, Stream, prepare};
+use crate::serve::registry::ModelLease;
 use crate::serve::conversations::{ConversationStore, Owner, Setup, StoredMessage, Summary};
 use crate::serve::error::ApiError;
 use crate::serve::middleware::RequestLog;
@@ -177,11 +178,16 @@ impl ConversationRequest {
         let now = Instant::now();
         let reply = match self {
             ConversationRequest::Create { id, model, system, defaults, messages } => {
-                let setup =
-                    Setup { model: model.unwrap_or_else(|| state.served_model_name.clone()), system, defaults };
-                // A bad model or sampling value fails now rather than at every turn.
-                let probe = Turn::request_for(&setup, &messages, "?", &Map::new());
-                prepare(state, probe).map_err(|e| (Some(id.clone()), e))?;
+                let name = model.unwrap_or_else(|| state.models.default_id().to_string());
+                let index = state.models.resolve(&name).ok_or_else(|| (Some(id.clone()), ApiError::ModelNotFound(name)))?;
+                let model = state.models.specs().nth(index).map(|s| s.id.clone()).unwrap_or_default();
+                let setup = Setup { model, system, defaults };
+                // A bad sampling value fails now rather than at every turn (checked against
+                // the model when it is loaded; an unloaded one is not loaded just for this).
+                if let Some(model) = state.models.try_lease(&setup.model) {
+                    let probe = Turn::request_for(&setup, &messages, "?", &Map::new());
+                    prepare(state, &model, probe).map_err(|e| (Some(id.clone()), e))?;
+                }
                 let model = setup.model.clone();
                 ConversationFrame::Created { conversation_id: store.create(owner, setup, messages, now), id, model }
             }
@@ -291,12 +297,12 @@ impl Turn {
     /// The turn's prepared request and how many of the oldest messages it leaves out: whole
     /// exchanges (up to the next user message) go until the prompt fits the budget and the
     /// context.
-    fn plan(&self, state: &Arc<AppState>) -> Result<(Prepared, usize), ApiError> {
+    fn plan(&self, state: &Arc<AppState>, model: &ModelLease) -> Result<(Prepared, usize), ApiError> {
         let limit = self.max_prompt_tokens;
         let mut dropped = 0;
         loop {
-            let attempt =
-                prepare(state, Self::request_for(&self.setup, &self.history[dropped..], &self.record.user, &self.overrides));
+            let request = Self::request_for(&self.setup, &self.history[dropped..], &self.record.user, &self.overrides);
+            let attempt = prepare(state, model, request);
             let too_long = match &attempt {
                 Ok(prepared) => prepared.prompt.ids.len() > limit,
                 Err(ApiError::ContextLengthExceeded { .. }) => true,
@@ -331,8 +337,9 @@ impl Turn {
         // Rendering and tokenizing the history (again for each exchange dropped) is CPU work:
         // off the async workers, as for HTTP requests.
         let state = stream.state.clone();
+        let model = state.model(&self.setup.model).await?;
         let (mut turn, planned) = off_worker(move || {
-            let planned = self.plan(&state);
+            let planned = self.plan(&state, &model);
             Ok((self, planned))
         })
         .await?;

@@ -15,6 +15,7 @@ use crate::serve::middleware::RequestLog;
 use crate::serve::prompt::off_worker;
 use crate::serve::protocol::ChatCompletionRequest;
 use crate::serve::protocol::ws::WsServerFrame;
+use crate::serve::registry::ModelLease;
 use crate::serve::routes;
 use crate::serve::state::AppState;
 use crate::serve::tools::OutputPlan;
@@ -49,13 +50,16 @@ pub(super) async fn run_request(
     let stream = Stream { state: &state, id: &id, outbox: &outbox, cancel: &cancel, log_id: &log_id };
     let outcome = match job {
         // Validation, rendering and tokenizing run off the async workers, as over HTTP.
-        Job::Request(request) => match off_worker({
-            let state = state.clone();
-            move || prepare(&state, request)
-        })
-        .await
-        {
-            Ok(prepared) => stream.run(prepared, &mut log, &mut String::new()).await.map(|(_, last)| last),
+        Job::Request(request) => match model_of(&state, &request).await {
+            Ok(model) => match off_worker({
+                let state = state.clone();
+                move || prepare(&state, &model, request)
+            })
+            .await
+            {
+                Ok(prepared) => stream.run(prepared, &mut log, &mut String::new()).await.map(|(_, last)| last),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
         // The turn is in the conversation when this returns.
@@ -77,8 +81,16 @@ pub(super) async fn run_request(
     }
 }
 
+/// The model a request's `model` names (a missing or non-string one fails validation later,
+/// against the default model), loaded if need be.
+pub(super) async fn model_of(state: &AppState, request: &Value) -> Result<ModelLease, ApiError> {
+    let name = request.get("model").and_then(Value::as_str).unwrap_or(state.models.default_id());
+    state.model(name).await
+}
+
 /// A request validated and tokenized, ready to generate.
 pub(super) struct Prepared {
+    model: ModelLease,
     valid: ValidChat,
     prompt_text: String,
     pub(super) prompt: PlannedPrompt,
@@ -87,13 +99,17 @@ pub(super) struct Prepared {
 
 /// Validates a chat request and plans its prompt (the same tools and response formats as
 /// over HTTP).
-pub(super) fn prepare(state: &Arc<AppState>, request: Value) -> Result<Prepared, ApiError> {
-    let request: ChatCompletionRequest = serde_json::to_vec(&request)
+pub(super) fn prepare(state: &Arc<AppState>, model: &ModelLease, request: Value) -> Result<Prepared, ApiError> {
+    let mut request: ChatCompletionRequest = serde_json::to_vec(&request)
         .map_err(|e| ApiError::Internal(e.to_string()))
         .and_then(|bytes| crate::serve::validate::parse_json(&bytes))?;
-    let mut valid = validate_chat(request, &state.validation_context())?;
-    let (prompt_text, prompt, plan) = prepare_chat(state, &mut valid)?;
-    Ok(Prepared { valid, prompt_text, prompt, plan })
+    if state.models.resolve(&request.model).is_some() {
+        // `model` was acquired by this name: an alias is answered under the id, as over HTTP.
+        request.model = model.id.clone();
+    }
+    let mut valid = validate_chat(request, &model.validation_context())?;
+    let (prompt_text, prompt, plan) = prepare_chat(state, model, &mut valid)?;
+    Ok(Prepared { model: model.clone(), valid, prompt_text, prompt, plan })
 }
 
 /// Where one job's events go.
@@ -118,9 +134,9 @@ impl Stream<'_> {
         log: &mut RequestLog,
         transcript: &mut String,
     ) -> Result<(Outcome, Option<WsServerFrame>), ApiError> {
-        let Prepared { valid, prompt_text, prompt, plan } = prepared;
+        let Prepared { model, valid, prompt_text, prompt, plan } = prepared;
         let id = self.id;
-        let mut generation = Generation::start(self.state, &valid.spec, std::slice::from_ref(&prompt))?;
+        let mut generation = Generation::start(self.state, &model, &valid.spec, std::slice::from_ref(&prompt))?;
         if log.log_content() {
             log.prompt = Some(prompt_text);
         }

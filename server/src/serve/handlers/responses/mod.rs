@@ -25,6 +25,7 @@ use crate::serve::prompt::{encode_chat, off_worker, render_chat_parts};
 use crate::serve::protocol::{ResponseDeleted, ResponseObject, ResponsesRequest, unix_now};
 use crate::serve::responses_store::Owner;
 use crate::serve::sse;
+use crate::serve::registry::ServedModel;
 use crate::serve::state::AppState;
 use crate::serve::tools::{OutputPlan, OutputRequest, ToolFormat, parse_output};
 use crate::serve::validate::responses::{
@@ -48,8 +49,10 @@ pub async fn create_response(req: &mut Request, depot: &mut Depot, res: &mut Res
     let state = AppState::from_depot(depot)?;
     let owner = owner_of(req, &state.api_keys);
     let body = read_body(req, state.max_body_bytes).await?;
-    let request: ResponsesRequest = parse_json(&body)?;
-    let mut valid = validate_responses(request, &state.validation_context())?;
+    let mut request: ResponsesRequest = parse_json(&body)?;
+    let model = state.model(&request.model).await?;
+    request.model = model.id.clone();
+    let mut valid = validate_responses(request, &model.validation_context())?;
 
     let mut conversation = match &valid.previous_response_id {
         Some(id) => state.responses.get(id, owner).ok_or_else(|| previous_not_found(id))?.conversation.clone(),
@@ -60,14 +63,14 @@ pub async fn create_response(req: &mut Request, depot: &mut Depot, res: &mut Res
 
     // Grammar compilation, rendering and tokenizing are CPU work: off the async workers.
     let (valid, conversation, (plan, prompt_text, prompt)) = {
-        let state = state.clone();
+        let (state, model) = (state.clone(), model.clone());
         off_worker(move || {
-            let prepared = prepare(&state, &mut valid, &conversation)?;
+            let prepared = prepare(&state, &model, &mut valid, &conversation)?;
             Ok((valid, conversation, prepared))
         })
         .await?
     };
-    let generation = Generation::start(&state, &valid.spec, std::slice::from_ref(&prompt))?;
+    let generation = Generation::start(&state, &model, &valid.spec, std::slice::from_ref(&prompt))?;
 
     let draft = ResponseDraft {
         id: new_id("resp"),
@@ -163,11 +166,12 @@ fn owner_of(req: &Request, keys: &[String]) -> Owner {
 /// The request's output plan (tools, `text.format`) and its prompt, tokenized.
 fn prepare(
     state: &AppState,
+    model: &ServedModel,
     valid: &mut ValidResponses,
     conversation: &[ConversationItem],
 ) -> Result<(OutputPlan, String, PlannedPrompt), ApiError> {
     let format =
-        state.model.chat_template.as_ref().map_or(ToolFormat::Hermes, |t| ToolFormat::for_template(t.source()));
+        model.info.chat_template.as_ref().map_or(ToolFormat::Hermes, |t| ToolFormat::for_template(t.source()));
     // Checked with the engine's grammar compiler: a schema it cannot use is a 400 here.
     let plan = {
         let request = OutputRequest {
@@ -178,13 +182,13 @@ fn prepare(
             response_format_param: "text.format",
             tool_parameters_param: &|i| format!("tools[{i}].parameters"),
         };
-        OutputPlan::new(&request, format, &state.model.tokenizer, &|c| state.engine.check_constraint(c))?
+        OutputPlan::new(&request, format, &model.info.tokenizer, &|c| model.engine.check_constraint(c))?
     };
     valid.spec.constraint = plan.constraint.clone();
     if plan.keep_special_tokens {
         valid.spec.skip_special_tokens = false;
     }
-    let (prompt_text, prompt) = plan_prompt(state, valid, conversation)?;
+    let (prompt_text, prompt) = plan_prompt(state, model, valid, conversation)?;
     Ok((plan, prompt_text, prompt))
 }
 
@@ -192,16 +196,17 @@ fn prepare(
 /// `input`, the field a client can change.
 fn plan_prompt(
     state: &AppState,
+    model: &ServedModel,
     valid: &ValidResponses,
     conversation: &[ConversationItem],
 ) -> Result<(String, PlannedPrompt), ApiError> {
     let messages = chat_messages(valid.instructions.as_deref(), conversation);
-    let prompt = render_chat_parts(&state.model, &messages, valid.tools.as_ref(), true).map_err(|e| match e {
+    let prompt = render_chat_parts(&model.info, &messages, valid.tools.as_ref(), true).map_err(|e| match e {
         ApiError::InvalidRequest { message, .. } => ApiError::invalid("input", message),
         other => other,
     })?;
-    let ids = encode_chat(&state.model, &prompt, state.parse_special_in_content)?;
-    let max_tokens = resolve_max_tokens(ids.len(), valid.spec.max_tokens, &state.limits, "input")?;
+    let ids = encode_chat(&model.info, &prompt, state.parse_special_in_content)?;
+    let max_tokens = resolve_max_tokens(ids.len(), valid.spec.max_tokens, &model.limits, "input")?;
     Ok((prompt.text(), PlannedPrompt { ids, max_tokens }))
 }
 
