@@ -123,7 +123,10 @@ impl Family for Gemma3 {
 
     fn hf_config_json(&self, c: &ModelConfig) -> Result<JsonMap> {
         let mut map = common_json(c, "gemma3_text", "Gemma3ForCausalLM")?;
-        map.insert("query_pre_attn_scalar".into(), json!(1.0 / (c.attention_scale * c.attention_scale)));
+        // A whole number as the models have it (256, 168), not 1/scale² with its rounding.
+        let scalar = 1.0 / (c.attention_scale * c.attention_scale);
+        let scalar = if (scalar - scalar.round()).abs() < 1e-6 { scalar.round() } else { scalar };
+        map.insert("query_pre_attn_scalar".into(), json!(scalar));
         map.insert("sliding_window".into(), json!(c.sliding_window));
         let types: Vec<_> =
             c.sliding.iter().map(|&s| if s && c.sliding_window.is_some() { "sliding_attention" } else { "full_attention" }).collect();
