@@ -1,7 +1,7 @@
 //! `stellarchat`: the command line over the [`stellarchat`] library.
 //!
-//! Subcommands: `serve` (the API, [`stellarchat::serve`]), `generate`, `tokenize`, `bench`
-//! and `synthetic-gguf` ([`stellarchat::commands`]).
+//! Subcommands: `serve` (the API, [`stellarchat::serve`]), `generate`, `tokenize`, `bench`,
+//! `synthetic-gguf` and `export-hf` ([`stellarchat::commands`]).
 
 use std::process::ExitCode;
 
@@ -27,6 +27,8 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Write a small random-weight checkpoint of one model family as a GGUF file.
     SyntheticGguf(commands::synthetic_gguf::SyntheticGgufArgs),
+    /// Write a Hugging Face checkpoint directory (safetensors) from a GGUF file.
+    ExportHf(commands::export_hf::ExportHfArgs),
 }
 
 /// clap wants a `'static` version string; it is built once per process.
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => commands::tokenize::run(args).map_err(Into::into),
         Command::Bench(args) => commands::bench::run(args).map_err(Into::into),
         Command::SyntheticGguf(args) => commands::synthetic_gguf::run(args).map_err(Into::into),
+        Command::ExportHf(args) => commands::export_hf::run(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,8 +1,10 @@
 //! The command-line subcommands besides `serve`: the model without the HTTP server
-//! (`generate`, `tokenize`), a load generator for any OpenAI-compatible server (`bench`), and
-//! the family test checkpoints (`synthetic-gguf`).
+//! (`generate`, `tokenize`), a load generator for any OpenAI-compatible server (`bench`), the
+//! family test checkpoints (`synthetic-gguf`), and Hugging Face checkpoints from GGUF files
+//! (`export-hf`).
 
 pub mod bench;
+pub mod export_hf;
 pub mod generate;
 pub mod synthetic_gguf;
 pub mod tokenize;
