@@ -10,6 +10,8 @@
 //!
 //! [`config_from_gguf`] maps `general.architecture` to a family; an architecture no family
 //! reads is [`ModelError::UnsupportedArchitecture`], listing the supported ones.
+//! [`family_of_hf`] does the same for a Hugging Face `model_type`: each family also reads its
+//! `config.json` keys and names its tensors as HF checkpoints do ([`crate::hf`]).
 
 pub mod gemma3;
 pub mod llama;
