@@ -14,25 +14,27 @@
 //! start-up that fails; a lone model whose engine gives up).
 
 pub mod policy;
+mod served;
 pub mod spec;
 
 use std::collections::HashMap;
-use std::ops::Deref;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use stellarchat_model::ModelError;
-use stellarchat_model::engine::{Engine, EngineHandle, EngineState, EngineStats};
+use stellarchat_model::engine::{Engine, EngineState, EngineStats};
 use stellarchat_model::model::{ModelInfo, ModelLoader};
 use tokio::sync::mpsc;
 
+pub use served::{ModelLease, ServedModel};
 pub use spec::{ModelSpec, SpecDefaults, SpecError};
+
+use served::lock;
 
 use super::error::ApiError;
 use super::metrics::Metrics;
-use super::validate::{Context, Limits};
+use super::validate::Limits;
 
 /// The limits every model shares (the rest of [`Limits`] comes from the model).
 #[derive(Debug, Clone, Copy)]
@@ -49,65 +51,6 @@ pub enum ModelEvent {
     LoadFailed { id: String, error: Arc<ModelError>, preload: bool },
     /// The engine gave up while serving (see `engine::supervisor`); the model is unloaded.
     EngineFailed { id: String, error: Arc<ModelError> },
-}
-
-/// A loaded (or loading) model: its engine and what validation needs.
-pub struct ServedModel {
-    pub id: String,
-    pub engine: EngineHandle,
-    pub info: Arc<ModelInfo>,
-    pub limits: Limits,
-    in_use: AtomicUsize,
-    last_used: Mutex<Instant>,
-    metrics: Arc<Metrics>,
-}
-
-impl ServedModel {
-    pub fn validation_context(&self) -> Context<'_> {
-        Context { served_model_name: &self.id, limits: &self.limits }
-    }
-}
-
-impl Drop for ServedModel {
-    /// The last holder is gone (the registry unloaded it and no request uses it): what the
-    /// engine counted is kept in the model's metrics, and its thread stops, freeing the
-    /// weights and KV cache.
-    fn drop(&mut self) {
-        self.metrics.retire_engine(&self.id, &self.engine.stats());
-        self.engine.shutdown();
-        tracing::info!(model = %self.id, "model unloaded");
-    }
-}
-
-/// A request's hold on a model: while any lease lives the model is not unloaded
-/// automatically, and if an admin unloads it, its engine runs until the last lease ends.
-pub struct ModelLease(Arc<ServedModel>);
-
-impl ModelLease {
-    fn new(model: Arc<ServedModel>) -> Self {
-        model.in_use.fetch_add(1, Ordering::AcqRel);
-        ModelLease(model)
-    }
-}
-
-impl Clone for ModelLease {
-    fn clone(&self) -> Self {
-        ModelLease::new(self.0.clone())
-    }
-}
-
-impl Drop for ModelLease {
-    fn drop(&mut self) {
-        *lock(&self.0.last_used) = Instant::now();
-        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Deref for ModelLease {
-    type Target = ServedModel;
-    fn deref(&self) -> &ServedModel {
-        &self.0
-    }
 }
 
 /// Where a model stands, for `/v1/models`.
@@ -159,9 +102,6 @@ pub struct ModelRegistry {
     loading: tokio::sync::Mutex<()>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Opens a model's file (metadata, tokenizer, template: quick) with its chat template file
 /// applied. The weights load later, on the engine's thread.
@@ -235,15 +175,7 @@ impl ModelRegistry {
         });
         tracing::info!(model = %id, source = %spec.source, device = %spec.load.device, "loading model");
         let engine = Engine::spawn(loader, spec.load, spec.engine, progress);
-        let model = Arc::new(ServedModel {
-            id,
-            engine,
-            info,
-            limits,
-            in_use: AtomicUsize::new(0),
-            last_used: Mutex::new(Instant::now()),
-            metrics: self.metrics.clone(),
-        });
+        let model = Arc::new(ServedModel::new(id, engine, info, limits, self.metrics.clone()));
         *lock(&entry.loaded) = Some(model.clone());
         tokio::spawn(follow_engine(Arc::downgrade(self), index, Arc::downgrade(&model), model.engine.watch_state()));
         model
@@ -320,10 +252,10 @@ impl ModelRegistry {
                 let model = lock(&e.loaded).clone()?;
                 Some(policy::LoadedView {
                     index,
-                    in_use: model.in_use.load(Ordering::Acquire),
+                    in_use: model.in_use(),
                     ready: model.engine.is_ready(),
                     pinned: e.spec.pinned,
-                    last_used: *lock(&model.last_used),
+                    last_used: model.last_used(),
                     keep_alive: e.spec.keep_alive,
                 })
             })
