@@ -123,7 +123,7 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// The served model name is the request's own, so that inputs get past the model check to
 /// the validation behind it (a wrong name is one early, well-tested error).
 fn context(model: &str) -> Context<'_> {
-    Context { served_model_name: model, limits: &LIMITS }
+    Context { served_model_name: model, limits: &LIMITS, defaults: Default::default() }
 }
 
 /// What a client gets for an error: its status, kind and JSON body.

@@ -31,7 +31,7 @@ pub struct ServedModel {
 
 impl ServedModel {
     pub fn validation_context(&self) -> Context<'_> {
-        Context { served_model_name: &self.id, limits: &self.limits }
+        Context { served_model_name: &self.id, limits: &self.limits, defaults: self.info.generation }
     }
 }
 

@@ -14,6 +14,7 @@ mod sampling;
 mod tools;
 
 use sampling::{SpecFields, build_spec, check_top_logprobs, token_id};
+use stellarchat_model::model::GenerationDefaults;
 pub use tools::{validate_response_format, validate_tools};
 
 use super::error::ApiError;
@@ -51,6 +52,9 @@ pub struct Limits {
 pub struct Context<'a> {
     pub served_model_name: &'a str,
     pub limits: &'a Limits,
+    /// The sampling the model's checkpoint recommends (`generation_config.json`), for
+    /// fields a request leaves out; OpenAI's defaults where it says nothing.
+    pub defaults: GenerationDefaults,
 }
 
 /// Everything about how to generate, shared by chat and completions.

@@ -60,16 +60,18 @@ fn in_range(param: &str, v: f64, lo: f64, hi: f64, lo_open: bool) -> Result<f32,
 
 pub(super) fn build_spec(f: SpecFields, ctx: &Context<'_>) -> Result<GenerationSpec, ApiError> {
     let limits = ctx.limits;
-    let temperature = in_range("temperature", f.temperature.unwrap_or(1.0), 0.0, 2.0, false)?;
-    let top_p = in_range("top_p", f.top_p.unwrap_or(1.0), 0.0, 1.0, true)?;
-    let top_k = match f.top_k.unwrap_or(0) {
+    // Fields left out take the checkpoint's recommendation, else OpenAI's default.
+    let defaults = ctx.defaults;
+    let temperature = in_range("temperature", f.temperature.or(defaults.temperature).unwrap_or(1.0), 0.0, 2.0, false)?;
+    let top_p = in_range("top_p", f.top_p.or(defaults.top_p).unwrap_or(1.0), 0.0, 1.0, true)?;
+    let top_k = match f.top_k.or(defaults.top_k.map(|k| k as i64)).unwrap_or(0) {
         // vLLM uses −1 for "off"; 0 means the same here.
         -1 | 0 => 0,
         k if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
         k => return Err(ApiError::invalid("top_k", format!("`top_k` must be -1, 0 (off) or positive; got {k}."))),
     };
     let min_p = in_range("min_p", f.min_p.unwrap_or(0.0), 0.0, 1.0, false)?;
-    let repetition_penalty = in_range("repetition_penalty", f.repetition_penalty.unwrap_or(1.0), 0.0, 2.0, true)?;
+    let repetition_penalty = in_range("repetition_penalty", f.repetition_penalty.or(defaults.repetition_penalty).unwrap_or(1.0), 0.0, 2.0, true)?;
     let presence_penalty = in_range("presence_penalty", f.presence_penalty.unwrap_or(0.0), -2.0, 2.0, false)?;
     let frequency_penalty = in_range("frequency_penalty", f.frequency_penalty.unwrap_or(0.0), -2.0, 2.0, false)?;
 

@@ -11,14 +11,14 @@ fn limits() -> Limits {
 
 fn chat(body: serde_json::Value) -> Result<ValidChat, ApiError> {
     let limits = limits();
-    let ctx = Context { served_model_name: "m", limits: &limits };
+    let ctx = Context { served_model_name: "m", limits: &limits, defaults: Default::default() };
     let req: ChatCompletionRequest = parse_json(body.to_string().as_bytes())?;
     validate_chat(req, &ctx)
 }
 
 fn completion(body: serde_json::Value) -> Result<ValidCompletion, ApiError> {
     let limits = limits();
-    let ctx = Context { served_model_name: "m", limits: &limits };
+    let ctx = Context { served_model_name: "m", limits: &limits, defaults: Default::default() };
     let req: CompletionRequest = parse_json(body.to_string().as_bytes())?;
     validate_completion(req, &ctx)
 }
@@ -55,7 +55,7 @@ fn a_minimal_request_gets_openai_defaults() {
 #[test]
 fn malformed_bodies_are_400_invalid_json() {
     let limits = limits();
-    let _ = Context { served_model_name: "m", limits: &limits };
+    let _ = Context { served_model_name: "m", limits: &limits, defaults: Default::default() };
     for body in [&b""[..], b"   ", b"{", b"{\"model\": }", b"\xff\xfe{}", b"{} trailing"] {
         let e = parse_json::<ChatCompletionRequest>(body).unwrap_err();
         assert_eq!((e.status().as_u16(), e.kind()), (400, "invalid_json"), "{:?}", String::from_utf8_lossy(body));
@@ -478,8 +478,24 @@ fn the_legacy_default_max_tokens_respects_a_lower_limit() {
     // `--max-tokens-limit 8` and a completion that asks for no `max_tokens`: it gets 8, not
     // a 400 about the 16 it never asked for (found by schemathesis).
     let limits = Limits { max_tokens_limit: 8, ..limits() };
-    let ctx = Context { served_model_name: "m", limits: &limits };
+    let ctx = Context { served_model_name: "m", limits: &limits, defaults: Default::default() };
     let req: CompletionRequest = parse_json(br#"{"model": "m", "prompt": "hi"}"#).expect("parses");
     assert_eq!(validate_completion(req, &ctx).expect("valid").spec.max_tokens, Some(8));
     assert_eq!(completion(json!({"model": "m", "prompt": "hi"})).expect("valid").spec.max_tokens, Some(16));
+}
+
+#[test]
+fn fields_left_out_take_the_checkpoints_recommended_sampling() {
+    let limits = limits();
+    let defaults = GenerationDefaults { temperature: Some(0.6), top_p: Some(0.95), top_k: Some(20), repetition_penalty: None };
+    let ctx = Context { served_model_name: "m", limits: &limits, defaults };
+    let parse = |body: serde_json::Value| -> ChatCompletionRequest { parse_json(body.to_string().as_bytes()).unwrap() };
+    let spec = validate_chat(parse(base()), &ctx).unwrap().spec;
+    assert_eq!((spec.temperature, spec.top_p, spec.top_k, spec.repetition_penalty), (0.6, 0.95, 20, 1.0));
+    let own = with(with(base(), "temperature", json!(0)), "top_k", json!(-1));
+    let spec = validate_chat(parse(own), &ctx).unwrap().spec;
+    assert_eq!((spec.temperature, spec.top_k), (0.0, 0), "the request's own values win");
+    // Without a recommendation: OpenAI's defaults.
+    let spec = chat(base()).unwrap().spec;
+    assert_eq!((spec.temperature, spec.top_p, spec.top_k), (1.0, 1.0, 0));
 }

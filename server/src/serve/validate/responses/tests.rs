@@ -12,7 +12,7 @@ fn limits() -> Limits {
 
 fn responses(body: Value) -> Result<ValidResponses, ApiError> {
     let limits = limits();
-    let ctx = Context { served_model_name: "m", limits: &limits };
+    let ctx = Context { served_model_name: "m", limits: &limits, defaults: Default::default() };
     let req: ResponsesRequest = parse_json(body.to_string().as_bytes())?;
     validate_responses(req, &ctx)
 }
