@@ -116,17 +116,18 @@ impl Family for Gemma3 {
                 Some(_) => return Err(json.error("layer_types", format!("expected {} layer types", c.num_layers))),
                 None => period_pattern(json.opt_usize("sliding_window_pattern")?.unwrap_or(DEFAULT_PATTERN), c.num_layers),
             };
-            c.rope_theta_local = Some(json.opt_f64("rope_local_base_freq")?.unwrap_or(DEFAULT_LOCAL_THETA));
+            c.rope_theta_local = Some(json.local_rope_theta()?.unwrap_or(DEFAULT_LOCAL_THETA));
         }
         Ok(c)
     }
 
     fn hf_config_json(&self, c: &ModelConfig) -> Result<JsonMap> {
         let mut map = common_json(c, "gemma3_text", "Gemma3ForCausalLM")?;
-        // A whole number as the models have it (256, 168), not 1/scale² with its rounding.
+        // An integer as the models have it (256, 168; `transformers` refuses a float there),
+        // not 1/scale² with its rounding.
         let scalar = 1.0 / (c.attention_scale * c.attention_scale);
-        let scalar = if (scalar - scalar.round()).abs() < 1e-6 { scalar.round() } else { scalar };
-        map.insert("query_pre_attn_scalar".into(), json!(scalar));
+        let scalar = if (scalar - scalar.round()).abs() < 1e-6 { json!(scalar.round() as u64) } else { json!(scalar) };
+        map.insert("query_pre_attn_scalar".into(), scalar);
         map.insert("sliding_window".into(), json!(c.sliding_window));
         let types: Vec<_> =
             c.sliding.iter().map(|&s| if s && c.sliding_window.is_some() { "sliding_attention" } else { "full_attention" }).collect();

@@ -91,9 +91,15 @@ impl ConfigJson {
         Ok(base.unwrap_or(architecture).to_lowercase())
     }
 
-    /// The RoPE settings object: `rope_scaling`, or `rope_parameters` (newer `transformers`).
+    /// The RoPE settings of full-attention layers: `rope_scaling`, or `rope_parameters`
+    /// (`transformers` 5), which Gemma 3 splits by layer type (`full_attention`,
+    /// `sliding_attention`).
     fn rope_parameters(&self) -> Option<&JsonMap> {
-        self.get("rope_scaling").or_else(|| self.get("rope_parameters")).and_then(Value::as_object)
+        if let Some(scaling) = self.get("rope_scaling") {
+            return scaling.as_object();
+        }
+        let parameters = self.get("rope_parameters")?.as_object()?;
+        parameters.get("full_attention").and_then(Value::as_object).or(Some(parameters))
     }
 
     /// `rope_theta`, top-level or in `rope_parameters`.
@@ -101,8 +107,22 @@ impl ConfigJson {
         if let Some(theta) = self.opt_f64("rope_theta")? {
             return Ok(Some(theta));
         }
-        let nested = self.get("rope_parameters").and_then(|p| p.get("rope_theta"));
+        let nested = self.get("rope_parameters").and_then(Value::as_object).and_then(|p| {
+            p.get("full_attention").and_then(|f| f.get("rope_theta")).or_else(|| p.get("rope_theta"))
+        });
         nested.map(|v| v.as_f64().ok_or_else(|| self.error("rope_parameters.rope_theta", "is not a number"))).transpose()
+    }
+
+    /// The RoPE base of sliding-window layers (Gemma 3): `rope_local_base_freq`, or
+    /// `rope_parameters.sliding_attention.rope_theta` (`transformers` 5).
+    pub fn local_rope_theta(&self) -> Result<Option<f64>> {
+        if let Some(theta) = self.opt_f64("rope_local_base_freq")? {
+            return Ok(Some(theta));
+        }
+        let nested = self.get("rope_parameters").and_then(|p| p.get("sliding_attention")?.get("rope_theta"));
+        nested
+            .map(|v| v.as_f64().ok_or_else(|| self.error("rope_parameters.sliding_attention.rope_theta", "is not a number")))
+            .transpose()
     }
 }
 
@@ -221,7 +241,8 @@ pub fn read_common(family: FamilyKind, json: &ConfigJson, tied_default: bool) ->
     }
     let num_kv_heads = if json.get("num_key_value_heads").is_some() { bounded("num_key_value_heads", MAX_COUNT)? } else { num_heads };
     let head_dim = if json.get("head_dim").is_some() { bounded("head_dim", MAX_DIMENSION)? } else { hidden_size / num_heads };
-    if let Some(factor) = json.opt_f64("partial_rotary_factor")?
+    let nested_factor = json.rope_parameters().and_then(|p| p.get("partial_rotary_factor")).and_then(Value::as_f64);
+    if let Some(factor) = json.opt_f64("partial_rotary_factor")?.or(nested_factor)
         && factor != 1.0
     {
         return Err(json.error("partial_rotary_factor", format!("{factor}: partial rotary embeddings are not supported")));

@@ -280,3 +280,36 @@ fn llama3_rope_scaling_gives_the_divisors_llama_cpp_stores() {
     let ramp: Vec<f32> = (0..64).map(|i| 1.0 + 7.0 * i as f32 / 63.0).collect();
     assert_eq!(Llama3Scaling::fit(&ramp, 500_000.0, 128), None);
 }
+
+#[test]
+fn transformers_5_configs_with_rope_parameters_read_the_same() {
+    use super::config::ConfigJson;
+    use crate::arch::{gemma3::Gemma3, phi3::Phi3};
+    // As `transformers` 5 saves Gemma 3: RoPE settings by layer type.
+    let text = json!({
+        "model_type": "gemma3_text", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 32,
+        "query_pre_attn_scalar": 32, "sliding_window": 16,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+        "rope_parameters": {
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}
+        }
+    });
+    let json = ConfigJson::parse(Path::new("config.json"), &text.to_string()).expect("parse");
+    let c = Gemma3.hf_config(&json, &|_| true).expect("config");
+    assert_eq!((c.rope_theta, c.rope_theta_local, c.rope_linear_scale), (1e6, Some(1e4), 8.0));
+    assert_eq!(c.sliding, vec![true, false, true]);
+    assert_eq!(c.attention_scale, 1.0 / 32f64.sqrt());
+    assert!(c.tied_embeddings, "Gemma ties its output unless told otherwise");
+
+    // Phi-4-mini's partial rotary factor, inside rope_parameters, is refused.
+    let text = json!({
+        "model_type": "phi3", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75}
+    });
+    let json = ConfigJson::parse(Path::new("config.json"), &text.to_string()).expect("parse");
+    let err = Phi3.hf_config(&json, &|_| true).expect_err("partial rotary");
+    assert_names(&err, &["config.json", "partial_rotary_factor", "0.75"]);
+}
