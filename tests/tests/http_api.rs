@@ -207,7 +207,8 @@ async fn metrics_count_what_was_done() {
         Some(1.0)
     );
     assert_eq!(server.metric("stellarchat:generation_tokens_total").await, Some(8.0));
-    assert_eq!(server.metric(r#"stellarchat:request_success_total{finished_reason="length"}"#).await, Some(2.0));
+    let success = format!(r#"stellarchat:request_success_total{{finished_reason="length",model="{DEFAULT_MODEL_NAME}"}}"#);
+    assert_eq!(server.metric(&success).await, Some(2.0));
     // The engine updates its running count just after it sends the last event.
     for _ in 0..100 {
         if server.metric("stellarchat:num_requests_running").await == Some(0.0) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use stellarchat_model::device::{DeviceSpec, Precision};
-use stellarchat_model::engine::{EngineConfig, FaultInjection};
+use stellarchat_model::engine::{EngineConfig, FaultInjection, SchedulerPolicy, Scheduling};
 use stellarchat_model::model::LoadOptions;
 use stellarchat_model::weights::WeightFormat;
 
@@ -175,6 +175,12 @@ pub struct ServeArgs {
     #[arg(long, env = "STELLARCHAT_NO_PREFIX_CACHE", overrides_with = "prefix_cache")]
     pub no_prefix_cache: bool,
 
+    /// Engine scheduling: `latency` (a step's prefill shrinks while streams decode, shortest
+    /// prompt first with ageing) or `fifo` (oldest first, the full prefill chunk every step).
+    #[arg(long, env = "STELLARCHAT_SCHEDULER", default_value = "latency",
+          value_parser = |s: &str| s.parse::<SchedulerPolicy>().map_err(|e| e.to_string()))]
+    pub scheduler: SchedulerPolicy,
+
     /// Test-only: make engine steps panic (`panic-at-step=N` or `panic-from-step=N`) so that
     /// tests can watch the engine's supervision on the real binary. Hidden from `--help`.
     #[arg(long, hide = true)]
@@ -265,6 +271,7 @@ impl ServeArgs {
             max_prefill_tokens: self.max_prefill_tokens.max(1),
             kv_cache_tokens: self.kv_cache_tokens.max(1),
             prefix_cache: !self.no_prefix_cache,
+            scheduling: Scheduling { policy: self.scheduler, ..Scheduling::default() },
             fault_injection: self.fault_injection,
         }
     }

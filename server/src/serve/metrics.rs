@@ -236,6 +236,29 @@ impl Metrics {
         }
     }
 
+    /// Starts `model`'s series at zero (when it loads), so that a scrape before its first
+    /// request already shows them, as unlabelled counters would.
+    pub fn init_model(&self, model: &str) {
+        let label = [model];
+        for counter in [
+            &self.prompt_tokens_total,
+            &self.generation_tokens_total,
+            &self.prefix_cache_queries_tokens_total,
+            &self.prefix_cache_hits_tokens_total,
+            &self.engine_failures_total,
+        ] {
+            counter.with_label_values(&label);
+        }
+        for histogram in [
+            &self.time_to_first_token_seconds,
+            &self.inter_token_latency_seconds,
+            &self.e2e_request_latency_seconds,
+            &self.request_queue_time_seconds,
+        ] {
+            histogram.with_label_values(&label);
+        }
+    }
+
     /// A load of `model` ended: `outcome` `loaded` (with its seconds) or `failed`.
     pub fn observe_model_load(&self, model: &str, outcome: &str, seconds: Option<f64>) {
         self.model_loads_total.with_label_values(&[model, outcome]).inc();

@@ -77,6 +77,8 @@ pub enum ServeError {
     Models(#[from] SpecError),
     #[error("cannot open the model `{model}`: {error}")]
     Model { model: String, error: ModelError },
+    #[error("--chat-template (model `{model}`): {error}")]
+    ChatTemplate { model: String, error: ModelError },
     #[error("loading the model `{model}` failed: {error}")]
     Load { model: String, error: Arc<ModelError> },
     /// The engine of the server's only model failed while serving and gave up (see
@@ -123,8 +125,10 @@ pub fn open_models(
     for (index, spec) in preload {
         // Opening parses metadata, tokenizer and template only; the weights load on the
         // model's engine thread.
-        let (loader, info) =
-            registry::open_model(&spec).map_err(|error| ServeError::Model { model: spec.id.clone(), error })?;
+        let loader = stellarchat_model::model::ModelLoader::open(&spec.source)
+            .map_err(|error| ServeError::Model { model: spec.id.clone(), error })?;
+        let info = registry::apply_chat_template_file(loader.info(), spec.chat_template.as_deref())
+            .map_err(|error| ServeError::ChatTemplate { model: spec.id.clone(), error })?;
         models.start(index, loader, info);
     }
     Ok((models, events))

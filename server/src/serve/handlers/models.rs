@@ -69,6 +69,7 @@ pub async fn model_action(req: &mut Request, depot: &mut Depot) -> Result<Json<M
             tracing::info!(model = %id, was_loaded, "unloaded on request of an admin");
             Ok(Json(card_of(&state, id)?))
         }
-        _ => Err(ApiError::RouteNotFound(format!("/v1/models/{path}"))),
+        // A model's own path takes only GET.
+        _ => Err(ApiError::MethodNotAllowed),
     }
 }

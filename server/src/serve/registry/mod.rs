@@ -411,6 +411,7 @@ async fn follow_engine(
                 ready = true;
                 let seconds = started.elapsed().as_secs_f64();
                 registry.metrics.observe_model_load(&spec.id, "loaded", Some(seconds));
+                registry.metrics.init_model(&spec.id);
                 let _ = registry.events.send(ModelEvent::Ready { id: spec.id.clone(), seconds });
             }
             EngineState::Failed(error) => {
