@@ -153,7 +153,7 @@ pub fn write_checkpoint(gguf: &Path, out: &Path, options: HfExport) -> Result<()
     let decls: Vec<TensorDecl> = family.tensors(&config).into_iter().filter(|d| d.role != Role::RopeFreqs).collect();
     write_weights(&file, &config, &decls, out, options)?;
 
-    std::fs::write(out.join(TOKENIZER), tokenizer.to_hf_json()?)
+    std::fs::write(out.join(TOKENIZER), tokenizer_json(&tokenizer)?)
         .map_err(|source| ModelError::Io { path: out.join(TOKENIZER), source })?;
     let mut tokenizer_config = JsonMap::new();
     tokenizer_config.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
@@ -177,6 +177,30 @@ pub fn write_checkpoint(gguf: &Path, out: &Path, options: HfExport) -> Result<()
     generation.insert("bos_token_id".into(), json!(tokenizer.bos_id()));
     generation.insert("eos_token_id".into(), json!(tokenizer.stop_ids()));
     write_json(&out.join(GENERATION_CONFIG), generation)
+}
+
+/// `tokenizer.json`: our pipeline, plus, for a model that starts prompts with BOS, the
+/// post-processor that makes `transformers` add it too (as the models' own files do; our
+/// reader encodes without post-processing and takes `add_bos_token` from
+/// `tokenizer_config.json`, so it changes nothing here).
+fn tokenizer_json(tokenizer: &Tokenizer) -> Result<String> {
+    let text = tokenizer.to_hf_json()?;
+    let (true, Some(bos_id), Some(bos)) = (tokenizer.add_bos(), tokenizer.bos_id(), tokenizer.bos_token_text()) else {
+        return Ok(text);
+    };
+    let mut value: Value = serde_json::from_str(&text).map_err(|e| ModelError::Tokenizer(format!("serialized: {e}")))?;
+    if value.get("post_processor").is_some_and(|p| !p.is_null()) {
+        return Ok(text);
+    }
+    let special = |type_id: u32| json!({ "SpecialToken": { "id": bos, "type_id": type_id } });
+    let sequence = |id: &str, type_id: u32| json!({ "Sequence": { "id": id, "type_id": type_id } });
+    value["post_processor"] = json!({
+        "type": "TemplateProcessing",
+        "single": [special(0), sequence("A", 0)],
+        "pair": [special(0), sequence("A", 0), special(1), sequence("B", 1)],
+        "special_tokens": { bos: { "id": bos, "ids": [bos_id], "tokens": [bos] } },
+    });
+    serde_json::to_string_pretty(&value).map_err(|e| ModelError::Internal(e.to_string()))
 }
 
 /// The tensors, in `options.shards` files of about equal size, in declaration order.
@@ -218,6 +242,12 @@ fn write_weights(file: &GgufFile, c: &ModelConfig, decls: &[TensorDecl], out: &P
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), &path)
             .map_err(|e| ModelError::checkpoint(&path, format!("cannot write: {e}")))?;
+        // The crate writes through a private temporary file; give it the usual mode.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
+        }
     }
     if options.shards > 1 {
         let index = json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
