@@ -1,18 +1,19 @@
 """The chat page in a real browser: headless Chromium from Debian (/usr/bin/chromium) driven by
 Playwright, against the session's server (default model, with an API key). Covers the key
 prompt, a streamed answer with its TTFT and tokens/s, stopping mid-answer (Esc), finding the
-conversation after a reload, the model picker (the server serves one model, so it lists one),
-and markup in messages rendered inert under the page's CSP. Takes desktop and phone
+conversation after a reload, the model picker (on a second server with two models, switching
+loads the chosen one), and markup in messages rendered inert under the page's CSP. Takes desktop and phone
 screenshots (into docs/ with STELLARCHAT_UPDATE_SCREENSHOTS=1).
 """
 
 import json
 import os
 import pathlib
+import urllib.request
 
 import pytest
 
-from conftest import API_KEY, MODEL, ROOT
+from conftest import API_KEY, MODEL, MODEL_FILE, ROOT, serve
 
 CHROMIUM = os.environ.get("STELLARCHAT_CHROMIUM", "/usr/bin/chromium")
 
@@ -130,33 +131,36 @@ def test_stop_mid_answer_then_reload_finds_the_conversation(context, server):
     assert page.errors == []
 
 
-def test_switching_models_sends_the_chosen_model(context, server):
-    """The server serves one model, so the page's `/v1/models` answer gets a second entry:
-    picking it sends that model (the server refuses it with model_not_found, shown on the
-    answer), and picking the served model again gets an answer."""
-    page = context.new_page()
+@pytest.fixture(scope="module")
+def two_models():
+    """A second server with two models: the default one (loaded at start-up) and a small
+    random-weight one that loads when first asked for."""
+    args = ["--model", str(MODEL_FILE), "--model", "synthetic:tiny", "--served-model-name", MODEL,
+            "--served-model-name", "tiny", "--api-key", API_KEY]
+    for base, _log in serve(args):
+        yield base
 
-    def two_models(route):
-        response = route.fetch()
-        if not response.ok:  # the 401 before the key is entered passes through
-            route.fulfill(response=response)
-            return
-        body = response.json()
-        body["data"].append(dict(body["data"][0], id="other-model"))
-        route.fulfill(response=response, json=body)
 
-    page.route("**/v1/models", two_models)
-    open_chat(context, server, page)
+def loaded(base):
+    request = urllib.request.Request(base + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(request) as res:
+        return {m["id"]: m["loaded"] for m in json.load(res)["data"]}
+
+
+def test_switching_models_sends_the_chosen_model(context, two_models):
+    """The picker lists both models; picking the unloaded one sends it (the server loads it
+    and answers), and picking the first again gets an answer from it."""
+    page = open_chat(context, two_models)
     options = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
-    assert options == [MODEL, "other-model"], options
+    assert options == [MODEL, "tiny"], options
+    assert loaded(two_models) == {MODEL: True, "tiny": False}
     set_max_tokens(page, 6)
 
-    page.select_option("#model", "other-model")
+    page.select_option("#model", "tiny")
     send(page, "Hello.")
-    page.wait_for_selector(".msg.assistant:last-child .error")
-    error = page.text_content(".msg.assistant:last-child .error")
-    assert "other-model" in error, error
     page.wait_for_selector("#send:not([hidden])")
+    assert page.locator(".msg.assistant:last-child .error").count() == 0
+    assert loaded(two_models) == {MODEL: True, "tiny": True}, "the request reached the chosen model"
 
     page.select_option("#model", MODEL)
     send(page, "Hello again.")
