@@ -1,7 +1,8 @@
 //! The batching engine end to end: batched greedy output equals each request alone,
 //! cancellation frees everything, admission control rejects beyond its limits, a long
-//! prompt is prefilled in chunks without stalling running streams, and a prefix-cache hit
-//! changes nothing but the prefill skipped.
+//! prompt is prefilled in chunks without stalling running streams, a short prompt is
+//! prefilled before a long one that came first (FIFO: after), and a prefix-cache hit changes
+//! nothing but the prefill skipped.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -409,4 +410,25 @@ fn ttft_with_and_without_the_prefix_cache() {
         samples.sort();
         println!("prefix_cache={prefix_cache}: median TTFT {:?}", samples[1]);
     }
+}
+
+#[test]
+fn a_short_prompt_behind_a_long_one_is_prefilled_first_unless_fifo() {
+    use stellarchat_model::engine::{SchedulerPolicy, Scheduling};
+    let long_prompt: Vec<u32> = (0..450).map(|i| (i * 11 % 250) as u32).collect();
+    let first_steps = |policy| {
+        let scheduling = Scheduling { policy, ..Scheduling::default() };
+        let engine = start("synthetic:tiny", EngineConfig { max_prefill_tokens: 32, scheduling, ..EngineConfig::default() });
+        let long = engine.submit(GenerateRequest::greedy(long_prompt.clone(), 1)).expect("long");
+        let short = engine.submit(GenerateRequest::greedy(vec![3, 4, 5, 6, 7], 1)).expect("short");
+        let (long, short) = (collect(long), collect(short));
+        wait_idle(&engine);
+        (long.steps[0], short.steps[0])
+    };
+    // Shortest first: the short prompt needs one step once it is there; the long one 15.
+    let (long, short) = first_steps(SchedulerPolicy::Latency);
+    assert!(short + 10 < long, "short prompt's first token at step {short}, long one's at {long}");
+    // Oldest first, the short prompt waits for the long one's last chunk.
+    let (long, short) = first_steps(SchedulerPolicy::Fifo);
+    assert!(short >= long, "fifo: short prompt's first token at step {short}, long one's at {long}");
 }

@@ -2,6 +2,10 @@
 //! next and with how much of its prompt copied from a retained cache, what is evicted to make
 //! room, and which caches of departed sequences are retained.
 //!
+//! The order in which waiting requests are tried is the scheduler's ([`admit_in_order`], a
+//! pure function); this module supplies what it needs (each prompt's uncached length, found
+//! in the prefix cache) and does the starting.
+//!
 //! Budget: running sequences count what they may grow to (`reserved_tokens`), retained caches
 //! what they hold (`capacity`); together they stay within `kv_cache_tokens`, retained caches
 //! giving way first, least recently used first.
@@ -10,7 +14,8 @@ use std::sync::atomic::Ordering;
 
 use super::EngineLoop;
 use super::prefix_cache::EntryId;
-use super::sequence::Sequence;
+use super::scheduler::{SchedulerPolicy, WaitingView, admit_in_order};
+use super::sequence::{Pending, Sequence};
 use crate::kv_cache::{KV_BLOCK_TOKENS, SequenceCache};
 
 impl EngineLoop {
@@ -19,40 +24,85 @@ impl EngineLoop {
         self.running.iter().map(|s| s.reserved_tokens).sum()
     }
 
-    /// Starts waiting requests, oldest first, while the sequence limit and the budget allow.
+    /// Starts waiting requests while the sequence limit and the budget allow, in the order
+    /// of the configured policy ([`admit_in_order`]): oldest first, or cheapest uncached
+    /// prompt first with ageing.
     pub(super) fn admit(&mut self) {
-        let context = self.model.config().context_length;
-        while self.running.len() < self.config.max_num_seqs {
-            let Some(front) = self.waiting.front() else { break };
-            let prompt = &front.request.prompt_ids;
-            let want = (prompt.len() + front.request.max_tokens).min(context);
-            let want = (SequenceCache::blocks_for(want) * KV_BLOCK_TOKENS).min(self.config.kv_cache_tokens);
-            // Prompt logprobs need the logits of every prompt position: nothing is skipped.
-            let lookup = self.config.prefix_cache && front.request.prompt_logprobs.is_none();
-            let hit = if lookup { self.retained.lookup(prompt) } else { None };
-            if !self.make_room(want, hit.map(|h| h.entry)) {
-                break;
-            }
-            let Some(pending) = self.waiting.pop_front() else { break };
-            let prompt_len = pending.request.prompt_ids.len();
-            let mut cache = self.model.new_cache();
-            let mut cached = 0;
-            if let Some(hit) = hit
-                && let Some(source) = self.retained.get(hit.entry)
-            {
-                // Room for the whole prompt at once: its prefill then needs no regrowth.
-                cache.copy_prefix(source, hit.tokens, prompt_len);
-                self.retained.touch(hit.entry);
-                cached = cache.len();
-            }
-            if lookup {
-                self.shared.prefix_queries_tokens.fetch_add(prompt_len as u64, Ordering::Relaxed);
-                self.shared.prefix_hits_tokens.fetch_add(cached as u64, Ordering::Relaxed);
-            }
-            self.running.push(Sequence::start(pending, cache, &self.tokenizer, want));
-            // The hit's own entry may have had to go for the room: its rows are copied now.
-            self.trim_retained();
+        let free_slots = self.config.max_num_seqs.saturating_sub(self.running.len());
+        if free_slots == 0 || self.waiting.is_empty() {
+            return;
         }
+        let now = self.shared.steps.load(Ordering::Relaxed);
+        let scheduling = self.config.scheduling;
+        let views: Vec<WaitingView> = self
+            .waiting
+            .iter()
+            .map(|pending| {
+                let prompt = &pending.request.prompt_ids;
+                // Only the latency policy's order looks at cached prefixes.
+                let hit = match scheduling.policy {
+                    SchedulerPolicy::Fifo => 0,
+                    SchedulerPolicy::Latency if self.uses_prefix_cache(pending) => {
+                        self.retained.lookup(prompt).map_or(0, |h| h.tokens)
+                    }
+                    SchedulerPolicy::Latency => 0,
+                };
+                WaitingView { uncached: prompt.len() - hit, waited: now.saturating_sub(pending.arrived_step) }
+            })
+            .collect();
+        // Started requests leave `waiting` one by one (a panic in between loses none of the
+        // others); `started` maps the views' indices to the positions that remain.
+        let mut started: Vec<usize> = Vec::new();
+        admit_in_order(&views, free_slots, &scheduling, |i| {
+            let at = i - started.iter().filter(|&&s| s < i).count();
+            let ok = self.try_start(at);
+            if ok {
+                started.push(i);
+            }
+            ok
+        });
+    }
+
+    /// Whether `pending` may reuse (and counts against) the prefix cache. Prompt logprobs
+    /// need the logits of every prompt position: nothing is skipped for them.
+    fn uses_prefix_cache(&self, pending: &Pending) -> bool {
+        self.config.prefix_cache && pending.request.prompt_logprobs.is_none()
+    }
+
+    /// Starts `self.waiting[at]` if the KV budget has room for what it may grow to, copying
+    /// the longest cached prefix of its prompt. False (and nothing changed) if there is no room.
+    fn try_start(&mut self, at: usize) -> bool {
+        let context = self.model.config().context_length;
+        let Some(pending) = self.waiting.get(at) else { return false };
+        let prompt = &pending.request.prompt_ids;
+        let want = (prompt.len() + pending.request.max_tokens).min(context);
+        let want = (SequenceCache::blocks_for(want) * KV_BLOCK_TOKENS).min(self.config.kv_cache_tokens);
+        let lookup = self.uses_prefix_cache(pending);
+        let hit = if lookup { self.retained.lookup(prompt) } else { None };
+        if !self.make_room(want, hit.map(|h| h.entry)) {
+            return false;
+        }
+        let Some(pending) = self.waiting.remove(at) else { return false };
+        let prompt = &pending.request.prompt_ids;
+        let prompt_len = prompt.len();
+        let mut cache = self.model.new_cache();
+        let mut cached = 0;
+        if let Some(hit) = hit
+            && let Some(source) = self.retained.get(hit.entry)
+        {
+            // Room for the whole prompt at once: its prefill then needs no regrowth.
+            cache.copy_prefix(source, hit.tokens, prompt_len);
+            self.retained.touch(hit.entry);
+            cached = cache.len();
+        }
+        if lookup {
+            self.shared.prefix_queries_tokens.fetch_add(prompt_len as u64, Ordering::Relaxed);
+            self.shared.prefix_hits_tokens.fetch_add(cached as u64, Ordering::Relaxed);
+        }
+        self.running.push(Sequence::start(pending, cache, &self.tokenizer, want));
+        // The hit's own entry may have had to go for the room: its rows are copied now.
+        self.trim_retained();
+        true
     }
 
     /// Evicts retained caches, least recently used first and sparing `keep` (the hit about to

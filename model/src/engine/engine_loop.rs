@@ -6,11 +6,12 @@ use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc as std_mpsc};
+use std::time::Instant;
 
 use super::prefix_cache::PrefixCache;
 use super::sequence::{Pending, Progress, Sequence};
 use super::supervisor::{Supervisor, Verdict, panic_message};
-use super::{Command, EngineConfig, EngineState, GenerationEvent, SequenceView, Shared, plan_step};
+use super::{Command, EngineConfig, EngineState, GenerationEvent, SequenceView, Shared, plan};
 use crate::constraint::ConstraintState;
 use crate::error::ModelError;
 use crate::kv_cache::SequenceCache;
@@ -142,7 +143,8 @@ impl EngineLoop {
     /// Returns false on shutdown.
     fn handle(&mut self, command: Command) -> bool {
         match command {
-            Command::Submit(pending) => {
+            Command::Submit(mut pending) => {
+                pending.arrived_step = self.shared.steps.load(Ordering::Relaxed);
                 self.waiting.push_back(*pending);
                 true
             }
@@ -171,9 +173,16 @@ impl EngineLoop {
         if self.config.fault_injection.is_some_and(|fault| fault.panics_at(step)) {
             panic!("fault injection: step {step} panics");
         }
-        let views: Vec<SequenceView> =
-            self.running.iter().map(|s| SequenceView { cached: s.cache.len(), known: s.tokens.len() }).collect();
-        let plan = plan_step(&views, self.config.max_prefill_tokens);
+        let views: Vec<SequenceView> = self
+            .running
+            .iter()
+            .map(|s| SequenceView {
+                cached: s.cache.len(),
+                known: s.tokens.len(),
+                waited: step.saturating_sub(s.arrived_step),
+            })
+            .collect();
+        let plan = plan(&views, self.config.max_prefill_tokens, &self.config.scheduling);
         let scheduled: Vec<usize> = plan.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, _)| i).collect();
 
         // Where each scheduled chunk starts, and whether it returns logits for all positions.
@@ -198,6 +207,8 @@ impl EngineLoop {
             chunks.push(ForwardChunk { cache, tokens: &tokens[start..start + n], all_logits });
         }
         let model = &self.model;
+        // The scheduler's cost model (`StepCost`) is fitted to these (`RUST_LOG=...=debug`).
+        let forward_started = Instant::now();
         let result = if masks.is_empty() {
             model.forward(&mut chunks)
         } else {
@@ -207,6 +218,13 @@ impl EngineLoop {
             })
         };
         drop(chunks);
+        let decode_rows = views.iter().zip(&plan).filter(|(v, n)| **n == 1 && v.known - v.cached == 1).count();
+        tracing::debug!(
+            decode_rows,
+            prefill_tokens = plan.iter().sum::<usize>() - decode_rows,
+            forward_us = forward_started.elapsed().as_micros() as u64,
+            "engine step"
+        );
 
         let mut finished = vec![false; self.running.len()];
         match result {

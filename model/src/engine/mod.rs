@@ -35,7 +35,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 
 pub use api::*;
-pub use scheduler::{SequenceView, plan_step};
+pub use scheduler::{SchedulerPolicy, Scheduling, SequenceView, StepCost, plan, plan_step};
 pub use supervisor::{EngineState, FaultInjection, MAX_CONSECUTIVE_STEP_FAILURES};
 
 use crate::constraint::{Constraint, ConstraintCompiler};
@@ -52,12 +52,15 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// Requests that may wait for a slot; beyond that `submit` answers `Overloaded`.
     pub max_queue: usize,
-    /// Prompt tokens prefilled per step (the chunk size of chunked prefill).
+    /// Prompt tokens prefilled per step at most (the chunk size of chunked prefill); the
+    /// latency policy prefills fewer while streams decode ([`scheduler`]).
     pub max_prefill_tokens: usize,
     /// KV-cache positions all sequences together may hold, running and retained ones.
     pub kv_cache_tokens: usize,
     /// Keep finished sequences' caches and reuse their longest prefix for new prompts.
     pub prefix_cache: bool,
+    /// How prefill is handed out and waiting requests admitted ([`scheduler`]).
+    pub scheduling: Scheduling,
     /// Test-only: make chosen steps panic ([`supervisor`]). `None` in every real deployment.
     pub fault_injection: Option<FaultInjection>,
 }
@@ -67,6 +70,7 @@ impl Default for EngineConfig {
         EngineConfig {
             max_num_seqs: 16, max_queue: 256, max_prefill_tokens: 256, kv_cache_tokens: 65_536,
             prefix_cache: true,
+            scheduling: Scheduling::default(),
             fault_injection: None,
         }
     }
@@ -238,7 +242,14 @@ impl EngineHandle {
         }
         let (sender, events) = mpsc::unbounded_channel();
         let cancelled = Arc::new(AtomicBool::new(false));
-        let pending = Pending { request, constraint, events: sender, cancelled: cancelled.clone(), submitted: Instant::now() };
+        let pending = Pending {
+            request,
+            constraint,
+            events: sender,
+            cancelled: cancelled.clone(),
+            submitted: Instant::now(),
+            arrived_step: 0, // set by the engine thread when the request reaches it
+        };
         if self.commands.send(Command::Submit(Box::new(pending))).is_err() {
             self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(ModelError::EngineStopped);

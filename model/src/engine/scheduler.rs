@@ -1,10 +1,123 @@
-//! Which tokens each sequence contributes to the next forward step: a pure function, so the
-//! batching policy is tested without a model.
+//! Which sequences the engine works on, and how much of each, in the next step: pure
+//! functions over small views, so the policy is tested without a model.
 //!
-//! Policy (vLLM's "chunked prefill"): every sequence that is decoding contributes its one
-//! pending token; then prompts still being prefilled get chunks, oldest first, until the
-//! step's prefill budget is spent. A long prompt therefore never delays running streams by
-//! more than one chunk per step.
+//! Every policy gives each decoding sequence its one pending token in every step: a stream
+//! never sits a step out. What differs is how prompt tokens (prefill) are handed out and in
+//! which order waiting requests are admitted ([`SchedulerPolicy`]):
+//!
+//! - **`Fifo`** (the engine before the latency policy; kept selectable to measure against):
+//!   prompts still being prefilled get chunks oldest first until `max_prefill_tokens` are
+//!   spent, and admission starts requests strictly in arrival order, so a request that does
+//!   not fit blocks every one behind it.
+//! - **`Latency`** (the default): the step's prefill budget shrinks while many streams
+//!   decode ([`prefill_budget`]), prompts are prefilled shortest remaining first, and
+//!   admission uses the same order with the prompt's cached prefix taken off (a prompt that is
+//!   mostly cached is cheap). Both orders age: a prompt that has waited
+//!   [`Scheduling::ageing_steps`] steps since it arrived goes ahead of every younger one, aged
+//!   ones oldest first, so long prompts are not starved by a stream of short ones. An aged
+//!   request that does not fit the KV budget stops admission: the room that running sequences
+//!   free is kept for it instead of being taken by smaller requests behind it.
+//!
+//! ## The bound
+//!
+//! A step costs about `fixed + decode_row · d + prefill_token · p` for `d` decoding rows and
+//! `p` prompt tokens ([`StepCost`]). The latency policy caps `p` so that this stays under
+//! [`Scheduling::target_step_ms`], the inter-token latency it aims at, but never below
+//! [`Scheduling::min_prefill_tokens`] (prefill always progresses) nor above
+//! `max_prefill_tokens` (the upper bound it always was). So a decode token waits at most one
+//! step for prefill, and that step lasts at most
+//! `max(target_step_ms, fixed + decode_row · d + prefill_token · min_prefill_tokens)`.
+//!
+//! The default coefficients are for the 2-core AMD EPYC development machine with the default
+//! model (SmolLM2-135M Q4_1, flex device, f32 activations, `--max-num-seqs 16`), from the
+//! `engine step` debug lines this engine logs (`RUST_LOG=stellarchat_model::engine=debug`):
+//! one decoding stream steps in ~9 ms and sixteen in ~70 ms when the machine is otherwise idle
+//! (`just bench`, ITL p50 at 1 and 16 clients), i.e. ~4 ms a row over ~5 ms fixed; fitting
+//! 2026-12-01's steps (FIFO, up to 256 prompt tokens beside up to 16 streams) gives a prompt
+//! token ~0.75 of a decode row, ~3 ms (~330 tokens/s). A 256-token chunk therefore adds
+//! ~0.8 s to a step of sixteen streams (and several seconds on a busy machine: that chunk is
+//! why ITL p99 at 16 clients was 1.0 s against llama.cpp's 92 ms). The floor of 32 tokens is
+//! the largest that keeps a step of sixteen streams under 2 × 92 ms, the bound
+//! (5 + 16 · 4 + 32 · 3 = 165 ms); the 160 ms target lets fewer streams take more (50 tokens
+//! beside one stream), and a step with nothing decoding takes the full `max_prefill_tokens`,
+//! as no stream waits for it. A short question (~50 prompt tokens) is prefilled in one or two
+//! steps. Other machines and devices have other coefficients: set them in [`Scheduling`]; the
+//! bound holds with their own.
+//!
+//! Ageing defaults to 16 steps (~2.6 s of sixteen streams at the bound). Shortest-first alone
+//! starved the long passages of `stellarchat bench` (half a minute and more at 16 clients on a
+//! busy machine, with 64 steps): short questions keep arriving and take the whole floor. After
+//! 16 steps a 500-token passage goes first and finishes within 16 + 500 / 32 ≈ 32 steps of
+//! arriving, whatever keeps arriving behind it; when prefill cannot keep up at all, everything
+//! waiting ages and the order falls back to oldest first.
+
+use std::cmp::Reverse;
+
+use crate::error::ModelError;
+
+/// Which scheduling the engine uses; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchedulerPolicy {
+    /// Prefill oldest first with the full budget; admission strictly in arrival order.
+    Fifo,
+    /// Bounded step time, shortest remaining prefill first with ageing, prefix-aware admission.
+    #[default]
+    Latency,
+}
+
+/// What one forward step costs, in microseconds: `fixed + decode_row · rows + prefill_token ·
+/// tokens`, measured on the device it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepCost {
+    pub fixed_us: u32,
+    pub decode_row_us: u32,
+    pub prefill_token_us: u32,
+}
+
+/// The latency policy's knobs (see the module docs for the defaults' measurements).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheduling {
+    pub policy: SchedulerPolicy,
+    /// The step time (inter-token latency) the prefill budget aims to stay under.
+    pub target_step_ms: u32,
+    pub cost: StepCost,
+    /// Prompt tokens a step may always prefill, however many streams decode.
+    pub min_prefill_tokens: usize,
+    /// Steps after its arrival from which a request goes ahead of younger ones.
+    pub ageing_steps: u64,
+}
+
+impl Default for Scheduling {
+    fn default() -> Self {
+        Scheduling {
+            policy: SchedulerPolicy::Latency,
+            target_step_ms: 160,
+            cost: StepCost { fixed_us: 5_000, decode_row_us: 4_000, prefill_token_us: 3_000 },
+            min_prefill_tokens: 32,
+            ageing_steps: 16,
+        }
+    }
+}
+
+impl std::str::FromStr for SchedulerPolicy {
+    type Err = ModelError;
+
+    /// `fifo` or `latency` (the `--scheduler` flag's values).
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        match s.to_ascii_lowercase().as_str() {
+            "fifo" => Ok(SchedulerPolicy::Fifo),
+            "latency" => Ok(SchedulerPolicy::Latency),
+            _ => Err(ModelError::InvalidRequest(format!("unknown scheduler `{s}`: expected `latency` or `fifo`"))),
+        }
+    }
+}
+
+impl Scheduling {
+    /// Whether something that has waited `waited` steps goes ahead of younger ones.
+    fn is_aged(&self, waited: u64) -> bool {
+        waited >= self.ageing_steps
+    }
+}
 
 /// What the scheduler needs to know about a running sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,27 +126,44 @@ pub struct SequenceView {
     pub cached: usize,
     /// Tokens known (prompt + generated); `known - cached` are waiting to be fed.
     pub known: usize,
+    /// Steps since the request arrived (for ageing).
+    pub waited: u64,
 }
 
 impl SequenceView {
+    fn pending(&self) -> usize {
+        self.known.saturating_sub(self.cached)
+    }
+
     fn is_decoding(&self) -> bool {
-        self.known - self.cached == 1
+        self.pending() == 1
+    }
+
+    fn is_prefilling(&self) -> bool {
+        self.pending() > 1
     }
 }
 
-/// How many tokens of each sequence (by index) go into the step; 0 = sits this step out.
+/// What admission needs to know about a waiting request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitingView {
+    /// Prompt tokens it would have to prefill: the prompt less its cached prefix.
+    pub uncached: usize,
+    /// Steps since it arrived.
+    pub waited: u64,
+}
+
+/// The `Fifo` plan: decoding sequences get their token, prefilling ones chunks oldest first
+/// (by index) from `prefill_budget`. 0 = sits this step out.
 pub fn plan_step(sequences: &[SequenceView], prefill_budget: usize) -> Vec<usize> {
     let mut budget = prefill_budget.max(1);
     sequences
         .iter()
         .map(|s| {
-            let pending = s.known.saturating_sub(s.cached);
-            if pending == 0 {
-                0
-            } else if s.is_decoding() {
+            if s.is_decoding() {
                 1
             } else {
-                let take = pending.min(budget);
+                let take = s.pending().min(budget);
                 budget -= take;
                 take
             }
@@ -41,44 +171,90 @@ pub fn plan_step(sequences: &[SequenceView], prefill_budget: usize) -> Vec<usize
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn decoding(at: usize) -> SequenceView {
-        SequenceView { cached: at, known: at + 1 }
+/// Tokens of each sequence (by index) that go into the next step under `scheduling`;
+/// `max_prefill_tokens` is the upper bound of a step's prompt tokens.
+pub fn plan(sequences: &[SequenceView], max_prefill_tokens: usize, scheduling: &Scheduling) -> Vec<usize> {
+    if scheduling.policy == SchedulerPolicy::Fifo {
+        return plan_step(sequences, max_prefill_tokens);
     }
-
-    #[test]
-    fn decoding_sequences_always_get_their_token() {
-        let seqs = [decoding(10), SequenceView { cached: 0, known: 1000 }, decoding(3)];
-        assert_eq!(plan_step(&seqs, 64), vec![1, 64, 1]);
-    }
-
-    #[test]
-    fn prefill_budget_is_shared_oldest_first() {
-        let seqs = [SequenceView { cached: 0, known: 40 }, SequenceView { cached: 0, known: 40 }, SequenceView { cached: 0, known: 5 }];
-        assert_eq!(plan_step(&seqs, 64), vec![40, 24, 0]);
-    }
-
-    #[test]
-    fn a_long_prompt_is_fed_in_chunks_while_streams_continue() {
-        let mut long = SequenceView { cached: 0, known: 300 };
-        let mut short = decoding(5);
-        let mut steps = 0;
-        while long.cached < long.known {
-            let plan = plan_step(&[short, long], 128);
-            assert_eq!(plan[0], 1, "the running stream advances every step");
-            assert!(plan[1] <= 128);
-            short = decoding(short.cached + 1);
-            long.cached += plan[1];
-            steps += 1;
+    let decode_rows = sequences.iter().filter(|s| s.is_decoding()).count();
+    let mut budget = prefill_budget(decode_rows, max_prefill_tokens, scheduling);
+    let mut plan: Vec<usize> = sequences.iter().map(|s| usize::from(s.is_decoding())).collect();
+    let prefilling = sequences.iter().enumerate().filter(|(_, s)| s.is_prefilling());
+    for i in priority_order(prefilling.map(|(i, s)| (i, s.pending(), s.waited)), scheduling) {
+        if budget == 0 {
+            break;
         }
-        assert_eq!(steps, 3);
+        let take = sequences[i].pending().min(budget);
+        plan[i] = take;
+        budget -= take;
     }
-
-    #[test]
-    fn a_zero_budget_still_makes_progress() {
-        assert_eq!(plan_step(&[SequenceView { cached: 0, known: 3 }], 0), vec![1]);
-    }
+    plan
 }
+
+/// The latency policy's prefill budget for a step with `decode_rows` decoding sequences: what
+/// keeps the estimated step time under the target, within `[min_prefill_tokens,
+/// max_prefill_tokens]` (the maximum wins if they cross); `max_prefill_tokens` when nothing
+/// decodes.
+pub fn prefill_budget(decode_rows: usize, max_prefill_tokens: usize, scheduling: &Scheduling) -> usize {
+    if decode_rows == 0 {
+        // No stream waits for this step: prefill in the largest chunks, which run fastest.
+        return max_prefill_tokens.max(1);
+    }
+    let cost = &scheduling.cost;
+    let target_us = u64::from(scheduling.target_step_ms) * 1_000;
+    let decode_us = u64::from(cost.fixed_us) + u64::from(cost.decode_row_us) * decode_rows as u64;
+    let fits = target_us.saturating_sub(decode_us) / u64::from(cost.prefill_token_us.max(1));
+    let fits = usize::try_from(fits).unwrap_or(usize::MAX);
+    fits.max(scheduling.min_prefill_tokens).min(max_prefill_tokens).max(1)
+}
+
+/// Indices of `(index, remaining tokens, waited steps)` in the latency policy's order: aged
+/// ones first, oldest first; then the rest, fewest remaining tokens first, older first on ties.
+fn priority_order(items: impl Iterator<Item = (usize, usize, u64)>, scheduling: &Scheduling) -> Vec<usize> {
+    let mut keyed: Vec<_> = items
+        .map(|(i, remaining, waited)| {
+            let aged = scheduling.is_aged(waited);
+            ((!aged, if aged { 0 } else { remaining }, Reverse(waited), i), i)
+        })
+        .collect();
+    keyed.sort_unstable();
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Admits waiting requests (`waiting`, in arrival order) into at most `free_slots` slots and
+/// returns the indices started, in the order they started. `try_start(i)` starts request `i`
+/// if the KV budget has room for it and says whether it did.
+///
+/// `Fifo` tries them in arrival order and stops at the first that does not fit. `Latency`
+/// tries them in [`priority_order`] over their uncached prompt tokens; one that does not fit
+/// is passed over, unless it is aged: then admission stops, keeping the room for it.
+pub fn admit_in_order(
+    waiting: &[WaitingView],
+    free_slots: usize,
+    scheduling: &Scheduling,
+    mut try_start: impl FnMut(usize) -> bool,
+) -> Vec<usize> {
+    let fifo = scheduling.policy == SchedulerPolicy::Fifo;
+    let order = if fifo {
+        (0..waiting.len()).collect()
+    } else {
+        priority_order(waiting.iter().enumerate().map(|(i, w)| (i, w.uncached, w.waited)), scheduling)
+    };
+    let mut started = Vec::new();
+    for i in order {
+        if started.len() == free_slots {
+            break;
+        }
+        if try_start(i) {
+            started.push(i);
+        } else if fifo || scheduling.is_aged(waiting[i].waited) {
+            break;
+        }
+    }
+    started
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

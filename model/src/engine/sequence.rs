@@ -23,6 +23,8 @@ pub(crate) struct Pending {
     pub events: mpsc::UnboundedSender<GenerationEvent>,
     pub cancelled: Arc<AtomicBool>,
     pub submitted: Instant,
+    /// The engine's step count when the request reached the engine thread (for ageing).
+    pub arrived_step: u64,
 }
 
 impl Pending {
@@ -38,6 +40,8 @@ pub(crate) struct Sequence {
     pub prompt_len: usize,
     /// KV positions this sequence may grow to (its share of the budget).
     pub reserved_tokens: usize,
+    /// The engine's step count when the request arrived (for ageing).
+    pub arrived_step: u64,
     /// Prompt tokens whose keys and values were copied from the prefix cache at the start.
     cached_prompt_tokens: usize,
     /// The grammar the output must follow, if any.
@@ -66,7 +70,7 @@ pub(crate) enum Progress {
 impl Sequence {
     /// `cache` may already hold a prefix of the prompt (a prefix-cache hit).
     pub fn start(pending: Pending, cache: SequenceCache, tokenizer: &Tokenizer, reserved_tokens: usize) -> Sequence {
-        let Pending { request, constraint, events, cancelled, submitted } = pending;
+        let Pending { request, constraint, events, cancelled, submitted, arrived_step } = pending;
         let mut stop_token_ids = request.stop_token_ids.clone();
         if !request.ignore_eos {
             stop_token_ids.extend_from_slice(tokenizer.stop_ids());
@@ -83,6 +87,7 @@ impl Sequence {
             logprobs: request.logprobs,
             stop_token_ids,
             reserved_tokens,
+            arrived_step,
             cached_prompt_tokens: cache.len(),
             constraint,
             prompt_scores,
