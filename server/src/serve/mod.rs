@@ -129,7 +129,7 @@ pub fn open_models(
             .map_err(|error| ServeError::Model { model: spec.id.clone(), error })?;
         let info = registry::apply_chat_template_file(loader.info(), spec.chat_template.as_deref())
             .map_err(|error| ServeError::ChatTemplate { model: spec.id.clone(), error })?;
-        models.start(index, loader, info);
+        models.start(index, loader, info, true);
     }
     Ok((models, events))
 }

@@ -151,8 +151,15 @@ impl ModelRegistry {
     }
 
     /// Starts the engine of an opened model and puts it in its slot (start-up preloads and
-    /// on-demand loads both come here).
-    pub fn start(self: &Arc<Self>, index: usize, loader: ModelLoader, info: Arc<ModelInfo>) -> Arc<ServedModel> {
+    /// on-demand loads both come here). `startup`: part of the server's start-up, so
+    /// requests and `/ready` answer 503 until it is ready, and a failure stops the server.
+    pub fn start(
+        self: &Arc<Self>,
+        index: usize,
+        loader: ModelLoader,
+        info: Arc<ModelInfo>,
+        startup: bool,
+    ) -> Arc<ServedModel> {
         let entry = &self.entries[index];
         let spec = &entry.spec;
         let max_model_len = spec.max_model_len.map_or(info.context_length, |m| m.clamp(1, info.context_length));
@@ -175,9 +182,15 @@ impl ModelRegistry {
         });
         tracing::info!(model = %id, source = %spec.source, device = %spec.load.device, "loading model");
         let engine = Engine::spawn(loader, spec.load, spec.engine, progress);
-        let model = Arc::new(ServedModel::new(id, engine, info, limits, self.metrics.clone()));
+        let model = Arc::new(ServedModel::new(id, engine, info, limits, self.metrics.clone(), startup));
         *lock(&entry.loaded) = Some(model.clone());
-        tokio::spawn(follow_engine(Arc::downgrade(self), index, Arc::downgrade(&model), model.engine.watch_state()));
+        tokio::spawn(follow_engine(
+            Arc::downgrade(self),
+            index,
+            Arc::downgrade(&model),
+            model.engine.watch_state(),
+            startup,
+        ));
         model
     }
 
@@ -193,7 +206,7 @@ impl ModelRegistry {
     pub async fn acquire(self: &Arc<Self>, name: &str) -> Result<ModelLease, ApiError> {
         let index = self.resolve(name).ok_or_else(|| ApiError::ModelNotFound(name.to_string()))?;
         if let Some(model) = self.loaded(index) {
-            return self.when_ready(index, model).await;
+            return self.when_ready(model).await;
         }
         let model = {
             let _one_at_a_time = self.loading.lock().await;
@@ -206,7 +219,7 @@ impl ModelRegistry {
                         .await
                         .map_err(|e| ApiError::Internal(format!("opening a model: {e}")))?;
                     match opened {
-                        Ok((loader, info)) => self.start(index, loader, info),
+                        Ok((loader, info)) => self.start(index, loader, info, false),
                         Err(error) => {
                             let id = self.entries[index].spec.id.clone();
                             let error = Arc::new(error);
@@ -218,20 +231,20 @@ impl ModelRegistry {
                 }
             }
         };
-        self.when_ready(index, model).await
+        self.when_ready(model).await
     }
 
     /// A lease once `model` is ready. A start-up model still loading answers `not_ready`
     /// rather than holding the request (clients of a starting server retry, as `/ready`
-    /// tells them); an on-demand load is waited for.
-    async fn when_ready(&self, index: usize, model: Arc<ServedModel>) -> Result<ModelLease, ApiError> {
+    /// tells them); an on-demand load (also of a start-up model unloaded since) is waited for.
+    async fn when_ready(&self, model: Arc<ServedModel>) -> Result<ModelLease, ApiError> {
         let lease = ModelLease::new(model);
         let mut states = lease.engine.watch_state();
         loop {
             let state = states.borrow_and_update().clone();
             match state {
                 EngineState::Ready => return Ok(lease),
-                EngineState::Loading if self.entries[index].spec.preload => return Err(ApiError::NotReady),
+                EngineState::Loading if lease.startup => return Err(ApiError::NotReady),
                 EngineState::Loading => {}
                 EngineState::Failed(error) => {
                     return Err(ApiError::ModelLoadFailed { model: lease.id.clone(), reason: error.to_string() });
@@ -313,14 +326,16 @@ impl ModelRegistry {
         Some((shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)))
     }
 
-    /// Ready to serve: every model loaded at start-up is.
+    /// Ready to serve: every model loaded at start-up is (a later reload of one, after it
+    /// was unloaded, does not make the server unready).
     pub fn check_ready(&self) -> Result<(), ApiError> {
         for (index, entry) in self.entries.iter().enumerate().filter(|(_, e)| e.spec.preload) {
-            match self.loaded(index).map(|m| m.engine.state()) {
-                Some(EngineState::Ready) => {}
-                Some(EngineState::Loading) => return Err(ApiError::NotReady),
+            let model = self.loaded(index);
+            match model.as_ref().map(|m| (m.engine.state(), m.startup)) {
+                Some((EngineState::Ready, _)) | Some((EngineState::Loading, false)) => {}
+                Some((EngineState::Loading, true)) => return Err(ApiError::NotReady),
                 // Failed at start-up: the server is on its way out (see `serve`).
-                Some(EngineState::Failed(_) | EngineState::Stopped) => return Err(ApiError::ShuttingDown),
+                Some((EngineState::Failed(_) | EngineState::Stopped, _)) => return Err(ApiError::ShuttingDown),
                 // A start-up model an admin unloaded: the others still serve.
                 None => tracing::debug!(model = %entry.spec.id, "start-up model not loaded"),
             }
@@ -399,6 +414,7 @@ async fn follow_engine(
     index: usize,
     model: Weak<ServedModel>,
     mut states: tokio::sync::watch::Receiver<EngineState>,
+    startup: bool,
 ) {
     let started = Instant::now();
     let mut ready = false;
@@ -421,7 +437,7 @@ async fn follow_engine(
                     ModelEvent::EngineFailed { id, error }
                 } else {
                     registry.metrics.observe_model_load(&id, "failed", None);
-                    ModelEvent::LoadFailed { id, error, preload: spec.preload }
+                    ModelEvent::LoadFailed { id, error, preload: startup }
                 };
                 let _ = registry.events.send(event);
                 return;

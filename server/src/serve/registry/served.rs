@@ -24,6 +24,8 @@ pub struct ServedModel {
     pub engine: EngineHandle,
     pub info: Arc<ModelInfo>,
     pub limits: Limits,
+    /// Loaded as part of the server's start-up (not on demand).
+    pub startup: bool,
     in_use: AtomicUsize,
     last_used: Mutex<Instant>,
     metrics: Arc<Metrics>,
@@ -79,8 +81,16 @@ impl Deref for ModelLease {
 
 
 impl ServedModel {
-    pub(super) fn new(id: String, engine: EngineHandle, info: Arc<ModelInfo>, limits: Limits, metrics: Arc<Metrics>) -> Self {
-        ServedModel { id, engine, info, limits, in_use: AtomicUsize::new(0), last_used: Mutex::new(Instant::now()), metrics }
+    pub(super) fn new(
+        id: String,
+        engine: EngineHandle,
+        info: Arc<ModelInfo>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        startup: bool,
+    ) -> Self {
+        let (in_use, last_used) = (AtomicUsize::new(0), Mutex::new(Instant::now()));
+        ServedModel { id, engine, info, limits, startup, in_use, last_used, metrics }
     }
 
     /// Leases held now.

@@ -161,3 +161,24 @@ async fn a_model_that_fails_to_load_is_an_error_and_the_others_serve() {
     assert!(saw_failure);
     registry.shutdown();
 }
+
+#[tokio::test]
+async fn a_start_up_model_unloaded_since_loads_again_on_demand() {
+    let mut first = spec("a", "synthetic:tiny");
+    first.preload = true;
+    let (registry, mut events) = registry(vec![first], 0);
+    let (loader, info) = open_model(&registry.entries[0].spec).expect("opens");
+    let model = registry.start(0, loader, info, true);
+    assert!(model.startup);
+    drop(model);
+    while !matches!(events.recv().await, Some(ModelEvent::Ready { .. })) {}
+    registry.check_ready().expect("ready once loaded");
+    assert!(registry.unload("a").unwrap());
+    registry.check_ready().expect("an admin unload leaves the server ready");
+
+    // On demand now: the request waits for the load instead of answering `not_ready`.
+    let lease = registry.acquire("a").await.expect("reloads");
+    assert!(!lease.startup);
+    assert!(generates(&lease).await);
+    registry.shutdown();
+}
