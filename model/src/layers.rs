@@ -26,6 +26,10 @@ pub struct ComputePlan {
     pub host_attention: bool,
     /// The backend's fused attention lacks grouped-query heads: repeat K/V heads.
     pub repeat_kv_heads: bool,
+    /// Separate q/k/v (and gate/up) weights that can share one matrix are concatenated at
+    /// load and computed as one product (see [`LinearWeight::concat_outputs`]); off only to
+    /// compare against the separate products.
+    pub fuse_projections: bool,
 }
 
 /// What loading a layer needs besides its declaration.
@@ -118,8 +122,13 @@ fn linear(ctx: &LoadContext<'_>, decl: &TensorDecl, bias: Option<&TensorDecl>) -
 
 enum Qkv {
     Separate { q: LinearWeight, k: LinearWeight, v: LinearWeight },
-    /// q‖k‖v rows of one matrix.
+    /// q‖k‖v rows of one matrix: a family's fused tensor, or separate ones joined at load.
     Fused(LinearWeight),
+}
+
+/// The parts as one layer when the plan fuses and they can share a matrix.
+fn fused(ctx: &LoadContext<'_>, parts: &[&LinearWeight]) -> Option<LinearWeight> {
+    if ctx.plan.fuse_projections { LinearWeight::concat_outputs(parts) } else { None }
 }
 
 /// The attention sub-block's weights: everything but the scores against the cache.
@@ -137,11 +146,15 @@ impl AttentionWeights {
         let norm = |role| decls.get(role).map(|d| RmsNorm::load(ctx, d)).transpose();
         let qkv = match decls.get(Role::AttnQkv) {
             Some(fused) => Qkv::Fused(linear(ctx, fused, None)?),
-            None => Qkv::Separate {
-                q: linear(ctx, decls.need(Role::AttnQ)?, decls.get(Role::AttnQBias))?,
-                k: linear(ctx, decls.need(Role::AttnK)?, decls.get(Role::AttnKBias))?,
-                v: linear(ctx, decls.need(Role::AttnV)?, decls.get(Role::AttnVBias))?,
-            },
+            None => {
+                let q = linear(ctx, decls.need(Role::AttnQ)?, decls.get(Role::AttnQBias))?;
+                let k = linear(ctx, decls.need(Role::AttnK)?, decls.get(Role::AttnKBias))?;
+                let v = linear(ctx, decls.need(Role::AttnV)?, decls.get(Role::AttnVBias))?;
+                match fused(ctx, &[&q, &k, &v]) {
+                    Some(qkv) => Qkv::Fused(qkv),
+                    None => Qkv::Separate { q, k, v },
+                }
+            }
         };
         Ok(AttentionWeights {
             norm: RmsNorm::load(ctx, decls.need(Role::AttnNorm)?)?,
@@ -151,6 +164,11 @@ impl AttentionWeights {
             output: linear(ctx, decls.need(Role::AttnOutput)?, None)?,
             post_norm: norm(Role::AttnPostNorm)?,
         })
+    }
+
+    /// Whether q/k/v are one product (a fused tensor in the file, or joined at load).
+    pub fn is_fused(&self) -> bool {
+        matches!(self.qkv, Qkv::Fused(_))
     }
 
     /// `x: [n, hidden]` (the residual stream) → `q: [n, heads, d]`, `k, v: [n, kv_heads, d]`,
@@ -196,7 +214,7 @@ impl AttentionWeights {
 
 enum GateUp {
     Separate { gate: LinearWeight, up: LinearWeight },
-    /// gate‖up rows of one matrix.
+    /// gate‖up rows of one matrix: a family's fused tensor, or separate ones joined at load.
     Fused(LinearWeight),
 }
 
@@ -213,10 +231,14 @@ impl FeedForward {
     pub fn load(ctx: &LoadContext<'_>, decls: &BlockDecls<'_>, activation: Activation) -> Result<FeedForward> {
         let gate_up = match decls.get(Role::FfnGateUp) {
             Some(fused) => GateUp::Fused(linear(ctx, fused, None)?),
-            None => GateUp::Separate {
-                gate: linear(ctx, decls.need(Role::FfnGate)?, None)?,
-                up: linear(ctx, decls.need(Role::FfnUp)?, None)?,
-            },
+            None => {
+                let gate = linear(ctx, decls.need(Role::FfnGate)?, None)?;
+                let up = linear(ctx, decls.need(Role::FfnUp)?, None)?;
+                match fused(ctx, &[&gate, &up]) {
+                    Some(both) => GateUp::Fused(both),
+                    None => GateUp::Separate { gate, up },
+                }
+            }
         };
         Ok(FeedForward {
             norm: RmsNorm::load(ctx, decls.need(Role::FfnNorm)?)?,
@@ -225,6 +247,11 @@ impl FeedForward {
             post_norm: decls.get(Role::FfnPostNorm).map(|d| RmsNorm::load(ctx, d)).transpose()?,
             activation,
         })
+    }
+
+    /// Whether gate/up are one product (a fused tensor in the file, or joined at load).
+    pub fn is_fused(&self) -> bool {
+        matches!(self.gate_up, GateUp::Fused(_))
     }
 
     /// `x: [n, hidden]` (the residual stream) → what the block adds to it, `[n, hidden]`.

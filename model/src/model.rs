@@ -77,6 +77,7 @@ impl LoadOptions {
             quantized_linear,
             host_attention: cpu_f32,
             repeat_kv_heads: !spec.attention_supports_gqa(),
+            fuse_projections: true,
         })
     }
 }

@@ -135,6 +135,13 @@ impl Transformer {
         self.plan.dtype
     }
 
+    /// How many blocks compute q/k/v, and how many gate/up, as one product each.
+    pub fn fused_blocks(&self) -> (usize, usize) {
+        let qkv = self.blocks.iter().filter(|b| b.attention.is_fused()).count();
+        let gate_up = self.blocks.iter().filter(|b| b.ffn.is_fused()).count();
+        (qkv, gate_up)
+    }
+
     /// An empty cache for a new sequence on this model's device.
     pub fn new_cache(&self) -> SequenceCache {
         SequenceCache::new(&self.config, &self.device, self.plan.dtype, self.plan.host_attention)

@@ -203,6 +203,68 @@ impl LinearWeight {
     }
 }
 
+impl LinearWeight {
+    /// One layer whose output is the outputs of `parts` side by side, in order (q‖k‖v,
+    /// gate‖up): one product per step instead of one per part, so the activations are read,
+    /// the kernel dispatched and the threads woken once. `None` when the parts cannot share
+    /// one matrix: different formats, quantized in different types (a Q4_K_M file keeps some
+    /// tensors in Q6_K), or different input widths. A missing bias is zeros beside a present
+    /// one.
+    ///
+    /// Quantized blocks never straddle rows, so stacking the weight rows (output features)
+    /// is a byte concatenation; dense `[in, out]` tensors are concatenated along `out`.
+    pub fn concat_outputs(parts: &[&LinearWeight]) -> Option<LinearWeight> {
+        match parts.first()? {
+            LinearWeight::Quantized { matrix, .. } => {
+                let (ggml_type, cols) = (matrix.ggml_type(), matrix.cols());
+                let matrices: Vec<(&QuantMatrix, &Option<Vec<f32>>)> = parts
+                    .iter()
+                    .map(|part| match part {
+                        LinearWeight::Quantized { matrix, bias } => Some((matrix.as_ref(), bias)),
+                        LinearWeight::Dense { .. } => None,
+                    })
+                    .collect::<Option<_>>()?;
+                if matrices.iter().any(|(m, _)| m.ggml_type() != ggml_type || m.cols() != cols) {
+                    return None;
+                }
+                let rows = matrices.iter().map(|(m, _)| m.rows()).sum();
+                let bytes: Vec<u8> = matrices.iter().flat_map(|(m, _)| m.bytes().iter().copied()).collect();
+                let bias = matrices.iter().any(|(_, b)| b.is_some()).then(|| {
+                    matrices.iter().flat_map(|(m, b)| b.as_ref().map_or_else(|| vec![0.0; m.rows()], Vec::clone)).collect()
+                });
+                // Same type and width, and the byte count is the sum of valid matrices'.
+                let matrix = QuantMatrix::new(ggml_type, rows, cols, bytes).ok()?;
+                Some(LinearWeight::Quantized { matrix: Arc::new(matrix), bias })
+            }
+            LinearWeight::Dense { weight, .. } => {
+                let d_in = weight.dims()[0];
+                let dense: Vec<(&Tensor<2>, &Option<Tensor<2>>)> = parts
+                    .iter()
+                    .map(|part| match part {
+                        LinearWeight::Dense { weight, bias } => Some((weight, bias)),
+                        LinearWeight::Quantized { .. } => None,
+                    })
+                    .collect::<Option<_>>()?;
+                if dense.iter().any(|(w, _)| w.dims()[0] != d_in || w.dtype() != weight.dtype()) {
+                    return None;
+                }
+                let bias = dense.iter().any(|(_, b)| b.is_some()).then(|| {
+                    let biases = dense
+                        .iter()
+                        .map(|(w, b)| match b {
+                            Some(b) => b.clone(),
+                            None => Tensor::zeros([1, w.dims()[1]], (&w.device(), w.dtype())),
+                        })
+                        .collect();
+                    Tensor::cat(biases, 1)
+                });
+                let weight = Tensor::cat(dense.iter().map(|(w, _)| (*w).clone()).collect(), 1);
+                Some(LinearWeight::Dense { weight, bias })
+            }
+        }
+    }
+}
+
 /// Row-major `[rows, cols]` → `[cols, rows]`, blocked for cache locality.
 pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const BLOCK: usize = 32;
@@ -280,5 +342,64 @@ impl EmbeddingTable {
         let mut out = vec![0f32; self.vocab * self.dim];
         dequantize(self.ggml_type, &self.bytes, &mut out).map_err(|e| ModelError::Internal(e.to_string()))?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `rows` Q8_0 rows of `cols` (one f16 scale, then 32 signed bytes per block), made up.
+    fn q8_0(rows: usize, cols: usize, seed: usize) -> LinearWeight {
+        let mut bytes = Vec::new();
+        for block in 0..rows * cols / 32 {
+            bytes.extend(half::f16::from_f32(0.01 + 0.001 * ((block + seed) % 7) as f32).to_le_bytes());
+            bytes.extend((0..32).map(|i| ((block * 31 + i * 17 + seed * 5) % 255) as u8));
+        }
+        let matrix = QuantMatrix::new(GgmlType::Q8_0, rows, cols, bytes).expect("matrix");
+        LinearWeight::Quantized { matrix: Arc::new(matrix), bias: None }
+    }
+
+    fn host(t: Tensor<2>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().expect("f32")
+    }
+
+    #[test]
+    fn concatenated_quantized_rows_compute_each_part_side_by_side() {
+        let device = Device::flex();
+        let (cols, n) = (64, 3);
+        let q = q8_0(40, cols, 1);
+        let k = match q8_0(24, cols, 2) {
+            LinearWeight::Quantized { matrix, .. } => LinearWeight::Quantized { matrix, bias: Some(vec![0.5; 24]) },
+            dense => dense,
+        };
+        let v = q8_0(24, cols, 3);
+        let fused = LinearWeight::concat_outputs(&[&q, &k, &v]).expect("same type and width");
+        let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let input = || upload(x.clone(), [n, cols], &device, FloatDType::F32);
+        let got = host(fused.forward(input()).expect("fused"));
+        let parts: Vec<Vec<f32>> = [&q, &k, &v].iter().map(|w| host(w.forward(input()).expect("part"))).collect();
+        for row in 0..n {
+            let want: Vec<f32> = [(&parts[0], 40), (&parts[1], 24), (&parts[2], 24)]
+                .iter()
+                .flat_map(|(p, width)| p[row * width..(row + 1) * width].to_vec())
+                .collect();
+            let row_got = &got[row * 88..(row + 1) * 88];
+            for (a, b) in row_got.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "row {row}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn parts_of_different_types_or_widths_stay_separate() {
+        let q = q8_0(32, 64, 1);
+        let f32_rows = QuantMatrix::new(GgmlType::F32, 32, 64, vec![0u8; 32 * 64 * 4]).expect("f32 matrix");
+        let other_type = LinearWeight::Quantized { matrix: Arc::new(f32_rows), bias: None };
+        assert!(LinearWeight::concat_outputs(&[&q, &other_type]).is_none(), "Q8_0 beside F32");
+        assert!(LinearWeight::concat_outputs(&[&q, &q8_0(32, 96, 2)]).is_none(), "different input widths");
+        let device = Device::flex();
+        let dense = LinearWeight::Dense { weight: upload(vec![0.0; 64 * 32], [64, 32], &device, FloatDType::F32), bias: None };
+        assert!(LinearWeight::concat_outputs(&[&q, &dense]).is_none(), "quantized beside dense");
     }
 }

@@ -1,7 +1,9 @@
 //! The transformer on a tiny random-weight model: shapes, cached decode against a full
 //! forward, and a batch of unequal sequences against each sequence alone.
 
+use stellarchat_model::config::ModelConfig;
 use stellarchat_model::device::{DeviceSpec, Precision};
+use stellarchat_model::layers::ComputePlan;
 use stellarchat_model::model::LoadOptions;
 use stellarchat_model::synthetic::{SyntheticPreset, SyntheticWeights};
 use stellarchat_model::transformer::{ForwardChunk, Transformer};
@@ -154,4 +156,41 @@ fn quantized_weights_with_f16_activations_are_refused_at_load() {
     let options = LoadOptions { device: DeviceSpec::Flex, precision: Precision::F16, weights: WeightFormat::Quantized };
     let err = options.plan(DeviceSpec::Flex).expect_err("quantized weights need f32");
     assert_eq!(err.kind(), "unsupported_dtype");
+}
+
+/// Separate q/k/v and gate/up weights joined into one matrix at load (the default plan) give
+/// the logits of the separate products, with either weight format, with and without q/k/v
+/// biases, in a batch that mixes a prefill with a decode step.
+#[test]
+fn fused_projections_give_the_logits_of_separate_ones() {
+    for qkv_bias in [false, true] {
+        let config = ModelConfig { qkv_bias, ..SyntheticPreset::Tiny.config() };
+        let source = SyntheticWeights::new(config.clone(), 11);
+        let device = DeviceSpec::Flex.open().expect("device");
+        for weights in [WeightFormat::Dense, WeightFormat::Quantized] {
+            let options = LoadOptions { device: DeviceSpec::Flex, precision: Precision::F32, weights };
+            let plan = options.plan(DeviceSpec::Flex).expect("plan");
+            assert!(plan.fuse_projections, "fusing is the default");
+            let load = |fuse_projections| {
+                let plan = ComputePlan { fuse_projections, ..plan };
+                Transformer::load(config.clone(), &source, &device, plan, &mut |_, _| {}).expect("load")
+            };
+            let (fused, separate) = (load(true), load(false));
+            let layers = config.num_layers;
+            assert_eq!(fused.fused_blocks(), (layers, layers), "{weights}: every block fused");
+            assert_eq!(separate.fused_blocks(), (0, 0), "{weights}: no block fused");
+            let run = |m: &Transformer| {
+                let (mut a, mut b) = (m.new_cache(), m.new_cache());
+                m.forward(&mut [ForwardChunk { cache: &mut a, tokens: &PROMPT[..4], all_logits: false }]).expect("pre");
+                let mut chunks = [
+                    ForwardChunk { cache: &mut a, tokens: &PROMPT[4..5], all_logits: false },
+                    ForwardChunk { cache: &mut b, tokens: &PROMPT, all_logits: true },
+                ];
+                let logits = m.forward(&mut chunks).expect("batch");
+                [logits.chunk(0), logits.chunk(1)].concat()
+            };
+            let diff = max_abs_diff(&run(&fused), &run(&separate));
+            assert!(diff < 1e-5, "{weights}, qkv_bias {qkv_bias}: fused logits differ from separate by {diff}");
+        }
+    }
 }
