@@ -12,11 +12,14 @@
 //! - **`Latency`** (the default): the step's prefill budget shrinks while many streams
 //!   decode ([`prefill_budget`]), prompts are prefilled shortest remaining first, and
 //!   admission uses the same order with the prompt's cached prefix taken off (a prompt that is
-//!   mostly cached is cheap). Both orders age: a prompt that has waited
-//!   [`Scheduling::ageing_steps`] steps since it arrived goes ahead of every younger one, aged
-//!   ones oldest first, so long prompts are not starved by a stream of short ones. An aged
-//!   request that does not fit the KV budget stops admission: the room that running sequences
-//!   free is kept for it instead of being taken by smaller requests behind it.
+//!   mostly cached is cheap). Both orders age, so long prompts are not starved by a stream of
+//!   short ones: a prompt that has waited [`Scheduling::ageing_steps`] steps since it arrived
+//!   is aged. The oldest aged prompt being prefilled takes up to half of each step's budget
+//!   first (all of it if the others leave some), the rest still going shortest first, so it
+//!   progresses by at least half the floor a step while short prompts keep starting. Aged
+//!   waiting requests are admitted before younger ones, oldest first, and one that does not
+//!   fit the KV budget stops admission: the room that running sequences free is kept for it
+//!   instead of being taken by smaller requests behind it.
 //!
 //! ## The bound
 //!
@@ -46,10 +49,11 @@
 //!
 //! Ageing defaults to 16 steps (~2.6 s of sixteen streams at the bound). Shortest-first alone
 //! starved the long passages of `stellarchat bench` (half a minute and more at 16 clients on a
-//! busy machine, with 64 steps): short questions keep arriving and take the whole floor. After
-//! 16 steps a 500-token passage goes first and finishes within 16 + 500 / 32 ≈ 32 steps of
-//! arriving, whatever keeps arriving behind it; when prefill cannot keep up at all, everything
-//! waiting ages and the order falls back to oldest first.
+//! busy machine, with 64 steps): short questions keep arriving and take the whole floor; and
+//! an aged passage that took the whole budget held every short question back for its whole
+//! prefill. Now, whatever keeps arriving, a 500-token passage is prefilled within
+//! 16 + 500 / 16 ≈ 48 steps of arriving once it is the oldest aged one, and short questions
+//! still get half of every step.
 
 use std::cmp::Reverse;
 
@@ -181,13 +185,23 @@ pub fn plan(sequences: &[SequenceView], max_prefill_tokens: usize, scheduling: &
     let mut budget = prefill_budget(decode_rows, max_prefill_tokens, scheduling);
     let mut plan: Vec<usize> = sequences.iter().map(|s| usize::from(s.is_decoding())).collect();
     let prefilling = sequences.iter().enumerate().filter(|(_, s)| s.is_prefilling());
-    for i in priority_order(prefilling.map(|(i, s)| (i, s.pending(), s.waited)), scheduling) {
-        if budget == 0 {
-            break;
-        }
-        let take = sequences[i].pending().min(budget);
-        plan[i] = take;
-        budget -= take;
+    let order = priority_order(prefilling.map(|(i, s)| (i, s.pending(), s.waited)), scheduling);
+    // The oldest aged prompt, if any, is served first but with at most half the budget: the
+    // rest still goes shortest first, so short prompts never wait for a long one to finish.
+    let oldest_aged = order.first().copied().filter(|&i| scheduling.is_aged(sequences[i].waited));
+    let mut give = |i: usize, most: usize, budget: &mut usize| {
+        let take = (sequences[i].pending() - plan[i]).min(most).min(*budget);
+        plan[i] += take;
+        *budget -= take;
+    };
+    if let Some(i) = oldest_aged {
+        give(i, budget.div_ceil(2), &mut budget);
+    }
+    let mut shortest_first: Vec<usize> = order.into_iter().filter(|&i| Some(i) != oldest_aged).collect();
+    shortest_first.sort_by_key(|&i| (sequences[i].pending(), Reverse(sequences[i].waited), i));
+    // What the others leave goes back to the aged one.
+    for i in shortest_first.into_iter().chain(oldest_aged) {
+        give(i, usize::MAX, &mut budget);
     }
     plan
 }

@@ -79,13 +79,19 @@ fn latency_prefills_shortest_first_and_decoding_rows_always_get_their_token() {
 }
 
 #[test]
-fn aged_prefills_go_first_oldest_first() {
+fn the_oldest_aged_prefill_takes_half_the_budget_first() {
     let mut seqs = [prompt(500), prompt(30), prompt(400)];
     seqs[0].waited = 70;
     seqs[2].waited = 90;
-    assert_eq!(plan(&seqs, 64, &latency(64)), vec![0, 0, 64]);
+    // The oldest aged one (index 2) takes half; the rest goes shortest first.
+    assert_eq!(plan(&seqs, 64, &latency(64)), vec![2, 30, 32]);
     seqs[2].known = 20;
-    assert_eq!(plan(&seqs, 64, &latency(64)), vec![44, 0, 20]);
+    assert_eq!(plan(&seqs, 64, &latency(64)), vec![14, 30, 20]);
+    // Alone, it takes the whole budget.
+    assert_eq!(plan(&seqs[..1], 64, &latency(64)), vec![64]);
+    // What shorter ones leave goes back to it.
+    let few = [SequenceView { waited: 70, ..prompt(500) }, prompt(10)];
+    assert_eq!(plan(&few, 64, &latency(64)), vec![54, 10]);
 }
 
 #[test]
@@ -103,7 +109,7 @@ fn the_budget_shrinks_with_decoding_rows_but_never_below_the_floor() {
     assert_eq!(budgets[64], s.min_prefill_tokens);
     // `max_prefill_tokens` stays the upper bound, even below the floor.
     let cheap = latency(64);
-    assert_eq!(prefill_budget(1, 256, &cheap), 141);
+    assert_eq!(prefill_budget(1, 256, &cheap), 151);
     assert_eq!(prefill_budget(1, 100, &cheap), 100);
     assert_eq!(prefill_budget(64, 8, &s), 8);
     // And a step's plan spends exactly the budget when prompts are waiting.
@@ -164,7 +170,11 @@ fn a_long_prompt_finishes_its_prefill_however_many_short_ones_keep_arriving() {
     let arrivals = |step: u64| if step == 0 { vec![long, 30, 30] } else { vec![30, 30] };
     let aged = simulate(&saturated(ageing, floor), 256, 200, 4, arrivals);
     let done = aged[0].prefilled_at.expect("the long prompt was starved");
-    assert!(done < ageing + long.div_ceil(floor) as u64, "prefilled at step {done}");
+    // Aged, it gets at least half the floor each step.
+    assert!(done < ageing + long.div_ceil(floor / 2) as u64, "prefilled at step {done}");
+    // And the short prompts kept starting meanwhile: half of each step was theirs.
+    let shorts_done_meanwhile = aged[1..].iter().filter(|r| r.prefilled_at.is_some_and(|s| s > ageing && s <= done)).count();
+    assert!(shorts_done_meanwhile as u64 >= (done - ageing) / 8, "{shorts_done_meanwhile} short prompts");
 
     let unaged = simulate(&saturated(u64::MAX, floor), 256, 200, 4, arrivals);
     assert_eq!(unaged[0].prefilled_at, None, "the test must be able to starve it");
