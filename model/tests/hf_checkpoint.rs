@@ -72,7 +72,8 @@ fn load(loader: &ModelLoader) -> Transformer {
 /// Logits of every position of `prompt`.
 fn logits(model: &Transformer, prompt: &[u32]) -> Vec<f32> {
     let mut cache = model.new_cache();
-    let logits = model.forward(&mut [ForwardChunk { cache: &mut cache, tokens: prompt, all_logits: true }]).expect("forward");
+    let logits =
+        model.forward(&mut [ForwardChunk { cache: &mut cache, tokens: prompt, all_logits: true }]).expect("forward");
     logits.chunk(0).to_vec()
 }
 
@@ -81,7 +82,7 @@ fn worst_top_difference(got: &[f32], want: &[f32], vocab: usize, top: usize) -> 
     let mut worst = 0f32;
     for (g, w) in got.chunks_exact(vocab).zip(want.chunks_exact(vocab)) {
         let mut order: Vec<usize> = (0..vocab).collect();
-        order.sort_by(|&a, &b| w[b].total_cmp(&w[a]));
+        order.select_nth_unstable_by(top, |&a, &b| w[b].total_cmp(&w[a]));
         for &i in &order[..top] {
             worst = worst.max((g[i] - w[i]).abs());
         }
@@ -93,11 +94,13 @@ fn worst_top_difference(got: &[f32], want: &[f32], vocab: usize, top: usize) -> 
 fn greedy(model: &Transformer, loader: &ModelLoader, prompt: &[u32], max: usize) -> Vec<u32> {
     let tokenizer = loader.info().tokenizer.clone();
     let mut cache = model.new_cache();
-    let first = model.forward(&mut [ForwardChunk { cache: &mut cache, tokens: prompt, all_logits: false }]).expect("forward");
+    let first =
+        model.forward(&mut [ForwardChunk { cache: &mut cache, tokens: prompt, all_logits: false }]).expect("forward");
     let mut out = vec![argmax(first.last_row(0))];
     while out.len() < max && !tokenizer.is_stop(*out.last().expect("a token")) {
         let last = [*out.last().expect("a token")];
-        let step = model.forward(&mut [ForwardChunk { cache: &mut cache, tokens: &last, all_logits: false }]).expect("decode");
+        let step =
+            model.forward(&mut [ForwardChunk { cache: &mut cache, tokens: &last, all_logits: false }]).expect("decode");
         out.push(argmax(step.last_row(0)));
     }
     out
@@ -128,13 +131,24 @@ fn default_model_as_f32_checkpoint_is_the_same_model() {
 
     // Tokenizer: the golden texts and a few harder ones, with and without special tokens.
     let (gt, ht) = (&gguf_info.tokenizer, &hf_info.tokenizer);
-    assert_eq!((gt.bos_id(), gt.eos_id(), gt.add_bos(), gt.stop_ids()), (ht.bos_id(), ht.eos_id(), ht.add_bos(), ht.stop_ids()));
+    assert_eq!(
+        (gt.bos_id(), gt.eos_id(), gt.add_bos(), gt.stop_ids()),
+        (ht.bos_id(), ht.eos_id(), ht.add_bos(), ht.stop_ids())
+    );
     assert_eq!(gt.vocab_size(), ht.vocab_size());
     let golden = golden();
-    let mut corpus: Vec<String> =
-        golden["texts"].as_array().expect("texts").iter().map(|t| t["text"].as_str().expect("text").to_string()).collect();
-    corpus.extend(golden["chats"].as_array().expect("chats").iter().map(|c| c["prompt"].as_str().expect("prompt").to_string()));
-    corpus.extend(["<|im_start|>user\n hi<|im_end|>", "  \n\n\t x", "ÀÉÎ õü 𝔘𝔫𝔦", "<|endoftext|><unk>"].map(String::from));
+    let mut corpus: Vec<String> = golden["texts"]
+        .as_array()
+        .expect("texts")
+        .iter()
+        .map(|t| t["text"].as_str().expect("text").to_string())
+        .collect();
+    corpus.extend(
+        golden["chats"].as_array().expect("chats").iter().map(|c| c["prompt"].as_str().expect("prompt").to_string()),
+    );
+    corpus.extend(
+        ["<|im_start|>user\n hi<|im_end|>", "  \n\n\t x", "ÀÉÎ õü 𝔘𝔫𝔦", "<|endoftext|><unk>"].map(String::from),
+    );
     for text in &corpus {
         for special in [false, true] {
             let ids = gt.encode(text, special).expect("encode");
@@ -144,11 +158,17 @@ fn default_model_as_f32_checkpoint_is_the_same_model() {
     }
 
     // Chat template: the golden conversations and a few more, byte for byte.
-    let (gtpl, htpl) = (gguf_info.chat_template.as_ref().expect("template"), hf_info.chat_template.as_ref().expect("template"));
+    let (gtpl, htpl) =
+        (gguf_info.chat_template.as_ref().expect("template"), hf_info.chat_template.as_ref().expect("template"));
     assert_eq!(gtpl.source(), htpl.source());
-    let mut conversations: Vec<Vec<ChatMessage>> = golden["chats"].as_array().expect("chats").iter().map(messages).collect();
+    let mut conversations: Vec<Vec<ChatMessage>> =
+        golden["chats"].as_array().expect("chats").iter().map(messages).collect();
     conversations.push(vec![ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Hi")]);
-    conversations.push(vec![ChatMessage::new("user", "1"), ChatMessage::new("assistant", "2"), ChatMessage::new("user", "3")]);
+    conversations.push(vec![
+        ChatMessage::new("user", "1"),
+        ChatMessage::new("assistant", "2"),
+        ChatMessage::new("user", "3"),
+    ]);
     for conversation in &conversations {
         for generation_prompt in [true, false] {
             assert_eq!(
@@ -161,10 +181,18 @@ fn default_model_as_f32_checkpoint_is_the_same_model() {
     // Logits and the golden greedy continuations.
     let (gguf_model, hf_model) = (load(&gguf), load(&hf));
     let vocab = gguf_info.config.vocab_size;
-    for chat in golden["chats"].as_array().expect("chats") {
+    // Two of the four golden chats (37 and 63 tokens; continuations of 8 and 21) keep the
+    // test short; the other two are rendered and tokenized above.
+    let compared = ["capital", "multi_turn"];
+    let chats = golden["chats"].as_array().expect("chats");
+    for chat in chats.iter().filter(|c| compared.contains(&c["name"].as_str().unwrap_or(""))) {
         let name = chat["name"].as_str().expect("name");
         let prompt = ids(&chat["ids"]);
-        assert_eq!(ht.encode_prompt(chat["prompt"].as_str().expect("prompt")).expect("encode"), prompt, "{name}: prompt ids");
+        assert_eq!(
+            ht.encode_prompt(chat["prompt"].as_str().expect("prompt")).expect("encode"),
+            prompt,
+            "{name}: prompt ids"
+        );
         let worst = worst_top_difference(&logits(&hf_model, &prompt), &logits(&gguf_model, &prompt), vocab, 10);
         eprintln!("f32 {name}: worst top-10 |Δlogit| {worst:.2e}");
         assert!(worst <= F32_TOLERANCE, "{name}: logits differ by {worst}");
@@ -252,10 +280,15 @@ fn every_family_exports_and_loads_with_the_same_logits() {
     for case in CASES {
         let gguf_path = case_file(&case, &dir.0);
         let out = dir.0.join(case.name);
-        write_checkpoint(&gguf_path, &out, HfExport::default()).unwrap_or_else(|e| panic!("{}: export: {e}", case.name));
+        write_checkpoint(&gguf_path, &out, HfExport::default())
+            .unwrap_or_else(|e| panic!("{}: export: {e}", case.name));
         let (gguf, hf) = (open(&gguf_path), open(&out));
         assert_eq!(hf.info().config, as_hf(&gguf.info().config), "{}: configuration", case.name);
-        let prompt = gguf.info().tokenizer.encode_prompt("The quick brown fox jumps over the lazy dog, again and again.").expect("encode");
+        let prompt = gguf
+            .info()
+            .tokenizer
+            .encode_prompt("The quick brown fox jumps over the lazy dog, again and again.")
+            .expect("encode");
         let vocab = gguf.info().config.vocab_size;
         let (want, got) = (logits(&load(&gguf), &prompt), logits(&load(&hf), &prompt));
         let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);

@@ -32,13 +32,15 @@ impl Drop for TempDir {
 
 /// The id `/v1/models` lists first.
 async fn served_name(server: &Server) -> String {
-    let models: Value = client().get(server.url(routes::MODELS)).send().await.expect("models").json().await.expect("json");
+    let models: Value =
+        client().get(server.url(routes::MODELS)).send().await.expect("models").json().await.expect("json");
     models["data"][0]["id"].as_str().expect("a model id").to_string()
 }
 
 async fn capital(server: &Server) -> Value {
     let chat = golden_chat("capital");
-    let body = json!({"model": served_name(server).await, "messages": chat["messages"], "temperature": 0, "max_tokens": 24});
+    let body =
+        json!({"model": served_name(server).await, "messages": chat["messages"], "temperature": 0, "max_tokens": 24});
     let (status, answer) = server.post_json(routes::CHAT_COMPLETIONS, &body).await;
     assert_eq!(status, 200, "{answer}");
     answer
@@ -54,7 +56,9 @@ async fn an_exported_checkpoint_serves_what_the_gguf_file_serves() {
         .status()
         .expect("run export-hf");
     assert!(status.success(), "export-hf failed: {status}");
-    for file in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    for file in
+        ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
+    {
         assert!(dir.0.join(file).is_file(), "{file} was not written");
     }
 
@@ -92,7 +96,8 @@ fn a_directory_that_is_not_a_checkpoint_fails_naming_the_file() {
     std::fs::create_dir_all(&dir.0).expect("mkdir");
     std::fs::write(dir.0.join("config.json"), "{}").expect("write");
     let stderr = serve_fails(&dir);
-    for needle in ["tokenizer.json", "model.safetensors", "neither a GGUF file nor a complete Hugging Face checkpoint"] {
+    for needle in ["tokenizer.json", "model.safetensors", "neither a GGUF file nor a complete Hugging Face checkpoint"]
+    {
         assert!(stderr.contains(needle), "stderr should mention `{needle}`:\n{stderr}");
     }
 

@@ -11,7 +11,9 @@
 
 use serde_json::{Value, json};
 
-use super::{Family, FamilyKind, Role, TensorDecl, hf_name, llama, llama_block, outer_tensors, read_sliding_window, u32_value};
+use super::{
+    Family, FamilyKind, Role, TensorDecl, hf_name, llama, llama_block, outer_tensors, read_sliding_window, u32_value,
+};
 use crate::config::{Activation, ModelConfig, RopeLayout};
 use crate::error::{ModelError, Result};
 use crate::gguf::{Metadata, MetadataValue};
@@ -114,7 +116,10 @@ impl Family for Gemma3 {
                     types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect()
                 }
                 Some(_) => return Err(json.error("layer_types", format!("expected {} layer types", c.num_layers))),
-                None => period_pattern(json.opt_usize("sliding_window_pattern")?.unwrap_or(DEFAULT_PATTERN), c.num_layers),
+                None => {
+                    let period = json.opt_usize("sliding_window_pattern")?.unwrap_or(DEFAULT_PATTERN);
+                    period_pattern(period, c.num_layers)
+                }
             };
             c.rope_theta_local = Some(json.local_rope_theta()?.unwrap_or(DEFAULT_LOCAL_THETA));
         }
@@ -129,8 +134,9 @@ impl Family for Gemma3 {
         let scalar = if (scalar - scalar.round()).abs() < 1e-6 { json!(scalar.round() as u64) } else { json!(scalar) };
         map.insert("query_pre_attn_scalar".into(), scalar);
         map.insert("sliding_window".into(), json!(c.sliding_window));
+        let sliding = |&s: &bool| s && c.sliding_window.is_some();
         let types: Vec<_> =
-            c.sliding.iter().map(|&s| if s && c.sliding_window.is_some() { "sliding_attention" } else { "full_attention" }).collect();
+            c.sliding.iter().map(|s| if sliding(s) { "sliding_attention" } else { "full_attention" }).collect();
         map.insert("layer_types".into(), json!(types));
         map.insert("rope_local_base_freq".into(), json!(c.rope_theta_local.unwrap_or(DEFAULT_LOCAL_THETA)));
         map.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));

@@ -80,14 +80,16 @@ impl Family for Llama {
     /// and reading the rows as they are is cheaper than permuting them at load.
     fn hf_config(&self, json: &ConfigJson, has_tensor: &dyn Fn(&str) -> bool) -> Result<ModelConfig> {
         let mut c = read_common(FamilyKind::Llama, json, false)?;
-        c.qkv_bias = json.opt_bool("attention_bias")?.unwrap_or(false) || has_tensor("model.layers.0.self_attn.q_proj.bias");
+        c.qkv_bias =
+            json.opt_bool("attention_bias")?.unwrap_or(false) || has_tensor("model.layers.0.self_attn.q_proj.bias");
         c.sliding_window = json.opt_usize("sliding_window")?.filter(|&w| w > 0);
         c.sliding = vec![c.sliding_window.is_some(); c.num_layers];
         Ok(c)
     }
 
     fn hf_config_json(&self, c: &ModelConfig) -> Result<JsonMap> {
-        let (model_type, class) = if c.sliding_window.is_some() { ("mistral", "MistralForCausalLM") } else { ("llama", "LlamaForCausalLM") };
+        let (model_type, class) =
+            if c.sliding_window.is_some() { ("mistral", "MistralForCausalLM") } else { ("llama", "LlamaForCausalLM") };
         let mut map = common_json(c, model_type, class)?;
         map.insert("attention_bias".into(), json!(c.qkv_bias));
         map.insert("sliding_window".into(), json!(c.sliding_window));

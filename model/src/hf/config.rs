@@ -59,7 +59,11 @@ impl ConfigJson {
 
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         self.get(key)
-            .map(|v| v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| self.error(key, format!("{v} is not a count"))))
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| self.error(key, format!("{v} is not a count")))
+            })
             .transpose()
     }
 
@@ -107,10 +111,13 @@ impl ConfigJson {
         if let Some(theta) = self.opt_f64("rope_theta")? {
             return Ok(Some(theta));
         }
-        let nested = self.get("rope_parameters").and_then(Value::as_object).and_then(|p| {
-            p.get("full_attention").and_then(|f| f.get("rope_theta")).or_else(|| p.get("rope_theta"))
-        });
-        nested.map(|v| v.as_f64().ok_or_else(|| self.error("rope_parameters.rope_theta", "is not a number"))).transpose()
+        let nested = self
+            .get("rope_parameters")
+            .and_then(Value::as_object)
+            .and_then(|p| p.get("full_attention").and_then(|f| f.get("rope_theta")).or_else(|| p.get("rope_theta")));
+        nested
+            .map(|v| v.as_f64().ok_or_else(|| self.error("rope_parameters.rope_theta", "is not a number")))
+            .transpose()
     }
 
     /// The RoPE base of sliding-window layers (Gemma 3): `rope_local_base_freq`, or
@@ -121,7 +128,9 @@ impl ConfigJson {
         }
         let nested = self.get("rope_parameters").and_then(|p| p.get("sliding_attention")?.get("rope_theta"));
         nested
-            .map(|v| v.as_f64().ok_or_else(|| self.error("rope_parameters.sliding_attention.rope_theta", "is not a number")))
+            .map(|v| {
+                v.as_f64().ok_or_else(|| self.error("rope_parameters.sliding_attention.rope_theta", "is not a number"))
+            })
             .transpose()
     }
 }
@@ -139,8 +148,12 @@ pub struct Llama3Scaling {
 
 impl Llama3Scaling {
     /// Llama 3.1's (and 3.2's, with `factor` 32) values, the ones export tries.
-    pub const LLAMA_3_1: Llama3Scaling =
-        Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 };
+    pub const LLAMA_3_1: Llama3Scaling = Llama3Scaling {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192.0,
+    };
 
     /// The divisor of each of the `head_dim / 2` frequencies of base `theta`, as llama.cpp's
     /// converter computes `rope_freqs.weight`.
@@ -199,7 +212,10 @@ fn rope_scaling(json: &ConfigJson) -> Result<RopeScaling> {
     let key = if json.get("rope_scaling").is_some() { "rope_scaling" } else { "rope_parameters" };
     let kind = params.get("rope_type").or_else(|| params.get("type")).and_then(Value::as_str).unwrap_or("default");
     let number = |name: &str| -> Result<f64> {
-        params.get(name).and_then(Value::as_f64).ok_or_else(|| json.error(&format!("{key}.{name}"), "missing or not a number"))
+        params
+            .get(name)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| json.error(&format!("{key}.{name}"), "missing or not a number"))
     };
     match kind {
         "default" => Ok(RopeScaling::None),
@@ -239,17 +255,24 @@ pub fn read_common(family: FamilyKind, json: &ConfigJson, tied_default: bool) ->
     if num_heads == 0 {
         return Err(json.error("num_attention_heads", "must be positive"));
     }
-    let num_kv_heads = if json.get("num_key_value_heads").is_some() { bounded("num_key_value_heads", MAX_COUNT)? } else { num_heads };
-    let head_dim = if json.get("head_dim").is_some() { bounded("head_dim", MAX_DIMENSION)? } else { hidden_size / num_heads };
+    let num_kv_heads =
+        if json.get("num_key_value_heads").is_some() { bounded("num_key_value_heads", MAX_COUNT)? } else { num_heads };
+    let head_dim =
+        if json.get("head_dim").is_some() { bounded("head_dim", MAX_DIMENSION)? } else { hidden_size / num_heads };
     let nested_factor = json.rope_parameters().and_then(|p| p.get("partial_rotary_factor")).and_then(Value::as_f64);
     if let Some(factor) = json.opt_f64("partial_rotary_factor")?.or(nested_factor)
         && factor != 1.0
     {
-        return Err(json.error("partial_rotary_factor", format!("{factor}: partial rotary embeddings are not supported")));
+        return Err(
+            json.error("partial_rotary_factor", format!("{factor}: partial rotary embeddings are not supported"))
+        );
     }
     let num_layers = bounded("num_hidden_layers", MAX_COUNT)?;
-    let context_length =
-        if json.get("max_position_embeddings").is_some() { bounded("max_position_embeddings", MAX_DIMENSION)? } else { 2048 };
+    let context_length = if json.get("max_position_embeddings").is_some() {
+        bounded("max_position_embeddings", MAX_DIMENSION)?
+    } else {
+        2048
+    };
     let (rope_linear_scale, rope_freq_factors) = match rope_scaling(json)? {
         RopeScaling::None => (1.0, false),
         RopeScaling::Linear(factor) => (factor, false),

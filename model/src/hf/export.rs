@@ -188,7 +188,8 @@ fn tokenizer_json(tokenizer: &Tokenizer) -> Result<String> {
     let (true, Some(bos_id), Some(bos)) = (tokenizer.add_bos(), tokenizer.bos_id(), tokenizer.bos_token_text()) else {
         return Ok(text);
     };
-    let mut value: Value = serde_json::from_str(&text).map_err(|e| ModelError::Tokenizer(format!("serialized: {e}")))?;
+    let mut value: Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::Tokenizer(format!("serialized: {e}")))?;
     if value.get("post_processor").is_some_and(|p| !p.is_null()) {
         return Ok(text);
     }
@@ -261,7 +262,10 @@ fn write_weights(file: &GgufFile, c: &ModelConfig, decls: &[TensorDecl], out: &P
 fn encode(file: &GgufFile, c: &ModelConfig, decl: &TensorDecl, dtype: HfDtype) -> Result<Encoded> {
     let (dims, mut values) = file.f32_tensor(&decl.name)?;
     if dims != decl.dims {
-        return Err(ModelError::tensor(&decl.name, format!("has dims {dims:?}, the configuration implies {:?}", decl.dims)));
+        return Err(ModelError::tensor(
+            &decl.name,
+            format!("has dims {dims:?}, the configuration implies {:?}", decl.dims),
+        ));
     }
     let offset = c.family.family().hf_norm_offset();
     if decl.role.is_norm() && offset != 0.0 {
@@ -277,7 +281,11 @@ fn encode(file: &GgufFile, c: &ModelConfig, decl: &TensorDecl, dtype: HfDtype) -
             values = rotate_half_order(&values, *dims.last().unwrap_or(&1), heads);
         }
     }
-    Ok(Encoded { dtype: dtype.safetensors(), shape: dims.iter().rev().copied().collect(), bytes: dtype.encode(&values) })
+    Ok(Encoded {
+        dtype: dtype.safetensors(),
+        shape: dims.iter().rev().copied().collect(),
+        bytes: dtype.encode(&values),
+    })
 }
 
 /// Undoes the GGUF converters' q/k permutation: in each head of `rows / heads` rows, row

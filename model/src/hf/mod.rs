@@ -112,7 +112,10 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let path = dir.join(file);
         if !files.contains(&path) {
             if !path.is_file() {
-                return Err(ModelError::checkpoint(&index, format!("lists shard `{file}` (for `{tensor}`), which is missing")));
+                return Err(ModelError::checkpoint(
+                    &index,
+                    format!("lists shard `{file}` (for `{tensor}`), which is missing"),
+                ));
             }
             files.push(path);
         }

@@ -60,8 +60,13 @@ impl Shards {
             let data_start = 8 + header_len;
             for (name, info) in metadata.tensors() {
                 let (start, end) = info.data_offsets;
-                let stored =
-                    Stored { file, dtype: info.dtype, shape: info.shape.clone(), start: data_start + start, end: data_start + end };
+                let stored = Stored {
+                    file,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    start: data_start + start,
+                    end: data_start + end,
+                };
                 by_name.insert(name, stored);
             }
             maps.push(map);
@@ -74,7 +79,8 @@ impl Shards {
     }
 
     fn file_list(&self) -> String {
-        let names: Vec<_> = self.paths.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+        let names: Vec<_> =
+            self.paths.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
         names.join(", ")
     }
 }
@@ -100,7 +106,12 @@ pub struct HfWeights {
 impl HfWeights {
     /// Looks up every tensor `family` declares for `config`; `rope_freqs`: the divisors
     /// `config.json` implies, if it asks for Llama 3 scaling.
-    pub fn new(shards: Shards, family: &dyn Family, config: &ModelConfig, rope_freqs: Option<Vec<f32>>) -> Result<HfWeights> {
+    pub fn new(
+        shards: Shards,
+        family: &dyn Family,
+        config: &ModelConfig,
+        rope_freqs: Option<Vec<f32>>,
+    ) -> Result<HfWeights> {
         let mut entries = HashMap::new();
         for decl in family.tensors(config) {
             if decl.name == ROPE_FREQS {
@@ -172,10 +183,12 @@ impl WeightSource for HfWeights {
             return Ok((vec![divisors.len()], divisors.clone()));
         }
         let entry = self.entry(name)?;
-        let ggml = ggml_type(entry.stored.dtype).ok_or_else(|| ModelError::Internal(format!("{name}: unchecked dtype")))?;
+        let ggml =
+            ggml_type(entry.stored.dtype).ok_or_else(|| ModelError::Internal(format!("{name}: unchecked dtype")))?;
         let mut out = vec![0f32; entry.dims.iter().product()];
-        dequantize(ggml, self.bytes(entry), &mut out)
-            .map_err(|e| ModelError::checkpoint(&self.shards.paths[entry.stored.file], format!("tensor `{}`: {e}", entry.hf_name)))?;
+        dequantize(ggml, self.bytes(entry), &mut out).map_err(|e| {
+            ModelError::checkpoint(&self.shards.paths[entry.stored.file], format!("tensor `{}`: {e}", entry.hf_name))
+        })?;
         if entry.offset != 0.0 {
             out.iter_mut().for_each(|v| *v += entry.offset);
         }
@@ -195,7 +208,11 @@ impl WeightSource for HfWeights {
             }
             _ => {
                 let (dims, values) = self.f32_tensor(name)?;
-                Ok(RawTensor { dims, ggml_type: GgmlType::F32, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() })
+                Ok(RawTensor {
+                    dims,
+                    ggml_type: GgmlType::F32,
+                    bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                })
             }
         }
     }

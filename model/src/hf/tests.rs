@@ -35,7 +35,8 @@ impl Checkpoint {
     }
 
     fn edit_config(&self, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) {
-        let mut config: Value = serde_json::from_str(&std::fs::read_to_string(self.path(CONFIG)).expect("read")).expect("json");
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.path(CONFIG)).expect("read")).expect("json");
         edit(config.as_object_mut().expect("object"));
         self.write(CONFIG, &config.to_string());
     }
@@ -94,7 +95,10 @@ fn assert_names(err: &ModelError, words: &[&str]) {
 #[test]
 fn a_complete_checkpoint_opens_and_loads() {
     let c = checkpoint("complete");
-    c.write(GENERATION_CONFIG, r#"{"temperature": 0.6, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.1, "eos_token_id": [5, 3]}"#);
+    c.write(
+        GENERATION_CONFIG,
+        r#"{"temperature": 0.6, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.1, "eos_token_id": [5, 3]}"#,
+    );
     let loader = ModelLoader::open(c.0.to_str().expect("utf-8")).expect("open");
     let info = loader.info();
     assert_eq!(info.name, c.0.file_name().expect("name").to_string_lossy());
@@ -113,10 +117,17 @@ fn chat_template_comes_from_tokenizer_config_a_string_or_the_default_of_a_list()
     c.write(TOKENIZER_CONFIG, &json!({ "chat_template": "A{{ messages[0]['content'] }}" }).to_string());
     let render = |c: &Checkpoint| {
         let info = ModelLoader::open(c.0.to_str().expect("utf-8")).expect("open").info();
-        info.chat_template.as_ref().expect("template").render(&[crate::chat_template::ChatMessage::new("user", "x")], false).expect("render")
+        info.chat_template
+            .as_ref()
+            .expect("template")
+            .render(&[crate::chat_template::ChatMessage::new("user", "x")], false)
+            .expect("render")
     };
     assert_eq!(render(&c), "Ax");
-    let named = json!({ "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D{{ messages[0]['content'] }}"}] });
+    let named = json!({ "chat_template": [
+        {"name": "tool_use", "template": "T"},
+        {"name": "default", "template": "D{{ messages[0]['content'] }}"},
+    ] });
     c.write(TOKENIZER_CONFIG, &named.to_string());
     assert_eq!(render(&c), "Dx");
     // `do_sample: false` is greedy decoding.
@@ -132,7 +143,10 @@ fn a_directory_without_the_checkpoint_files_says_what_is_missing() {
     std::fs::remove_file(c.path(TOKENIZER)).expect("rm");
     let err = c.open_err();
     assert!(matches!(err, ModelError::Checkpoint { .. }), "{err:?}");
-    assert_names(&err, &["neither a GGUF file nor a complete Hugging Face checkpoint", "tokenizer.json", "model.safetensors"]);
+    assert_names(
+        &err,
+        &["neither a GGUF file nor a complete Hugging Face checkpoint", "tokenizer.json", "model.safetensors"],
+    );
 }
 
 #[test]
