@@ -98,6 +98,7 @@ impl Family for Gemma3 {
     /// layers from `layer_types`, else `sliding_window_pattern`; the attention scale from
     /// `query_pre_attn_scalar`; the sliding layers' RoPE base `rope_local_base_freq`.
     fn hf_config(&self, json: &ConfigJson, _has_tensor: &dyn Fn(&str) -> bool) -> Result<ModelConfig> {
+        let json = &json.with_defaults(&hf_text_defaults(json.get("rope_parameters").is_none()));
         let mut c = read_common(FamilyKind::Gemma3, json, true)?;
         c.activation = Activation::GeluTanh;
         c.embedding_scale = (c.hidden_size as f64).sqrt();
@@ -150,6 +151,25 @@ impl Family for Gemma3 {
     fn hf_norm_offset(&self) -> f32 {
         1.0
     }
+}
+
+/// `Gemma3TextConfig`'s defaults for the keys multimodal checkpoints (Gemma 3 4B and up)
+/// leave out of `text_config`; the RoPE bases only where no `rope_parameters` gives them.
+fn hf_text_defaults(rope_bases: bool) -> Vec<(&'static str, Value)> {
+    let mut defaults = vec![
+        ("vocab_size", json!(262_208)),
+        ("num_attention_heads", json!(8)),
+        ("num_key_value_heads", json!(4)),
+        ("head_dim", json!(256)),
+        ("rms_norm_eps", json!(1e-6)),
+        ("max_position_embeddings", json!(131_072)),
+        ("query_pre_attn_scalar", json!(256)),
+        ("sliding_window", json!(4096)),
+    ];
+    if rope_bases {
+        defaults.extend([("rope_theta", json!(1_000_000.0)), ("rope_local_base_freq", json!(DEFAULT_LOCAL_THETA))]);
+    }
+    defaults
 }
 
 /// Which layers slide: `attention.sliding_window_pattern` as one flag per layer, or as a

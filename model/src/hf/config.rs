@@ -47,6 +47,18 @@ impl ConfigJson {
         &self.path
     }
 
+    /// These keys, plus `defaults` for those absent: what `transformers` assumes for a
+    /// config class's missing keys, which multimodal checkpoints rely on in `text_config`.
+    pub fn with_defaults(&self, defaults: &[(&str, Value)]) -> ConfigJson {
+        let mut merged = self.clone();
+        for (key, value) in defaults {
+            if merged.get(key).is_none() {
+                merged.keys.insert(key.to_string(), value.clone());
+            }
+        }
+        merged
+    }
+
     /// An error about `key` of this file.
     pub fn error(&self, key: &str, problem: impl std::fmt::Display) -> ModelError {
         ModelError::checkpoint(&self.path, format!("`{}{key}`: {problem}", self.prefix))

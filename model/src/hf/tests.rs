@@ -327,3 +327,26 @@ fn transformers_5_configs_with_rope_parameters_read_the_same() {
     let err = Phi3.hf_config(&json, &|_| true).expect_err("partial rotary");
     assert_names(&err, &["config.json", "partial_rotary_factor", "0.75"]);
 }
+
+#[test]
+fn a_multimodal_gemma3_config_reads_its_text_config_with_the_class_defaults() {
+    use super::config::ConfigJson;
+    use crate::arch::gemma3::Gemma3;
+    // As Gemma 3 4B's config.json has it: most text keys left to Gemma3TextConfig's defaults.
+    let text = json!({
+        "model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+        "text_config": {
+            "model_type": "gemma3_text", "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34,
+            "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024
+        },
+        "vision_config": {"model_type": "siglip_vision_model"}
+    });
+    let json = ConfigJson::parse(Path::new("config.json"), &text.to_string()).expect("parse").text_model();
+    assert_eq!(json.model_type().expect("model_type"), "gemma3_text");
+    let c = Gemma3.hf_config(&json, &|_| true).expect("config");
+    assert_eq!((c.vocab_size, c.num_heads, c.num_kv_heads, c.head_dim), (262_208, 8, 4, 256));
+    assert_eq!((c.rope_theta, c.rope_theta_local, c.rope_linear_scale), (1e6, Some(1e4), 8.0));
+    assert_eq!((c.sliding_window, c.context_length), (Some(1024), 131_072));
+    assert_eq!(c.sliding.iter().filter(|&&s| !s).count(), 5, "one full-attention layer in six: {:?}", c.sliding);
+    assert!(!c.sliding[5] && c.sliding[4]);
+}
