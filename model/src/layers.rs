@@ -179,13 +179,11 @@ impl AttentionWeights {
         let (q, k, v) = match &self.qkv {
             Qkv::Separate { q, k, v } => (q.forward(h.clone())?, k.forward(h.clone())?, v.forward(h)?),
             Qkv::Fused(qkv) => {
-                let all = qkv.forward(h)?;
-                let (qd, kvd) = (c.q_dim(), c.kv_dim());
-                (
-                    all.clone().slice([0..n, 0..qd]),
-                    all.clone().slice([0..n, qd..qd + kvd]),
-                    all.slice([0..n, qd + kvd..qd + 2 * kvd]),
-                )
+                let mut parts = qkv.forward_split(h, &[c.q_dim(), c.kv_dim(), c.kv_dim()])?.into_iter();
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(q), Some(k), Some(v)) => (q, k, v),
+                    _ => return Err(ModelError::Internal("q/k/v split into fewer than three parts".into())),
+                }
             }
         };
         let q = q.reshape([n, c.num_heads, c.head_dim]);
@@ -260,10 +258,12 @@ impl FeedForward {
         let (gate, up) = match &self.gate_up {
             GateUp::Separate { gate, up } => (gate.forward(h.clone())?, up.forward(h)?),
             GateUp::Fused(both) => {
-                let all = both.forward(h)?;
-                let [n, width] = all.dims();
-                let ff = width / 2;
-                (all.clone().slice([0..n, 0..ff]), all.slice([0..n, ff..width]))
+                let ff = both.out_features() / 2;
+                let mut parts = both.forward_split(h, &[ff, ff])?.into_iter();
+                match (parts.next(), parts.next()) {
+                    (Some(gate), Some(up)) => (gate, up),
+                    _ => return Err(ModelError::Internal("gate/up split into fewer than two parts".into())),
+                }
             }
         };
         let gated = match self.activation {

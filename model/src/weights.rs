@@ -172,6 +172,78 @@ impl LinearWeight {
         Ok(LinearWeight::Dense { weight, bias })
     }
 
+    /// The number of outputs.
+    pub fn out_features(&self) -> usize {
+        match self {
+            LinearWeight::Dense { weight, .. } => weight.dims()[1],
+            LinearWeight::Quantized { matrix, .. } => matrix.rows(),
+        }
+    }
+
+    /// `x: [n, in]` → one `[n, width]` tensor per entry of `widths` (which sum to `out`): the
+    /// outputs of a layer made by [`LinearWeight::concat_outputs`], taken apart. Quantized
+    /// layers split on the host, so each part is a contiguous tensor (a slice of the joined
+    /// output would be a strided view, copied element by element by every later op).
+    pub fn forward_split(&self, x: Tensor<2>, widths: &[usize]) -> Result<Vec<Tensor<2>>> {
+        let mismatch = |out: usize| ModelError::Internal(format!("splitting {out} outputs into {widths:?}"));
+        match self {
+            LinearWeight::Dense { .. } => {
+                let out = self.out_features();
+                if widths.iter().sum::<usize>() != out {
+                    return Err(mismatch(out));
+                }
+                let all = self.forward(x)?;
+                let n = all.dims()[0];
+                let mut start = 0;
+                Ok(widths
+                    .iter()
+                    .map(|&w| {
+                        start += w;
+                        all.clone().slice([0..n, start - w..start])
+                    })
+                    .collect())
+            }
+            LinearWeight::Quantized { matrix, .. } => {
+                let rows = matrix.rows();
+                if widths.iter().sum::<usize>() != rows {
+                    return Err(mismatch(rows));
+                }
+                let device = x.device();
+                let (n, y) = self.host_forward(x)?;
+                let mut start = 0;
+                Ok(widths
+                    .iter()
+                    .map(|&w| {
+                        let part: Vec<f32> = y.chunks_exact(rows).flat_map(|row| &row[start..start + w]).copied().collect();
+                        start += w;
+                        Tensor::from_data(TensorData::new(part, [n, w]), (&device, DType::F32))
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// A quantized layer's product on the host: `(n, y[n, out])`.
+    fn host_forward(&self, x: Tensor<2>) -> Result<(usize, Vec<f32>)> {
+        let LinearWeight::Quantized { matrix, bias } = self else {
+            return Err(ModelError::Internal("host product of a dense layer".into()));
+        };
+        let [n, _] = x.dims();
+        let input = x
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| ModelError::Internal(format!("reading activations: {e:?}")))?;
+        let rows = matrix.rows();
+        let mut y = vec![0f32; n * rows];
+        matrix.matmul(&input, n, &mut y);
+        if let Some(bias) = bias {
+            for row in y.chunks_exact_mut(rows) {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }
+        }
+        Ok((n, y))
+    }
+
     /// `x: [n, in]` → `[n, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>> {
         match self {
@@ -182,22 +254,10 @@ impl LinearWeight {
                     None => y,
                 })
             }
-            LinearWeight::Quantized { matrix, bias } => {
-                let [n, _] = x.dims();
+            LinearWeight::Quantized { matrix, .. } => {
                 let device = x.device();
-                let input = x
-                    .into_data()
-                    .try_into_vec::<f32>()
-                    .map_err(|e| ModelError::Internal(format!("reading activations: {e:?}")))?;
-                let rows = matrix.rows();
-                let mut y = vec![0f32; n * rows];
-                matrix.matmul(&input, n, &mut y);
-                if let Some(bias) = bias {
-                    for row in y.chunks_exact_mut(rows) {
-                        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-                    }
-                }
-                Ok(Tensor::from_data(TensorData::new(y, [n, rows]), (&device, DType::F32)))
+                let (n, y) = self.host_forward(x)?;
+                Ok(Tensor::from_data(TensorData::new(y, [n, matrix.rows()]), (&device, DType::F32)))
             }
         }
     }
