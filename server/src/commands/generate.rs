@@ -17,7 +17,7 @@ use stellarchat_model::weights::WeightFormat;
 #[derive(Args)]
 #[command(group = clap::ArgGroup::new("input").required(true).args(["prompt", "messages"]))]
 pub struct GenerateArgs {
-    /// Model file (.gguf) or `synthetic:<preset>`.
+    /// Model file (.gguf), a Hugging Face checkpoint folder, or `synthetic:<preset>`.
     #[arg(long, default_value = super::DEFAULT_MODEL_PATH)]
     model: String,
     /// flex, ndarray, wgpu[:cpu], vulkan, metal, cuda[:N], rocm[:N] or auto.

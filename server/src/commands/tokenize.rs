@@ -5,7 +5,7 @@ use stellarchat_model::model::ModelLoader;
 
 #[derive(Args)]
 pub struct TokenizeArgs {
-    /// Model file (.gguf) or `synthetic:<preset>`.
+    /// Model file (.gguf), a Hugging Face checkpoint folder, or `synthetic:<preset>`.
     #[arg(long, default_value = super::DEFAULT_MODEL_PATH)]
     model: String,
     /// Parse special tokens such as `<|im_start|>` instead of treating them as text.
