@@ -418,7 +418,8 @@ fn a_short_prompt_behind_a_long_one_is_prefilled_first_unless_fifo() {
     let long_prompt: Vec<u32> = (0..450).map(|i| (i * 11 % 250) as u32).collect();
     let first_steps = |policy| {
         let scheduling = Scheduling { policy, ..Scheduling::default() };
-        let engine = start("synthetic:tiny", EngineConfig { max_prefill_tokens: 32, scheduling, ..EngineConfig::default() });
+        let config = EngineConfig { max_prefill_tokens: 32, scheduling, ..EngineConfig::default() };
+        let engine = start("synthetic:tiny", config);
         let long = engine.submit(GenerateRequest::greedy(long_prompt.clone(), 1)).expect("long");
         let short = engine.submit(GenerateRequest::greedy(vec![3, 4, 5, 6, 7], 1)).expect("short");
         let (long, short) = (collect(long), collect(short));

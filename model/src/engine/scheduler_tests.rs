@@ -173,7 +173,8 @@ fn a_long_prompt_finishes_its_prefill_however_many_short_ones_keep_arriving() {
     // Aged, it gets at least half the floor each step.
     assert!(done < ageing + long.div_ceil(floor / 2) as u64, "prefilled at step {done}");
     // And the short prompts kept starting meanwhile: half of each step was theirs.
-    let shorts_done_meanwhile = aged[1..].iter().filter(|r| r.prefilled_at.is_some_and(|s| s > ageing && s <= done)).count();
+    let meanwhile = |r: &&Simulated| r.prefilled_at.is_some_and(|s| s > ageing && s <= done);
+    let shorts_done_meanwhile = aged[1..].iter().filter(meanwhile).count();
     assert!(shorts_done_meanwhile as u64 >= (done - ageing) / 8, "{shorts_done_meanwhile} short prompts");
 
     let unaged = simulate(&saturated(u64::MAX, floor), 256, 200, 4, arrivals);
