@@ -214,7 +214,10 @@ impl LinearWeight {
                 Ok(widths
                     .iter()
                     .map(|&w| {
-                        let part: Vec<f32> = y.chunks_exact(rows).flat_map(|row| &row[start..start + w]).copied().collect();
+                        let mut part = Vec::with_capacity(n * w);
+                        for row in y.chunks_exact(rows) {
+                            part.extend_from_slice(&row[start..start + w]);
+                        }
                         start += w;
                         Tensor::from_data(TensorData::new(part, [n, w]), (&device, DType::F32))
                     })
