@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 
 use burn::tensor::activation::silu;
-use burn::tensor::{DType, Device, FloatDType, Tensor};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+use rayon::prelude::*;
 
 use crate::arch::{Role, TensorDecl};
 use crate::config::{Activation, ModelConfig};
@@ -255,6 +256,25 @@ impl FeedForward {
     /// `x: [n, hidden]` (the residual stream) → what the block adds to it, `[n, hidden]`.
     pub fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>> {
         let h = self.norm.forward(x);
+        let gated = match &self.gate_up {
+            GateUp::Fused(both) if both.is_host() => {
+                let device = h.device();
+                let (n, joined) = both.host_forward(h)?;
+                let ff = both.out_features() / 2;
+                let gated = gate_host(&joined, ff, self.activation);
+                Tensor::from_data(TensorData::new(gated, [n, ff]), (&device, DType::F32))
+            }
+            _ => self.gate_device(h)?,
+        };
+        let out = self.down.forward(gated)?;
+        Ok(match &self.post_norm {
+            Some(norm) => norm.forward(out),
+            None => out,
+        })
+    }
+
+    /// `act(gate) · up` by backend ops: dense layers, whose products stay on the device.
+    fn gate_device(&self, h: Tensor<2>) -> Result<Tensor<2>> {
         let (gate, up) = match &self.gate_up {
             GateUp::Separate { gate, up } => (gate.forward(h.clone())?, up.forward(h)?),
             GateUp::Fused(both) => {
@@ -266,16 +286,51 @@ impl FeedForward {
                 }
             }
         };
-        let gated = match self.activation {
+        Ok(match self.activation {
             Activation::Silu => silu(gate),
             Activation::GeluTanh => gelu_tanh(gate),
-        } * up;
-        let out = self.down.forward(gated)?;
-        Ok(match &self.post_norm {
-            Some(norm) => norm.forward(out),
-            None => out,
-        })
+        } * up)
     }
+}
+
+/// `joined: [n, 2·ff]`, each row gate‖up → `act(gate) · up`, `[n, ff]`, row-parallel: one
+/// pass over the host product instead of splitting it into two tensors and running three
+/// or more serial backend ops over them.
+fn gate_host(joined: &[f32], ff: usize, activation: Activation) -> Vec<f32> {
+    let mut gated = vec![0f32; joined.len() / 2];
+    if ff == 0 {
+        return gated;
+    }
+    let act: fn(f32) -> f32 = match activation {
+        Activation::Silu => silu_f32,
+        Activation::GeluTanh => gelu_tanh_f32,
+    };
+    gated.par_chunks_mut(ff).zip(joined.par_chunks(2 * ff)).for_each(|(out, row)| {
+        let (gate, up) = row.split_at(ff);
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = act(g) * u;
+        }
+    });
+    gated
+}
+
+/// `x · sigmoid(x)`, with the sigmoid burn's CPU backend uses (no overflow of `exp` for
+/// large |x|), so host and backend results agree to rounding.
+fn silu_f32(x: f32) -> f32 {
+    let sigmoid = if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    };
+    x * sigmoid
+}
+
+/// [`gelu_tanh`] on one value, in the same order of operations.
+fn gelu_tanh_f32(x: f32) -> f32 {
+    let sqrt_2_over_pi = (2.0 / std::f64::consts::PI).sqrt() as f32;
+    let inner = (x + x * x * x * 0.044715) * sqrt_2_over_pi;
+    x * (inner.tanh() + 1.0) * 0.5
 }
 
 /// `0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 x³)))`, with `x³` as products: a float power
@@ -302,5 +357,42 @@ mod tests {
             let want = 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
             assert!((g as f64 - want).abs() < 1e-5, "gelu_tanh({x}) = {g}, want {want}");
         }
+    }
+
+    /// The host pass against the backend formula on the same random gate‖up rows.
+    fn host_gate_matches_backend_ops(activation: Activation) {
+        let device = burn::tensor::Device::flex();
+        let (n, ff) = (5, 37);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let joined: Vec<f32> = (0..n * 2 * ff)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 * 24.0 - 12.0
+            })
+            .collect();
+        let got = gate_host(&joined, ff, activation);
+        let all = upload(joined, [n, 2 * ff], &device, FloatDType::F32);
+        let (gate, up) = (all.clone().slice([0..n, 0..ff]), all.slice([0..n, ff..2 * ff]));
+        let act = match activation {
+            Activation::Silu => silu(gate),
+            Activation::GeluTanh => gelu_tanh(gate),
+        };
+        let want = (act * up).into_data().try_to_vec::<f32>().expect("f32");
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{activation:?} [{i}]: host {g}, backend {w}");
+        }
+    }
+
+    #[test]
+    fn host_silu_gate_matches_backend_ops() {
+        host_gate_matches_backend_ops(Activation::Silu);
+    }
+
+    #[test]
+    fn host_gelu_tanh_gate_matches_backend_ops() {
+        host_gate_matches_backend_ops(Activation::GeluTanh);
     }
 }

@@ -226,8 +226,14 @@ impl LinearWeight {
         }
     }
 
-    /// A quantized layer's product on the host: `(n, y[n, out])`.
-    fn host_forward(&self, x: Tensor<2>) -> Result<(usize, Vec<f32>)> {
+    /// Whether the product is computed on the host ([`LinearWeight::host_forward`] applies).
+    pub fn is_host(&self) -> bool {
+        matches!(self, LinearWeight::Quantized { .. })
+    }
+
+    /// A quantized layer's product on the host: `(n, y[n, out])`, row-major. Lets a caller
+    /// fuse an elementwise step into the one pass that turns it into a tensor.
+    pub fn host_forward(&self, x: Tensor<2>) -> Result<(usize, Vec<f32>)> {
         let LinearWeight::Quantized { matrix, bias } = self else {
             return Err(ModelError::Internal("host product of a dense layer".into()));
         };
