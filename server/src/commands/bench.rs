@@ -10,11 +10,16 @@
 //! The client side must stay light: on a small machine it shares the cores with the server
 //! under test, so it runs on one thread (a current-thread runtime) and parses SSE itself.
 //!
+//! In its multi-turn mode (`--conversations`, [`conversation`]) each client holds one chat
+//! that opens with a shared system prompt and sends its whole history every turn; the
+//! report adds TTFT and prompt/cached tokens per turn.
+//!
 //! As a soak test (`just soak`): `--mix` spreads requests over plain HTTP, SSE and
 //! WebSocket, `--disconnect-ratio` makes that share of clients drop the connection
 //! mid-stream, the server's RSS is printed every `--sample-interval`, and `--check-leaks`
 //! fails the run unless, after the load, the server is idle with nothing held (`monitor`).
 
+mod conversation;
 mod monitor;
 mod prompts;
 mod request;
@@ -44,6 +49,22 @@ pub struct BenchArgs {
     /// The model to request (default: the first one `GET /models` lists).
     #[arg(long)]
     model: Option<String>,
+    /// Multi-turn mode: this many chats at once, each on its own client, all opening with the
+    /// same system prompt; each turn sends the whole history, answers included.
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with_all = ["concurrency", "requests", "duration", "mix", "disconnect_ratio", "check_leaks"],
+        value_parser = clap::value_parser!(u32).range(1..=4096)
+    )]
+    conversations: Option<u32>,
+    /// Turns (requests) per conversation, in the multi-turn mode.
+    #[arg(long, default_value_t = 4, requires = "conversations", value_parser = clap::value_parser!(u32).range(1..=64))]
+    turns: u32,
+    /// Length of the shared system prompt in the multi-turn mode, in SmolLM2 tokens (about:
+    /// the text is cut by words; 0 for none).
+    #[arg(long, value_name = "TOKENS", default_value_t = 300, requires = "conversations")]
+    system_prompt_tokens: u32,
     /// Clients sending requests at the same time.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     concurrency: u32,
@@ -167,6 +188,22 @@ struct Progress {
     tokens: AtomicU64,
 }
 
+impl Progress {
+    fn started(&self) {
+        self.running.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn finished(&self, outcome: &Outcome) {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        self.done.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(s) => self.tokens.fetch_add(s.output_tokens, Ordering::Relaxed),
+            Err(RequestError::Disconnected) => self.disconnected.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.errors.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
 /// What every client needs.
 struct Shared {
     client: reqwest::Client,
@@ -187,7 +224,12 @@ type Outcome = Result<Sample, RequestError>;
 
 async fn bench(args: BenchArgs) -> Result<Report, BenchError> {
     let base = normalize_base_url(&args.base_url)?;
-    let concurrency = args.concurrency as usize;
+    let plan = args.conversations.map(|conversations| conversation::Plan {
+        conversations,
+        turns: args.turns,
+        system_prompt_tokens: args.system_prompt_tokens,
+    });
+    let concurrency = plan.map_or(args.concurrency, |p| p.conversations) as usize;
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(concurrency)
@@ -212,9 +254,10 @@ async fn bench(args: BenchArgs) -> Result<Report, BenchError> {
     }
 
     let start = Instant::now();
-    let limit = match args.duration {
-        Some(secs) => Limit::Until(start + Duration::from_secs(secs)),
-        None => Limit::Requests(args.requests.unwrap_or(4 * args.concurrency as u64)),
+    let limit = match (args.duration, plan) {
+        (Some(secs), _) => Limit::Until(start + Duration::from_secs(secs)),
+        (None, Some(p)) => Limit::Requests(u64::from(p.conversations) * u64::from(p.turns)),
+        (None, None) => Limit::Requests(args.requests.unwrap_or(4 * args.concurrency as u64)),
     };
     let info = RunInfo {
         base_url: base,
@@ -244,17 +287,14 @@ async fn bench(args: BenchArgs) -> Result<Report, BenchError> {
     let interval = Duration::from_secs(args.sample_interval);
     let (stop_sampling, stopped) = tokio::sync::oneshot::channel::<()>();
     let sampler = sampling.then(|| tokio::spawn(monitor::sample_rss(probe.clone(), start, interval, stopped)));
-    let mut clients = JoinSet::new();
-    for _ in 0..concurrency {
-        clients.spawn(client_loop(shared.clone()));
-    }
-    let mut outcomes: Vec<Outcome> = Vec::new();
-    while let Some(joined) = clients.join_next().await {
-        // A client task only ends by returning; a panic would be a bug in this file.
-        if let Ok(mut done) = joined {
-            outcomes.append(&mut done);
+    let (outcomes, multi_turn) = match plan {
+        None => (run_clients(&shared, concurrency).await, None),
+        Some(plan) => {
+            let turns = conversation::run_all(shared.clone(), plan).await;
+            let multi_turn = conversation::MultiTurn::new(plan, &turns);
+            (turns.into_iter().map(|t| t.outcome).collect(), Some(multi_turn))
         }
-    }
+    };
     let wall = start.elapsed();
     ticker.abort();
     if std::io::stderr().is_terminal() {
@@ -275,6 +315,7 @@ async fn bench(args: BenchArgs) -> Result<Report, BenchError> {
         }
     }
     let mut report = stats::report(info, &samples, &errors, tally, wall);
+    report.multi_turn = multi_turn;
     if let Some(sampler) = sampler {
         let leaks = if args.check_leaks {
             Some(monitor::check_idle(&probe, Duration::from_secs(args.settle)).await)
@@ -288,6 +329,22 @@ async fn bench(args: BenchArgs) -> Result<Report, BenchError> {
         report.soak = Some(monitor::soak_report(rss, warmup, args.max_rss_growth, leaks, report.server_errors));
     }
     Ok(report)
+}
+
+/// Runs `concurrency` clients until the limit and gathers their outcomes.
+async fn run_clients(shared: &Arc<Shared>, concurrency: usize) -> Vec<Outcome> {
+    let mut clients = JoinSet::new();
+    for _ in 0..concurrency {
+        clients.spawn(client_loop(shared.clone()));
+    }
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    while let Some(joined) = clients.join_next().await {
+        // A client task only ends by returning; a panic would be a bug in this file.
+        if let Ok(mut done) = joined {
+            outcomes.append(&mut done);
+        }
+    }
+    outcomes
 }
 
 /// One client: takes the next request number until the limit, sends, records.
@@ -304,8 +361,7 @@ async fn client_loop(shared: Arc<Shared>) -> Vec<Outcome> {
         }
         let body = request::request_body(&shared.spec, &request_prompt(shared.seed, i));
         let plan = transports::plan(shared.seed, i, &shared.mix, shared.disconnect_ratio, shared.spec.max_tokens);
-        let p = &shared.progress;
-        p.running.fetch_add(1, Ordering::Relaxed);
+        shared.progress.started();
         let (key, drop_after) = (shared.api_key.as_deref(), plan.disconnect_after);
         let outcome = match plan.transport {
             Transport::Sse => {
@@ -316,13 +372,7 @@ async fn client_loop(shared: Arc<Shared>) -> Vec<Outcome> {
             }
             Transport::Ws => transports::run_ws(&shared.ws_url, key, &body, shared.timeout, drop_after).await,
         };
-        p.running.fetch_sub(1, Ordering::Relaxed);
-        p.done.fetch_add(1, Ordering::Relaxed);
-        match &outcome {
-            Ok(s) => p.tokens.fetch_add(s.output_tokens, Ordering::Relaxed),
-            Err(RequestError::Disconnected) => p.disconnected.fetch_add(1, Ordering::Relaxed),
-            Err(_) => p.errors.fetch_add(1, Ordering::Relaxed),
-        };
+        shared.progress.finished(&outcome);
         outcomes.push(outcome);
     }
 }

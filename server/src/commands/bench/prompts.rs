@@ -210,17 +210,31 @@ pub fn prompt(index: usize) -> String {
 /// `PROMPT_COUNT` requests, so every prompt is used equally often and any prefix of the
 /// sequence has the same mix of short and long prompts on every server.
 pub fn prompt_index(seed: u64, request: u64) -> usize {
-    let n = PROMPT_COUNT as u64;
-    let round = request / n;
-    let mut order: Vec<usize> = (0..PROMPT_COUNT).collect();
-    // One generator per round: the order of round r does not depend on how many requests
-    // earlier rounds had, which keeps `prompt_index` a pure function.
+    permuted(seed, request, PROMPT_COUNT)
+}
+
+/// The short question that user message number `n` (0, 1, 2, …) of the multi-turn mode
+/// asks under `seed`: follow-ups in a chat are short, so the turns measure how the history
+/// is reused rather than the prefill of long new text. Walks seeded permutations of the
+/// questions like [`prompt_index`].
+pub fn question(seed: u64, n: u64) -> &'static str {
+    SHORT[permuted(seed, n, SHORT.len())]
+}
+
+/// Item `i` of an endless sequence of seeded permutations of `0..len`, one per round of
+/// `len` items.
+fn permuted(seed: u64, i: u64, len: usize) -> usize {
+    let n = len as u64;
+    let round = i / n;
+    let mut order: Vec<usize> = (0..len).collect();
+    // One generator per round: the order of round r does not depend on how many items
+    // earlier rounds had, which keeps this a pure function.
     let mut rng = SplitMix64(seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     for i in (1..order.len()).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         order.swap(i, j);
     }
-    order[(request % n) as usize]
+    order[(i % n) as usize]
 }
 
 #[cfg(test)]
@@ -265,5 +279,15 @@ mod tests {
         assert_ne!(a, c);
         // Rounds differ from one another too.
         assert_ne!(a[..20], a[20..]);
+    }
+
+    #[test]
+    fn questions_walk_permutations_of_the_short_ones() {
+        let mut round: Vec<&str> = (0..SHORT.len() as u64).map(|n| question(5, n)).collect();
+        round.sort_unstable();
+        let mut all = SHORT.to_vec();
+        all.sort_unstable();
+        assert_eq!(round, all);
+        assert_eq!(question(5, 3), question(5, 3));
     }
 }

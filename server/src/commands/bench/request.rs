@@ -1,12 +1,13 @@
 //! One streaming chat request, timed: the body every server gets, and the walk through its
-//! SSE reply that yields a [`Sample`] or a classified [`RequestError`].
+//! SSE reply that yields a [`Sample`] (with the answer's text, which the multi-turn mode
+//! sends back in the next turn) or a classified [`RequestError`].
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::sse::{self, Chunk, SseDecoder};
+use super::sse::{self, Chunk, Data, SseDecoder};
 use super::stats::Sample;
 
 /// The request settings shared by every request of a run.
@@ -21,9 +22,14 @@ pub struct RequestSpec {
 /// The chat request body: streaming with usage, greedy, and — for equal output lengths on
 /// every server — `ignore_eos` and an EOS ban through `logit_bias` when asked.
 pub fn request_body(spec: &RequestSpec, prompt: &str) -> Value {
+    chat_body(spec, json!([{"role": "user", "content": prompt}]))
+}
+
+/// [`request_body`] for a whole conversation: `messages` is the OpenAI messages array.
+pub fn chat_body(spec: &RequestSpec, messages: Value) -> Value {
     let mut body = json!({
         "model": spec.model,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": messages,
         "stream": true,
         "stream_options": {"include_usage": true},
         "temperature": 0,
@@ -116,7 +122,8 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Timestamps of content chunks, turned into a [`Sample`] at the end.
+/// Timestamps of content chunks, and the answer's text and usage, turned into a [`Sample`]
+/// at the end.
 #[derive(Debug)]
 pub struct Timing {
     start: Instant,
@@ -125,11 +132,34 @@ pub struct Timing {
     itls: Vec<Duration>,
     content_chunks: u64,
     completion_tokens: Option<u64>,
+    prompt_tokens: Option<u64>,
+    cached_tokens: Option<u64>,
+    text: String,
 }
 
 impl Timing {
     pub fn new(start: Instant) -> Self {
-        Timing { start, first: None, last: None, itls: Vec::new(), content_chunks: 0, completion_tokens: None }
+        Timing {
+            start,
+            first: None,
+            last: None,
+            itls: Vec::new(),
+            content_chunks: 0,
+            completion_tokens: None,
+            prompt_tokens: None,
+            cached_tokens: None,
+            text: String::new(),
+        }
+    }
+
+    /// Notes one streamed chunk that arrived at `at`: its timing, text and usage.
+    pub fn data(&mut self, at: Instant, data: &Data) {
+        self.text.push_str(&data.text);
+        if let Some(usage) = data.usage {
+            self.prompt_tokens = usage.prompt_tokens.or(self.prompt_tokens);
+            self.cached_tokens = usage.cached_tokens.or(self.cached_tokens);
+        }
+        self.chunk(at, data.content, data.usage.and_then(|u| u.completion_tokens));
     }
 
     /// Notes one chunk that arrived at `at`.
@@ -153,6 +183,9 @@ impl Timing {
             itls: self.itls,
             e2e: end.saturating_duration_since(self.start),
             output_tokens: self.completion_tokens.unwrap_or(self.content_chunks),
+            prompt_tokens: self.prompt_tokens,
+            cached_tokens: self.cached_tokens,
+            text: self.text,
         }
     }
 }
@@ -222,8 +255,8 @@ fn handle(timing: &mut Timing, event: &sse::SseEvent, at: Instant) -> Result<boo
     match sse::interpret(event).map_err(RequestError::Protocol)? {
         Chunk::Done => Ok(true),
         Chunk::Error(message) => Err(RequestError::ErrorEvent(message)),
-        Chunk::Data { content, completion_tokens } => {
-            timing.chunk(at, content, completion_tokens);
+        Chunk::Data(data) => {
+            timing.data(at, &data);
             Ok(false)
         }
     }
@@ -267,6 +300,22 @@ mod tests {
         t.chunk(at(10), true, None);
         t.chunk(at(20), false, Some(64));
         assert_eq!(t.finish(at(20)).output_tokens, 64);
+    }
+
+    #[test]
+    fn timing_keeps_the_answer_text_and_the_usage() {
+        let t0 = Instant::now();
+        let mut t = Timing::new(t0);
+        let text = |s: &str| Data { content: true, text: s.into(), usage: None };
+        t.data(t0, &Data::default());
+        t.data(t0 + Duration::from_millis(30), &text("Hel"));
+        t.data(t0 + Duration::from_millis(40), &text("lo!"));
+        let usage = sse::Usage { prompt_tokens: Some(120), completion_tokens: Some(2), cached_tokens: Some(64) };
+        t.data(t0 + Duration::from_millis(41), &Data { content: false, text: String::new(), usage: Some(usage) });
+        let s = t.finish(t0 + Duration::from_millis(42));
+        assert_eq!(s.text, "Hello!");
+        assert_eq!(s.ttft, Some(Duration::from_millis(30)));
+        assert_eq!((s.output_tokens, s.prompt_tokens, s.cached_tokens), (2, Some(120), Some(64)));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Server-Sent Events, client side: bytes in, events out, and what an OpenAI streaming
-//! chunk tells the benchmark (content or not, token usage, an error).
+//! chunk tells the benchmark (content or not, the answer text, token usage, an error).
 //!
 //! Written by hand rather than taken from a crate: the benchmark needs only the `data:` and
 //! `event:` fields, and it must not trust the server's framing (a chunk boundary may fall
@@ -101,10 +101,30 @@ pub fn parse_field(line: &str) -> (&str, &str) {
 pub enum Chunk {
     /// `[DONE]`: the stream is complete.
     Done,
-    /// A completion chunk: whether it carried generated text, and the usage if it had one.
-    Data { content: bool, completion_tokens: Option<u64> },
+    /// A completion chunk.
+    Data(Data),
     /// An error reported inside the stream.
     Error(String),
+}
+
+/// What a completion chunk carried.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Data {
+    /// Whether it carried generated output (answer or reasoning text).
+    pub content: bool,
+    /// The answer text it carried (not the reasoning): the multi-turn mode sends it back.
+    pub text: String,
+    /// The usage figures, when this was the usage chunk.
+    pub usage: Option<Usage>,
+}
+
+/// The token counts of a usage chunk; each `None` when the server left it out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    /// `prompt_tokens_details.cached_tokens`: the prompt tokens the server's cache reused.
+    pub cached_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -139,7 +159,17 @@ struct DeltaBody {
 #[derive(Deserialize)]
 struct UsageBody {
     #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
     completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetailsBody>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetailsBody {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
 }
 
 /// Interprets one event; `Err` holds a description when its data is not a chunk.
@@ -159,7 +189,17 @@ pub fn interpret(event: &SseEvent) -> Result<Chunk, String> {
     let content = body.choices.iter().any(|c| {
         non_empty(&c.text) || c.delta.as_ref().is_some_and(|d| non_empty(&d.content) || non_empty(&d.reasoning_content))
     });
-    Ok(Chunk::Data { content, completion_tokens: body.usage.and_then(|u| u.completion_tokens) })
+    let mut text = String::new();
+    for choice in &body.choices {
+        let answer = choice.delta.as_ref().and_then(|d| d.content.as_deref()).or(choice.text.as_deref());
+        text.push_str(answer.unwrap_or_default());
+    }
+    let usage = body.usage.map(|u| Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        cached_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens),
+    });
+    Ok(Chunk::Data(Data { content, text, usage }))
 }
 
 /// The `message` of an OpenAI error body (`{"error":{"message":…}}` or `{"message":…}`),
@@ -223,14 +263,24 @@ mod tests {
 
     #[test]
     fn chunks() {
+        let chunk = |content: bool, text: &str, usage: Option<Usage>| {
+            Ok(Chunk::Data(Data { content, text: text.to_string(), usage }))
+        };
         let role = r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#;
-        assert_eq!(interpret(&data(role)), Ok(Chunk::Data { content: false, completion_tokens: None }));
+        assert_eq!(interpret(&data(role)), chunk(false, "", None));
         let text = r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}],"usage":null}"#;
-        assert_eq!(interpret(&data(text)), Ok(Chunk::Data { content: true, completion_tokens: None }));
+        assert_eq!(interpret(&data(text)), chunk(true, "Hi", None));
         let legacy = r#"{"choices":[{"index":0,"text":" there"}]}"#;
-        assert_eq!(interpret(&data(legacy)), Ok(Chunk::Data { content: true, completion_tokens: None }));
+        assert_eq!(interpret(&data(legacy)), chunk(true, " there", None));
+        let thinking = r#"{"choices":[{"index":0,"delta":{"reasoning_content":"Hmm"}}]}"#;
+        assert_eq!(interpret(&data(thinking)), chunk(true, "", None));
         let usage = r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":64,"total_tokens":73}}"#;
-        assert_eq!(interpret(&data(usage)), Ok(Chunk::Data { content: false, completion_tokens: Some(64) }));
+        let counts = Usage { prompt_tokens: Some(9), completion_tokens: Some(64), cached_tokens: None };
+        assert_eq!(interpret(&data(usage)), chunk(false, "", Some(counts)));
+        let cached = r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":64,
+            "prompt_tokens_details":{"cached_tokens":4}}}"#;
+        let counts = Usage { cached_tokens: Some(4), ..counts };
+        assert_eq!(interpret(&data(cached)), chunk(false, "", Some(counts)));
         assert_eq!(interpret(&data(" [DONE] ")), Ok(Chunk::Done));
         assert!(interpret(&data("not json")).is_err());
     }

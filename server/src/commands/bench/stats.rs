@@ -16,6 +16,12 @@ pub struct Sample {
     pub e2e: Duration,
     /// From the usage chunk, else the number of content chunks.
     pub output_tokens: u64,
+    /// The usage chunk's `prompt_tokens`, and the part of them the server's cache reused
+    /// (`prompt_tokens_details.cached_tokens`), when it sent them.
+    pub prompt_tokens: Option<u64>,
+    pub cached_tokens: Option<u64>,
+    /// The answer's text as streamed (SSE and WebSocket; empty over plain HTTP).
+    pub text: String,
 }
 
 /// The `p`-th percentile (0–100) of ascending `sorted`, interpolating linearly between the
@@ -90,6 +96,9 @@ pub struct Report {
     pub ttft_ms: Option<Percentiles>,
     pub itl_ms: Option<Percentiles>,
     pub e2e_ms: Option<Percentiles>,
+    /// The multi-turn mode's figures per turn (`--conversations`), beside the totals above.
+    #[serde(flatten)]
+    pub multi_turn: Option<super::conversation::MultiTurn>,
     /// RSS curve and leak check (`--rss-pid`, `--check-leaks`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub soak: Option<super::monitor::SoakReport>,
@@ -137,6 +146,7 @@ pub fn report(info: RunInfo, samples: &[Sample], errors: &[(String, String)], ta
         ttft_ms: Percentiles::of(samples.iter().filter_map(|s| s.ttft)),
         itl_ms: Percentiles::of(samples.iter().flat_map(|s| s.itls.iter().copied())),
         e2e_ms: Percentiles::of(samples.iter().map(|s| s.e2e)),
+        multi_turn: None,
         soak: None,
     }
 }
@@ -189,6 +199,9 @@ impl std::fmt::Display for Report {
             let example = self.error_examples.get(kind).map(String::as_str).unwrap_or("");
             write!(f, "\nerror        {kind} ×{count}: {example}")?;
         }
+        if let Some(multi_turn) = &self.multi_turn {
+            write!(f, "\n{multi_turn}")?;
+        }
         if let Some(soak) = &self.soak {
             write!(f, "\n{soak}")?;
         }
@@ -228,8 +241,8 @@ mod tests {
     fn report_counts_and_rates() {
         let info = RunInfo { base_url: "u".into(), model: "m".into(), concurrency: 2, max_tokens: 4, seed: 0 };
         let samples = vec![
-            Sample { ttft: Some(ms(100)), itls: vec![ms(10), ms(20)], e2e: ms(130), output_tokens: 3 },
-            Sample { ttft: None, itls: vec![], e2e: ms(50), output_tokens: 0 },
+            Sample { ttft: Some(ms(100)), itls: vec![ms(10), ms(20)], e2e: ms(130), output_tokens: 3, ..Sample::default() },
+            Sample { ttft: None, itls: vec![], e2e: ms(50), output_tokens: 0, ..Sample::default() },
         ];
         let errors = vec![("http_429".to_string(), "queue full".to_string()), ("http_429".into(), "again".into())];
         let tally = Tally { disconnected: 1, server_errors: 0 };

@@ -153,11 +153,9 @@ async fn ws_one(
         match frame["type"].as_str() {
             Some("chat.completion.chunk") => {
                 let chunk = sse::SseEvent { event: None, data: frame["chunk"].to_string() };
-                if let sse::Chunk::Data { content, completion_tokens } =
-                    sse::interpret(&chunk).map_err(RequestError::Protocol)?
-                {
-                    timing.chunk(at, content, completion_tokens);
-                    content_chunks += u32::from(content);
+                if let sse::Chunk::Data(data) = sse::interpret(&chunk).map_err(RequestError::Protocol)? {
+                    timing.data(at, &data);
+                    content_chunks += u32::from(data.content);
                 }
                 if disconnect_after.is_some_and(|n| content_chunks >= n) {
                     // Dropped without a close frame: an abrupt end.
