@@ -215,11 +215,21 @@ async fn stream_one(
     start: Instant,
     disconnect_after: Option<u32>,
 ) -> Result<Sample, RequestError> {
-    let mut request = client.post(url).json(body);
-    if let Some(key) = api_key {
-        request = request.bearer_auth(key);
+    let send = || {
+        let request = client.post(url).json(body);
+        match api_key {
+            Some(key) => request.bearer_auth(key).send(),
+            None => request.send(),
+        }
+    };
+    let mut response = send().await;
+    for _ in 0..STALE_RETRIES {
+        match &response {
+            Err(e) if is_stale_connection(e) => response = send().await,
+            _ => break,
+        }
     }
-    let response = request.send().await?;
+    let response = response?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
@@ -248,6 +258,19 @@ async fn stream_one(
         return Ok(timing.finish(at));
     }
     Err(RequestError::Incomplete)
+}
+
+/// How many times a request is sent again after it met a connection the server had closed.
+const STALE_RETRIES: usize = 2;
+
+/// Whether sending failed because the pooled keep-alive connection it went out on had been
+/// closed by the server: llama.cpp's server closes the connection after every streamed
+/// reply although it announces `Keep-Alive`, and when the next request follows at once it
+/// can leave before the client has seen the close. The server never read that request, so
+/// sending it again on a fresh connection is safe (curl does the same). Recognised by
+/// hyper's message for it, which reqwest does not expose as a kind.
+fn is_stale_connection(e: &reqwest::Error) -> bool {
+    e.is_request() && error_chain(e).contains("connection closed before message completed")
 }
 
 /// Applies one event; `Ok(true)` at `[DONE]`.
