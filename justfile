@@ -52,7 +52,7 @@ venv:
 bench-model: weights build
     ./scripts/bench-model.sh {{target_dir}}/debug/stellarchat
 
-# Serving benchmark beside llama.cpp's server (1, 4, 16 clients); build the peer once: scripts/llamacpp-peer.sh build
+# Serving benchmark beside llama.cpp's server (1, 4, 16 clients, then 8 four-turn chats sharing a system prompt); build the peer once: scripts/llamacpp-peer.sh build
 bench: weights build
     TARGET={{target_dir}} BIN={{target_dir}}/debug/stellarchat ./scripts/bench.sh
 

@@ -5,13 +5,18 @@
 # runs `stellarchat bench` against it at each concurrency with identical settings — same
 # seeded prompts, greedy, --max-tokens, EOS ignored and banned so every request generates
 # exactly max_tokens — stops it, and prints both servers' figures with the ratio ours/theirs.
+# Then, on the same server process, the multi-turn scenario: conversations sharing a system
+# prompt, each turn sending the whole history (`stellarchat bench --conversations`), in a
+# second table per turn — what a prompt cache (llama.cpp's is on by default) changes.
 # Every server started here is stopped on exit, however the script ends.
 #
 # Usage: scripts/bench.sh            (`just bench` builds the binary first)
 # Environment (all optional):
 #   TARGET               cargo target directory            (default: ./target)
 #   BENCH_MODEL          GGUF file                          (default: weights/SmolLM2-135M-Instruct.Q4_1.gguf)
-#   BENCH_LEVELS         clients:requests pairs             (default: "1:8 4:16 16:32")
+#   BENCH_LEVELS         clients:requests pairs, empty to skip (default: "1:8 4:16 16:32")
+#   BENCH_MULTITURN      conversations:turns, empty to skip (default: "8:4")
+#   BENCH_SYSTEM_TOKENS  the scenario's system prompt       (default: 300 SmolLM2 tokens)
 #   BENCH_MAX_TOKENS     max_tokens per request             (default: 64)
 #   BENCH_SEED           prompt order                       (default: 0)
 #   BENCH_BAN_TOKENS     token ids banned by logit_bias     (default: 2, SmolLM2's <|im_end|>)
@@ -26,7 +31,9 @@ TARGET=${TARGET:-${CARGO_TARGET_DIR:-$ROOT/target}}
 BIN=${BIN:-$TARGET/debug/stellarchat}
 MODEL=${BENCH_MODEL:-$ROOT/weights/SmolLM2-135M-Instruct.Q4_1.gguf}
 PEER=${LLAMACPP_PEER:-$ROOT/scripts/llamacpp-peer.sh}
-LEVELS=${BENCH_LEVELS:-"1:8 4:16 16:32"}
+LEVELS=${BENCH_LEVELS-"1:8 4:16 16:32"}
+MULTITURN=${BENCH_MULTITURN-"8:4"}
+SYSTEM_TOKENS=${BENCH_SYSTEM_TOKENS:-300}
 MAX_TOKENS=${BENCH_MAX_TOKENS:-64}
 SEED=${BENCH_SEED:-0}
 BAN_TOKENS=${BENCH_BAN_TOKENS:-2}
@@ -113,6 +120,26 @@ run_levels() {
   done
 }
 
+# run_multiturn NAME PORT: the multi-turn scenario into $WORK/NAME-multiturn.json. It runs
+# on the server that just ran the levels rather than a fresh one: the levels' prompts share
+# only the chat template's first tokens with the scenario (they have no system prompt of
+# their own), so neither server's cache holds anything the scenario can reuse, and a
+# restart would cost each server its load time again.
+run_multiturn() {
+  local name=$1 port=$2
+  [ -n "$MULTITURN" ] || return 0
+  local conversations=${MULTITURN%%:*} turns=${MULTITURN##*:}
+  local ban=()
+  for t in $BAN_TOKENS; do ban+=(--ban-token "$t"); done
+  echo "bench: $name: $conversations conversations of $turns turns ..." >&2
+  "$BIN" bench --base-url "http://127.0.0.1:$port/v1" --conversations "$conversations" --turns "$turns" \
+    --system-prompt-tokens "$SYSTEM_TOKENS" --max-tokens "$MAX_TOKENS" --seed "$SEED" --ignore-eos "${ban[@]}" \
+    --warmup 1 --json >"$WORK/$name-multiturn.json" &
+  CLIENT=$!
+  wait "$CLIENT" || echo "bench: $name: the multi-turn scenario had failures" >&2
+  CLIENT=""
+}
+
 for server in $SERVERS; do
   case $server in
     stellarchat)
@@ -121,6 +148,7 @@ for server in $SERVERS; do
       start_server stellarchat "http://127.0.0.1:$port/ready" \
         "$BIN" serve --model "$MODEL" --host 127.0.0.1 --port "$port" --max-num-seqs "$SLOTS" ${BENCH_SERVE_ARGS:-}
       run_levels stellarchat "$port"
+      run_multiturn stellarchat "$port"
       stop_server
       ;;
     llamacpp)
@@ -132,6 +160,7 @@ for server in $SERVERS; do
       port=$(free_port 18180)
       start_server llamacpp "http://127.0.0.1:$port/health" "$PEER" server "$MODEL" "$port" "$SLOTS"
       run_levels llamacpp "$port"
+      run_multiturn llamacpp "$port"
       stop_server
       ;;
     *) die "unknown server '$server' in BENCH_SERVERS (stellarchat, llamacpp)" ;;
@@ -140,10 +169,11 @@ done
 
 echo >&2
 echo "model $(basename "$MODEL"), max_tokens $MAX_TOKENS, EOS banned, greedy, seed $SEED, $(nproc) cores"
-python3 - "$WORK" "$LEVELS" <<'PY'
+python3 - "$WORK" "$LEVELS" "$MULTITURN" "$SYSTEM_TOKENS" <<'PY'
 import json, os, sys
 
 work, levels = sys.argv[1], [l.split(":")[0] for l in sys.argv[2].split()]
+multiturn, system_tokens = sys.argv[3], sys.argv[4]
 
 def load(name, clients):
     path = os.path.join(work, f"{name}-{clients}.json")
@@ -176,17 +206,50 @@ rows = [
     ("e2e p50 ↓", pct("e2e_ms", "p50"), ms),
     ("errors ↓", lambda r: r["errors"], lambda v: f"{v}"),
 ]
-print(f"{'clients':>7}  {'figure':<16}{'StellarChat':>12}{'llama.cpp':>12}{'ours/theirs':>13}")
+
+def row(key, label, get, fmt, ours, theirs, ratio=True):
+    a = get(ours) if ours else None
+    b = get(theirs) if theirs else None
+    r = f"{a / b:.2f}" if ratio and a is not None and b else "—"
+    print(f"{key:>7}  {label:<16}{fmt(a) if a is not None else '—':>12}"
+          f"{fmt(b) if b is not None else '—':>12}{r:>13}")
+
+def error_lines(key, ours, theirs):
+    for name, r in (("StellarChat", ours), ("llama.cpp", theirs)):
+        for kind, msg in ((r or {}).get("error_examples") or {}).items():
+            print(f"{key:>7}  {name} error {kind}: {msg}")
+
+if levels:
+    print(f"{'clients':>7}  {'figure':<16}{'StellarChat':>12}{'llama.cpp':>12}{'ours/theirs':>13}")
 for clients in levels:
     ours, theirs = load("stellarchat", clients), load("llamacpp", clients)
     for label, get, fmt in rows:
-        a = get(ours) if ours else None
-        b = get(theirs) if theirs else None
-        ratio = f"{a / b:.2f}" if a is not None and b else "—"
-        print(f"{clients:>7}  {label:<16}{fmt(a) if a is not None else '—':>12}"
-              f"{fmt(b) if b is not None else '—':>12}{ratio:>13}")
-    for name, r in (("StellarChat", ours), ("llama.cpp", theirs)):
-        for kind, msg in ((r or {}).get("error_examples") or {}).items():
-            print(f"{'':>7}  {name} error {kind}: {msg}")
+        row(clients, label, get, fmt, ours, theirs)
+    error_lines("", ours, theirs)
     print()
+
+if multiturn:
+    conversations, turns = (int(n) for n in multiturn.split(":"))
+    ours, theirs = load("stellarchat", "multiturn"), load("llamacpp", "multiturn")
+    print(f"multi-turn: {conversations} conversations × {turns} turns at once, a shared system prompt of "
+          f"~{system_tokens} tokens, each turn sending the whole history")
+    print(f"{'turn':>7}  {'figure':<16}{'StellarChat':>12}{'llama.cpp':>12}{'ours/theirs':>13}")
+
+    def turn(k, key):
+        return lambda r: next((t for t in r.get("turns") or [] if t["turn"] == k), {}).get(key)
+
+    tokens = lambda v: f"{v:.0f}"
+    for k in range(1, turns + 1):
+        ttft = turn(k, "ttft_ms")
+        row(k, "TTFT p50 ↓", lambda r: (ttft(r) or {}).get("p50"), ms, ours, theirs)
+        row(k, "TTFT p95 ↓", lambda r: (ttft(r) or {}).get("p95"), ms, ours, theirs)
+        row(k, "prompt tokens", turn(k, "prompt_tokens_mean"), tokens, ours, theirs, ratio=False)
+        row(k, "cached tokens", turn(k, "cached_tokens_mean"), tokens, ours, theirs, ratio=False)
+    if turns > 2:  # with 2 turns these rows would repeat turn 2's
+        later = f"2–{turns}"
+        row(later, "TTFT p50 ↓", pct("later_turns_ttft_ms", "p50"), ms, ours, theirs)
+        row(later, "TTFT p95 ↓", pct("later_turns_ttft_ms", "p95"), ms, ours, theirs)
+    row("all", "output tok/s ↑", lambda r: r["output_tokens_per_s"], lambda v: f"{v:.1f}", ours, theirs)
+    row("all", "errors ↓", lambda r: r["errors"], lambda v: f"{v}", ours, theirs)
+    error_lines("", ours, theirs)
 PY

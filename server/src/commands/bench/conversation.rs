@@ -161,6 +161,8 @@ pub struct MultiTurn {
     pub system_prompt_tokens: u32,
     pub system_prompt_words: usize,
     pub turns: Vec<TurnStats>,
+    /// TTFT over turns 2.. together: the turns whose history a prompt cache can reuse.
+    pub later_turns_ttft_ms: Option<Percentiles>,
 }
 
 /// Per-turn figures of `outcomes`, one entry per turn `0..turns` (a turn nobody reached
@@ -197,6 +199,9 @@ impl MultiTurn {
             system_prompt_tokens: plan.system_prompt_tokens,
             system_prompt_words: system_prompt(plan.system_prompt_tokens).split_whitespace().count(),
             turns: turn_stats(outcomes, plan.turns),
+            later_turns_ttft_ms: Percentiles::of(
+                outcomes.iter().filter(|o| o.turn > 0).filter_map(|o| o.outcome.as_ref().ok()?.ttft),
+            ),
         }
     }
 }
@@ -222,6 +227,10 @@ impl std::fmt::Display for MultiTurn {
                 opt(t.prompt_tokens_mean, &|v| format!("{v:.1}")),
                 opt(t.cached_tokens_mean, &|v| format!("{v:.1}")),
             )?;
+        }
+        if let Some(p) = self.later_turns_ttft_ms {
+            let last = self.turns_per_conversation;
+            write!(f, "\nturns 2–{last} TTFT p50 {}, p95 {}", fmt_ms(p.p50), fmt_ms(p.p95))?;
         }
         Ok(())
     }
@@ -318,8 +327,11 @@ mod tests {
         assert_eq!(json["turns"][1]["cached_tokens_mean"], 310.0);
         assert_eq!(json["turns"][2]["prompt_tokens_mean"], Value::Null);
         assert_eq!(json["system_prompt_words"], 256);
+        // Turn 2's two samples: 20 and 40 ms.
+        assert_eq!(json["later_turns_ttft_ms"]["p50"], 30.0);
         let text = report.to_string();
         assert!(text.contains("2 conversations × 3 turns"), "{text}");
+        assert!(text.contains("turns 2–3 TTFT p50 30.0 ms, p95 39.0 ms"), "{text}");
         assert!(text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["3", "0", "0", "—", "—", "—", "—"]), "{text}");
     }
 }
