@@ -31,6 +31,8 @@ pub struct ComputePlan {
     /// load and computed as one product (see [`LinearWeight::concat_outputs`]); off only to
     /// compare against the separate products.
     pub fuse_projections: bool,
+    /// Quantized linear layers round activations to 8 bits (`--activations q8`).
+    pub int8_activations: bool,
 }
 
 /// What loading a layer needs besides its declaration.
@@ -118,7 +120,8 @@ fn linear(ctx: &LoadContext<'_>, decl: &TensorDecl, bias: Option<&TensorDecl>) -
         return Err(ModelError::Internal(format!("bias {} does not belong to {}", bias.name, decl.name)));
     }
     let plan = ctx.plan;
-    LinearWeight::load(ctx.source, prefix, d_in, d_out, bias.is_some(), plan.quantized_linear, ctx.device, plan.dtype)
+    let (quantized, int8) = (plan.quantized_linear, plan.int8_activations);
+    LinearWeight::load(ctx.source, prefix, d_in, d_out, bias.is_some(), quantized, int8, ctx.device, plan.dtype)
 }
 
 enum Qkv {

@@ -22,7 +22,7 @@ use crate::layers::ComputePlan;
 use crate::synthetic::{SyntheticPreset, SyntheticWeights};
 use crate::transformer::Transformer;
 use crate::tokenizer::Tokenizer;
-use crate::weights::{WeightFormat, WeightSource};
+use crate::weights::{ActivationFormat, WeightFormat, WeightSource};
 
 /// What the server and CLI need to know about a model.
 #[derive(Clone)]
@@ -53,6 +53,7 @@ pub struct LoadOptions {
     pub device: DeviceSpec,
     pub precision: Precision,
     pub weights: WeightFormat,
+    pub activations: ActivationFormat,
 }
 
 impl LoadOptions {
@@ -72,9 +73,17 @@ impl LoadOptions {
                 });
             }
         };
+        let int8_activations = self.activations == ActivationFormat::Q8;
+        if int8_activations && !quantized_linear {
+            return Err(ModelError::UnsupportedDtype {
+                dtype: "q8 activations".into(),
+                device: format!("{spec} with {} weights (q8 activations need quantized weights: a CPU device at f32)", self.weights),
+            });
+        }
         Ok(ComputePlan {
             dtype,
             quantized_linear,
+            int8_activations,
             host_attention: cpu_f32,
             repeat_kv_heads: !spec.attention_supports_gqa(),
             fuse_projections: true,

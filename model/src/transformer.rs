@@ -99,7 +99,8 @@ impl Transformer {
         let output = match global(Role::Output) {
             Some(decl) => {
                 let prefix = decl.name.strip_suffix(".weight").unwrap_or(&decl.name);
-                LinearWeight::load(source, prefix, c.hidden_size, c.vocab_size, false, plan.quantized_linear, device, plan.dtype)?
+                let (quantized, int8) = (plan.quantized_linear, plan.int8_activations);
+                LinearWeight::load(source, prefix, c.hidden_size, c.vocab_size, false, quantized, int8, device, plan.dtype)?
             }
             None => tied_output(&embeddings, c, device, plan)?,
         };
@@ -243,6 +244,7 @@ fn tied_output(embeddings: &EmbeddingTable, c: &ModelConfig, device: &Device, pl
     if plan.quantized_linear
         && let Some(matrix) = embeddings.to_quant_matrix()?
     {
+        let matrix = matrix.with_int8_activations(plan.int8_activations);
         return Ok(LinearWeight::Quantized { matrix: std::sync::Arc::new(matrix), bias: None });
     }
     let table = embeddings.to_f32()?;

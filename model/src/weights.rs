@@ -30,6 +30,38 @@ pub enum WeightFormat {
     Quantized,
 }
 
+/// What quantized linear layers multiply their weights with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActivationFormat {
+    /// f32 activations against exactly dequantized weights (the golden-exact default).
+    #[default]
+    F32,
+    /// Activations rounded to 8 bits per 32 values and integer dot products, as llama.cpp
+    /// does on CPUs: faster, within a looser tolerance (see `quant_matmul`'s `int8`).
+    Q8,
+}
+
+impl FromStr for ActivationFormat {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(ActivationFormat::F32),
+            "q8" => Ok(ActivationFormat::Q8),
+            other => Err(ModelError::InvalidRequest(format!("activation format `{other}`: expected f32 or q8"))),
+        }
+    }
+}
+
+impl fmt::Display for ActivationFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ActivationFormat::F32 => "f32",
+            ActivationFormat::Q8 => "q8",
+        })
+    }
+}
+
 impl FromStr for WeightFormat {
     type Err = ModelError;
 
@@ -127,7 +159,8 @@ impl fmt::Debug for LinearWeight {
 
 impl LinearWeight {
     /// Loads `{prefix}.weight` (ggml dims `[in, out]`, i.e. PyTorch `[out, in]`) and, when
-    /// `with_bias`, `{prefix}.bias`.
+    /// `with_bias`, `{prefix}.bias`. With `quantized`, types with a kernel keep their blocks,
+    /// multiplied with 8-bit activations when `int8_activations`.
     #[allow(clippy::too_many_arguments)]
     pub fn load(
         source: &dyn WeightSource,
@@ -136,6 +169,7 @@ impl LinearWeight {
         d_out: usize,
         with_bias: bool,
         quantized: bool,
+        int8_activations: bool,
         device: &Device,
         dtype: FloatDType,
     ) -> Result<LinearWeight> {
@@ -146,7 +180,8 @@ impl LinearWeight {
             // Types without a kernel (e.g. F32 tensors in a mixed file) stay dense.
             if QuantMatrix::supports(raw.ggml_type) {
                 let matrix = QuantMatrix::new(raw.ggml_type, d_out, d_in, raw.bytes)
-                    .map_err(|e| ModelError::tensor(&name, e.to_string()))?;
+                    .map_err(|e| ModelError::tensor(&name, e.to_string()))?
+                    .with_int8_activations(int8_activations);
                 let bias = if with_bias {
                     let bias_name = format!("{prefix}.bias");
                     let (dims, data) = source.f32_tensor(&bias_name)?;
@@ -302,7 +337,8 @@ impl LinearWeight {
                     matrices.iter().flat_map(|(m, b)| b.as_ref().map_or_else(|| vec![0.0; m.rows()], Vec::clone)).collect()
                 });
                 // Same type and width, and the byte count is the sum of valid matrices'.
-                let matrix = QuantMatrix::new(ggml_type, rows, cols, bytes).ok()?;
+                let int8 = matrices.iter().any(|(m, _)| m.int8_activations());
+                let matrix = QuantMatrix::new(ggml_type, rows, cols, bytes).ok()?.with_int8_activations(int8);
                 Some(LinearWeight::Quantized { matrix: Arc::new(matrix), bias })
             }
             LinearWeight::Dense { weight, .. } => {

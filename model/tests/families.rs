@@ -104,7 +104,7 @@ fn run_case(name: &str) {
         specs.push(DeviceSpec::NdArray);
     }
     for spec in specs {
-        let options = LoadOptions { device: spec, precision: Precision::F32, weights: WeightFormat::Auto };
+        let options = LoadOptions { device: spec, precision: Precision::F32, weights: WeightFormat::Auto, ..Default::default() };
         let model = loader.load(&options, &mut |_, _| {}).expect("load case");
         for (i, prompt) in reference["prompts"].as_array().expect("prompts").iter().enumerate() {
             check(&model, &loader, &case, prompt, &format!("{name} on {spec}, prompt {i}"));

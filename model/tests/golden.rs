@@ -4,20 +4,20 @@
 
 mod common;
 
-use common::{argmax, ids, read_json, weights_file};
+use common::{argmax, check_loose_tolerance, ids, read_json, weights_file};
 use serde_json::Value;
 use stellarchat_model::device::{DeviceSpec, Precision};
 use stellarchat_model::kv_cache::SequenceCache;
 use stellarchat_model::transformer::{ForwardChunk, Transformer};
 use stellarchat_model::model::{LoadOptions, ModelLoader};
-use stellarchat_model::weights::WeightFormat;
+use stellarchat_model::weights::{ActivationFormat, WeightFormat};
 
 const LOGIT_TOLERANCE: f32 = 0.02;
 const EOS: u32 = 2;
 
 fn load(spec: DeviceSpec, precision: Precision, weights: WeightFormat) -> Transformer {
     let loader = ModelLoader::open(weights_file("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2").to_str().expect("utf-8 path")).expect("open model");
-    loader.load(&LoadOptions { device: spec, precision, weights }, &mut |_, _| {}).expect("load model")
+    loader.load(&LoadOptions { device: spec, precision, weights, ..Default::default() }, &mut |_, _| {}).expect("load model")
 }
 
 /// Logits of every prompt position (`[prompt.len() * vocab]`), and the cache that holds the prompt.
@@ -27,6 +27,19 @@ fn teacher_forced(model: &Transformer, prompt: &[u32]) -> (SequenceCache, Vec<f3
         .forward(&mut [ForwardChunk { cache: &mut cache, tokens: prompt, all_logits: true }])
         .expect("forward");
     (cache, logits.chunk(0).to_vec())
+}
+
+/// [`teacher_forced`] one token per forward pass.
+fn teacher_forced_stepwise(model: &Transformer, prompt: &[u32]) -> (SequenceCache, Vec<f32>) {
+    let mut cache = model.new_cache();
+    let mut rows = Vec::new();
+    for token in prompt {
+        let step = model
+            .forward(&mut [ForwardChunk { cache: &mut cache, tokens: std::slice::from_ref(token), all_logits: true }])
+            .expect("forward");
+        rows.extend_from_slice(step.chunk(0));
+    }
+    (cache, rows)
 }
 
 fn check_device(spec: DeviceSpec, weights: WeightFormat) {
@@ -83,25 +96,50 @@ fn golden_logits_and_greedy_on_flex_with_quantized_weights() {
 /// f16 weights and activations: the reference's looser tolerance for reduced precision.
 #[test]
 fn golden_top5_within_f16_tolerance_on_flex() {
-    let model = load(DeviceSpec::Flex, Precision::F16, WeightFormat::Dense);
+    check_loose(load(DeviceSpec::Flex, Precision::F16, WeightFormat::Dense), "f16", 1.0, false);
+}
+
+/// Quantized weights with 8-bit activations (`--activations q8`), held to llama.cpp's own
+/// error: the README's 1.0 for quantized activations is exceeded by llama.cpp itself on these
+/// chats — its Q4_1 × Q8_1 kernels are 1.68 off the reference at position 19 of every chat
+/// (`scripts/llamacpp-peer.sh logits --parse-special` on this file, 2026-12-01), where ours,
+/// fed token by token, are 0.54–1.58 off (2026-12-01). The top-1 rule is the README's.
+const Q8_ACTIVATION_TOLERANCE: f32 = 1.7;
+
+#[test]
+fn golden_top5_within_quantized_activation_tolerance_with_q8_activations() {
+    let loader = ModelLoader::open(weights_file("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2").to_str().expect("utf-8 path")).expect("open model");
+    let options = LoadOptions {
+        device: DeviceSpec::Flex,
+        precision: Precision::F32,
+        weights: WeightFormat::Quantized,
+        activations: ActivationFormat::Q8,
+    };
+    check_loose(loader.load(&options, &mut |_, _| {}).expect("load model"), "q8 activations", Q8_ACTIVATION_TOLERANCE, true);
+}
+
+/// Top-5 within `tolerance` and the top-1 where it leads by more than 0.5, then the greedy
+/// continuation against the reference's (reported, not asserted: near-ties may flip).
+/// `stepwise` feeds the prompt one token at a time, as decode steps (where 8-bit activations
+/// apply), instead of as one prefill batch.
+fn check_loose(model: Transformer, what: &str, tolerance: f32, stepwise: bool) {
     let vocab = model.config().vocab_size;
     for chat in golden_data()["chats"].as_array().expect("chats") {
         let name = chat["name"].as_str().expect("name");
         let prompt = ids(&chat["ids"]);
-        let (_, rows) = teacher_forced(&model, &prompt);
-        for (t, top5) in chat["reference_top5"].as_array().expect("top5").iter().enumerate() {
-            let top5 = top5.as_array().expect("pairs");
-            let row = &rows[t * vocab..(t + 1) * vocab];
-            for pair in top5 {
-                let id = pair[0].as_u64().expect("id") as usize;
-                let expected = pair[1].as_f64().expect("logit") as f32;
-                assert!((row[id] - expected).abs() <= 1.0, "f16 {name}: position {t} token {id}: {} vs {expected}", row[id]);
-            }
-            let lead = top5[0][1].as_f64().expect("top1") - top5[1][1].as_f64().expect("top2");
-            if lead > 0.5 {
-                assert_eq!(argmax(row) as u64, top5[0][0].as_u64().expect("id"), "f16 {name}: top-1 at position {t}");
-            }
+        let (mut cache, rows) = if stepwise { teacher_forced_stepwise(&model, &prompt) } else { teacher_forced(&model, &prompt) };
+        let worst = check_loose_tolerance(&format!("{what} {name}"), &rows, vocab, &chat["reference_top5"], tolerance);
+        let expected = ids(&chat["reference_greedy"]);
+        let mut generated = vec![argmax(&rows[(prompt.len() - 1) * vocab..prompt.len() * vocab])];
+        while generated.len() < expected.len() && generated.last() != Some(&EOS) {
+            let last = *generated.last().expect("one token");
+            let step = model
+                .forward(&mut [ForwardChunk { cache: &mut cache, tokens: &[last], all_logits: false }])
+                .expect("decode");
+            generated.push(argmax(step.last_row(0)));
         }
+        let same = generated.iter().zip(&expected).take_while(|(a, b)| a == b).count();
+        eprintln!("{what} {name}: max logit error {worst:.4}, greedy equal for {same} of {} tokens", expected.len());
     }
 }
 

@@ -65,7 +65,7 @@ fn open(path: &Path) -> ModelLoader {
 /// Dense f32 weights on the flex backend: the GGUF side dequantizes exactly the values the
 /// F32 export wrote.
 fn load(loader: &ModelLoader) -> Transformer {
-    let options = LoadOptions { device: DeviceSpec::Flex, precision: Precision::F32, weights: WeightFormat::Dense };
+    let options = LoadOptions { device: DeviceSpec::Flex, precision: Precision::F32, weights: WeightFormat::Dense, ..Default::default() };
     loader.load(&options, &mut |_, _| {}).expect("load")
 }
 

@@ -13,7 +13,7 @@ fn load(spec: DeviceSpec, precision: Precision, weights: WeightFormat) -> Transf
     let config = SyntheticPreset::Tiny.config();
     let source = SyntheticWeights::new(config.clone(), 7);
     let device = spec.open().expect("device");
-    let plan = LoadOptions { device: spec, precision, weights }.plan(spec).expect("plan");
+    let plan = LoadOptions { device: spec, precision, weights, ..Default::default() }.plan(spec).expect("plan");
     Transformer::load(config, &source, &device, plan, &mut |_, _| {}).expect("load")
 }
 
@@ -153,7 +153,7 @@ fn quantized_and_dense_weights_give_the_same_logits() {
 
 #[test]
 fn quantized_weights_with_f16_activations_are_refused_at_load() {
-    let options = LoadOptions { device: DeviceSpec::Flex, precision: Precision::F16, weights: WeightFormat::Quantized };
+    let options = LoadOptions { device: DeviceSpec::Flex, precision: Precision::F16, weights: WeightFormat::Quantized, ..Default::default() };
     let err = options.plan(DeviceSpec::Flex).expect_err("quantized weights need f32");
     assert_eq!(err.kind(), "unsupported_dtype");
 }
@@ -168,7 +168,7 @@ fn fused_projections_give_the_logits_of_separate_ones() {
         let source = SyntheticWeights::new(config.clone(), 11);
         let device = DeviceSpec::Flex.open().expect("device");
         for weights in [WeightFormat::Dense, WeightFormat::Quantized] {
-            let options = LoadOptions { device: DeviceSpec::Flex, precision: Precision::F32, weights };
+            let options = LoadOptions { device: DeviceSpec::Flex, precision: Precision::F32, weights, ..Default::default() };
             let plan = options.plan(DeviceSpec::Flex).expect("plan");
             assert!(plan.fuse_projections, "fusing is the default");
             let load = |fuse_projections| {

@@ -8,7 +8,7 @@ use crate::gguf::dequantize;
 use crate::rng::SplitMix64;
 
 /// Deterministic test data.
-struct Rng(SplitMix64);
+pub(super) struct Rng(pub(super) SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -62,7 +62,7 @@ fn f16_fields(t: GgmlType) -> &'static [usize] {
 }
 
 /// Random valid blocks: random quants, small finite scales (positive `d`, signed mins).
-fn random_matrix(t: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+pub(super) fn random_matrix(t: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
     let (block_elems, block_bytes) = t.block_layout().expect("sized type");
     let mut bytes = vec![0u8; rows * cols / block_elems * block_bytes];
     for block in bytes.chunks_exact_mut(block_bytes) {
@@ -92,12 +92,12 @@ fn random_matrix(t: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8
     bytes
 }
 
-fn random_x(len: usize, rng: &mut Rng) -> Vec<f32> {
+pub(super) fn random_x(len: usize, rng: &mut Rng) -> Vec<f32> {
     (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
 }
 
 /// `(value, Σ|terms|)` per output, in float64 from the dequantized matrix.
-fn reference(m: &QuantMatrix, x: &[f32], n: usize) -> Vec<(f64, f64)> {
+pub(super) fn reference(m: &QuantMatrix, x: &[f32], n: usize) -> Vec<(f64, f64)> {
     let (rows, cols) = (m.rows(), m.cols());
     let mut w = vec![0f32; rows * cols];
     dequantize(m.ggml_type(), m.bytes(), &mut w).expect("valid matrix");
@@ -112,7 +112,7 @@ fn reference(m: &QuantMatrix, x: &[f32], n: usize) -> Vec<(f64, f64)> {
 }
 
 /// Rounding only: within 1e-5 of the sum of the terms' magnitudes.
-fn assert_close(what: &str, y: &[f32], expected: &[(f64, f64)]) {
+pub(super) fn assert_close(what: &str, y: &[f32], expected: &[(f64, f64)]) {
     assert_eq!(y.len(), expected.len(), "{what}: length");
     for (k, (&got, &(value, scale))) in y.iter().zip(expected).enumerate() {
         let err = (f64::from(got) - value).abs();

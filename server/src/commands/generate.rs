@@ -12,7 +12,7 @@ use stellarchat_model::device::{DeviceSpec, Precision};
 use stellarchat_model::engine::{Engine, EngineConfig, FinishReason, GenerateRequest, GenerationEvent};
 use stellarchat_model::model::{LoadOptions, ModelLoader};
 use stellarchat_model::sampler::SamplingParams;
-use stellarchat_model::weights::WeightFormat;
+use stellarchat_model::weights::{ActivationFormat, WeightFormat};
 
 #[derive(Args)]
 #[command(group = clap::ArgGroup::new("input").required(true).args(["prompt", "messages"]))]
@@ -29,6 +29,9 @@ pub struct GenerateArgs {
     /// auto (quantized blocks on CPU at f32), dense or quantized.
     #[arg(long, default_value = "auto")]
     weights: WeightFormat,
+    /// f32 (exact) or q8 (8-bit activations against quantized weights).
+    #[arg(long, default_value = "f32")]
+    activations: ActivationFormat,
     /// Raw prompt text; special tokens in it are parsed.
     #[arg(long)]
     prompt: Option<String>,
@@ -128,7 +131,8 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
             tracing::info!("weights loaded");
         }
     });
-    let options = LoadOptions { device: args.device, precision: args.dtype, weights: args.weights };
+    let options =
+        LoadOptions { device: args.device, precision: args.dtype, weights: args.weights, activations: args.activations };
     let engine = Engine::spawn(loader, options, EngineConfig::default(), progress);
     while !engine.is_ready() {
         if let Some(error) = engine.failure() {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use stellarchat_model::device::{DeviceSpec, Precision};
 use stellarchat_model::engine::EngineConfig;
 use stellarchat_model::model::LoadOptions;
-use stellarchat_model::weights::WeightFormat;
+use stellarchat_model::weights::{ActivationFormat, WeightFormat};
 
 /// One model the server offers.
 #[derive(Debug, Clone)]
@@ -83,6 +83,7 @@ struct ConfigEntry {
     device: Option<String>,
     dtype: Option<String>,
     weights: Option<String>,
+    activations: Option<String>,
     max_model_len: Option<usize>,
     chat_template: Option<PathBuf>,
     kv_cache_tokens: Option<usize>,
@@ -162,6 +163,10 @@ pub fn from_config(path: &Path, text: &str, defaults: &SpecDefaults) -> Result<V
             }
             if let Some(w) = e.weights {
                 s.load.weights = w.parse::<WeightFormat>().map_err(|err| bad(format!("{}: {err}", at("weights"))))?;
+            }
+            if let Some(a) = e.activations {
+                s.load.activations =
+                    a.parse::<ActivationFormat>().map_err(|err| bad(format!("{}: {err}", at("activations"))))?;
             }
             s.max_model_len = e.max_model_len.or(s.max_model_len);
             s.chat_template = e.chat_template.or(s.chat_template);
@@ -258,6 +263,7 @@ mod tests {
             aliases = ["small", "default"]
             kv_cache_tokens = 2048
             keep_alive = 30
+            activations = "q8"
 
             [[models]]
             path = "weights/b"
@@ -273,6 +279,8 @@ mod tests {
         assert_eq!(specs[0].aliases, vec!["small", "default"]);
         assert_eq!(specs[0].engine.kv_cache_tokens, 2048);
         assert_eq!(specs[0].keep_alive, Some(Duration::from_secs(30)));
+        assert_eq!(specs[0].load.activations, ActivationFormat::Q8);
+        assert_eq!(specs[1].load.activations, ActivationFormat::F32);
         assert_eq!(specs[1].id, "big");
         assert_eq!(specs[1].load.device, DeviceSpec::NdArray);
         assert_eq!(specs[1].load.weights, WeightFormat::Dense);
