@@ -9,7 +9,8 @@
 #     row prints the file's tensor types);
 #   - Gemma 3 270M, weights/gemma-3-270m-q4_k_m.gguf (`just weights gemma3`; skipped with a
 #     note when absent).
-# Our rows per file: flex with quantized weights, and one dense row (flex, dequantized, f32).
+# Our rows per file: flex with quantized weights (f32 activations, the default; then
+# --activations q8, llama.cpp's scheme), and one dense row (flex, dequantized, f32).
 #
 #   scripts/bench-model.sh [BINARY]     # default: ${CARGO_TARGET_DIR:-target}/release/stellarchat
 #   BENCH_DECODE=16 BENCH_REPEATS=1 scripts/bench-model.sh BINARY   # a quick check of the script
@@ -104,6 +105,7 @@ bench_file() { # label, file, prompt, expected `tokenize` count (text only, no B
     printf '%-34s %12.1f %8s %12.1f %8s %10s\n' "llama.cpp ($(nproc) threads)" "$peer_pp" "1.00" "$peer_tg" "1.00" "-"
   fi
   run "$model" "$prompt" "$peer_pp" "$peer_tg" "stellarchat flex quantized" --device flex --weights quantized
+  run "$model" "$prompt" "$peer_pp" "$peer_tg" "stellarchat flex quantized, q8 act." --device flex --weights quantized --activations q8
   run "$model" "$prompt" "$peer_pp" "$peer_tg" "stellarchat flex f32 (dense)" --device flex --weights dense --dtype f32
 }
 

@@ -133,7 +133,9 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
     });
     let options =
         LoadOptions { device: args.device, precision: args.dtype, weights: args.weights, activations: args.activations };
-    let engine = Engine::spawn(loader, options, EngineConfig::default(), progress);
+    // No constraint is ever compiled here: no grammar tables competing with the prefill.
+    let config = EngineConfig { prepare_grammar_tables: false, ..EngineConfig::default() };
+    let engine = Engine::spawn(loader, options, config, progress);
     while !engine.is_ready() {
         if let Some(error) = engine.failure() {
             return Err(GenerateError::Load(error));

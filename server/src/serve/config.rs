@@ -282,6 +282,7 @@ impl ServeArgs {
             prefix_cache: !self.no_prefix_cache,
             scheduling: Scheduling { policy: self.scheduler, ..Scheduling::default() },
             fault_injection: self.fault_injection,
+            prepare_grammar_tables: true,
         }
     }
 
