@@ -175,10 +175,10 @@ impl QuantMatrix {
         })
     }
 
-    /// With `on`, single-row products (decode steps of one sequence; see `INT8_MAX_N`) round
-    /// the activations to 8 bits per 32-element block and use integer dot products, as
-    /// llama.cpp does: faster, but no longer within the f32 path's rounding of the exact
-    /// result. Only where this CPU (AVX2, FMA and F16C; VNNI where
+    /// With `on`, products of small batches (decode steps of up to four sequences, one for
+    /// the K-quants; see `int8_max_n`) round the activations to 8 bits per 32-element block
+    /// and use integer dot products, as llama.cpp does: faster, but no longer within the f32
+    /// path's rounding of the exact result. Only where this CPU (AVX2, FMA and F16C; VNNI where
     /// present) and this type ([`QuantMatrix::has_int8_kernel`]) have the kernels; other
     /// matrices keep f32 activations.
     pub fn with_int8_activations(mut self, on: bool) -> QuantMatrix {
@@ -272,7 +272,7 @@ impl QuantMatrix {
     /// The fastest strategy available for a batch of `n` rows.
     fn strategy(&self, n: usize) -> Strategy {
         #[cfg(target_arch = "x86_64")]
-        if self.int8.is_some() && n <= INT8_MAX_N {
+        if self.int8.is_some() && n <= int8_max_n(self.ggml_type) {
             return Strategy::Int8;
         }
         #[cfg(target_arch = "x86_64")]
@@ -517,13 +517,20 @@ thread_local! {
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Largest batch that uses 8-bit activations when a matrix has them: decode steps of one
-/// sequence. Measured on the Xeon (1536 × 576, one thread): at one row the integer kernels
-/// take 0.6–0.9× the time of the f32 fused ones (Q8_0 0.6×, Q4_1 0.85×, Q4_K 0.85×), at four
-/// rows 0.8–1.7× and at 64 rows 1.0–1.6× (the f32 tiles reuse each decoded weight for more
-/// rows than the integer kernel's four), so prefill and batches keep exact f32 activations.
+/// Largest batch that uses 8-bit activations when a matrix has them: the batches where the
+/// integer kernels beat the f32 ones. Measured on the Xeon (`int8::tests::int8_against_f32_timing`:
+/// 1536 × 576 or × 512, one thread, best of 3; time int8 / f32): the 32-element types 0.46–0.81 at one row and 0.62–0.92 at two
+/// to four; the K-quants 0.79–0.81 at one row, 0.85–1.03 at two or three and up to 1.23 at
+/// four (the f32 K-quant kernels decode a super-block once for all rows of a tile, the integer
+/// one converts every 32-element chunk's sum to float per row). Larger batches take the f32
+/// panel, which reuses each decoded weight for every row of the batch.
 #[cfg(target_arch = "x86_64")]
-const INT8_MAX_N: usize = 1;
+fn int8_max_n(ggml_type: GgmlType) -> usize {
+    match ggml_type {
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => 1,
+        _ => FUSED_MAX_N,
+    }
+}
 
 /// Weight bytes an int8 pass keeps hot in L2 (see `run_rows`).
 #[cfg(target_arch = "x86_64")]

@@ -103,3 +103,34 @@ fn types_without_a_kernel_keep_f32_activations() {
     let m = QuantMatrix::new(GgmlType::Q4_1, 2, 32, vec![0u8; 2 * 20]).expect("matrix").with_int8_activations(false);
     assert!(!m.int8_activations());
 }
+
+/// Not a test: the timings behind `int8_max_n` (`cargo test --workspace --features … --lib
+/// int8::tests::int8_against_f32_timing -- --ignored --nocapture`, with RAYON_NUM_THREADS=1).
+#[test]
+#[ignore]
+fn int8_against_f32_timing() {
+    let mut rng = Rng(SplitMix64(5));
+    for t in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        let (rows, cols) = if t.block_layout().unwrap().0 == 256 { (1536, 512) } else { (1536, 576) };
+        let m = QuantMatrix::new(t, rows, cols, random_matrix(t, rows, cols, &mut rng)).unwrap();
+        let cpu = Int8Cpu::detect().unwrap();
+        let mut q = QuantMatrix::new(t, rows, cols, m.bytes().to_vec()).unwrap();
+        q.int8 = Some(cpu);
+        for n in [1usize, 2, 3, 4] {
+            let x = random_x(n * cols, &mut rng);
+            let mut y = vec![0.0; n * rows];
+            let mut best = [f64::MAX; 2];
+            for _ in 0..3 {
+                for (k, int8) in [false, true].into_iter().enumerate() {
+                    let reps = 400;
+                    let start = std::time::Instant::now();
+                    for _ in 0..reps {
+                        if int8 { q.matmul_with(Strategy::Int8, &x, n, &mut y).unwrap() } else { m.matmul(&x, n, &mut y) }
+                    }
+                    best[k] = best[k].min(start.elapsed().as_secs_f64() / reps as f64);
+                }
+            }
+            eprintln!("{t} n={n}: f32 {:.1} us, int8 {:.1} us, int8/f32 {:.2}", best[0] * 1e6, best[1] * 1e6, best[1] / best[0]);
+        }
+    }
+}
