@@ -175,8 +175,8 @@ impl QuantMatrix {
         })
     }
 
-    /// With `on`, products of small batches (decode steps of up to four sequences, one for
-    /// the K-quants; see `int8_max_n`) round the activations to 8 bits per 32-element block
+    /// With `on`, products of small batches (decode steps of up to four sequences; see
+    /// `INT8_MAX_N`) round the activations to 8 bits per 32-element block
     /// and use integer dot products, as llama.cpp does: faster, but no longer within the f32
     /// path's rounding of the exact result. Only where this CPU (AVX2, FMA and F16C; VNNI where
     /// present) and this type ([`QuantMatrix::has_int8_kernel`]) have the kernels; other
@@ -272,7 +272,7 @@ impl QuantMatrix {
     /// The fastest strategy available for a batch of `n` rows.
     fn strategy(&self, n: usize) -> Strategy {
         #[cfg(target_arch = "x86_64")]
-        if self.int8.is_some() && n <= int8_max_n(self.ggml_type) {
+        if self.int8.is_some() && n <= INT8_MAX_N {
             return Strategy::Int8;
         }
         #[cfg(target_arch = "x86_64")]
@@ -311,7 +311,7 @@ impl QuantMatrix {
         if let Kernel::Int8(_) = kernel {
             // Rounded once per call, shared by all weight rows (and threads).
             return with_q8_activations(|acts| {
-                acts.quantize(x, cols);
+                acts.quantize(x, cols, int8::scale_block(self.ggml_type));
                 self.split_rows(kernel, x, n, &[], Some(acts), y)
             });
         }
@@ -519,18 +519,12 @@ thread_local! {
 
 /// Largest batch that uses 8-bit activations when a matrix has them: the batches where the
 /// integer kernels beat the f32 ones. Measured on the Xeon (`int8::tests::int8_against_f32_timing`:
-/// 1536 × 576 or × 512, one thread, best of 3; time int8 / f32): the 32-element types 0.46–0.81 at one row and 0.62–0.92 at two
-/// to four; the K-quants 0.79–0.81 at one row, 0.85–1.03 at two or three and up to 1.23 at
-/// four (the f32 K-quant kernels decode a super-block once for all rows of a tile, the integer
-/// one converts every 32-element chunk's sum to float per row). Larger batches take the f32
-/// panel, which reuses each decoded weight for every row of the batch.
+/// 1536 × 576 or × 512, one thread, best of 3; time int8 / f32 at 1, 2, 3, 4 rows): Q4_1
+/// 0.73, 0.65, 0.69, 0.83; Q5_0 0.55–0.67; Q8_0 0.60–0.79; Q4_K 0.85, 0.85, 0.99, 0.72; Q6_K
+/// 0.60–0.85. Larger batches take the f32 panel, which reuses each decoded weight for every
+/// row of the batch (the integer tile, for four).
 #[cfg(target_arch = "x86_64")]
-fn int8_max_n(ggml_type: GgmlType) -> usize {
-    match ggml_type {
-        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => 1,
-        _ => FUSED_MAX_N,
-    }
-}
+const INT8_MAX_N: usize = FUSED_MAX_N;
 
 /// Weight bytes an int8 pass keeps hot in L2 (see `run_rows`).
 #[cfg(target_arch = "x86_64")]

@@ -1,6 +1,7 @@
-//! Weight blocks as 32-element chunks of integer quants in AVX2 registers, with their scales
-//! and min (see the module docs of [`super`]): one implementation of [`Int8Block`] a GGUF
-//! type. Fixed offsets (Q4_0's 8, Q5_0's 16, Q6_K's 32) are subtracted from the quants here,
+//! Weight blocks as 32-element chunks of integer quants in AVX2 registers: for the
+//! 32-element types with their float scale and min (see the module docs of [`super`]), one
+//! implementation of [`Int8Block`] a GGUF type; for the K-quants the chunk decoders and the
+//! integer scales that [`super::ktile`] uses. Fixed offsets (Q4_0's 8, Q5_0's 16, Q6_K's 32) are subtracted from the quants here,
 //! which makes them signed bytes and spares the kernel an offset term. Layouts are those `gguf::dequant` documents and decodes.
 
 use std::arch::x86_64::*;
@@ -45,17 +46,11 @@ pub(super) struct Q4_1;
 pub(super) struct Q5_0;
 #[allow(non_camel_case_types)]
 pub(super) struct Q8_0;
-#[allow(non_camel_case_types)]
-pub(super) struct Q4_K;
-#[allow(non_camel_case_types)]
-pub(super) struct Q5_K;
-#[allow(non_camel_case_types)]
-pub(super) struct Q6_K;
 
 /// An f16 (little-endian at `at`) as f32, with F16C.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
+pub(super) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     let bits = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
 }
@@ -184,110 +179,52 @@ impl Int8Block<34> for Q8_0 {
     }
 }
 
-/// Per chunk of a Q4_K/Q5_K super-block: `d · scale` and `−dmin · min`.
-#[derive(Clone, Copy)]
-pub(super) struct KScales {
-    a: [f32; 8],
-    o: [f32; 8],
-}
-
-/// `get_scale_min_k4` of all eight sub-blocks at once, times `d` and `−dmin`. The 12 bytes
-/// hold, per sub-block `j`, a 6-bit scale and min: for `j < 4` the low 6 bits of bytes `j`
-/// and `j + 4`; for `j ≥ 4` a nibble of byte `j + 4` with the top two bits of bytes `j − 4`
+/// The 6-bit scales and mins of a Q4_K/Q5_K super-block's eight chunks. The 12 bytes after
+/// `d` and `dmin` hold, per chunk `j`, for `j < 4` the low 6 bits of bytes `j` (scale) and
+/// `j + 4` (min); for `j ≥ 4` a nibble of byte `j + 4` with the top two bits of bytes `j − 4`
 /// (scale) and `j` (min) above it.
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn k4_scales(block: &[u8]) -> KScales {
-    let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+pub(super) fn k4_scales_mins(block: &[u8]) -> ([u8; 8], [u8; 8]) {
     let word = |i: usize| u32::from_le_bytes([block[4 + 4 * i], block[5 + 4 * i], block[6 + 4 * i], block[7 + 4 * i]]);
     let (w0, w1, w2) = (word(0), word(1), word(2));
     const LOW6: u32 = 0x3F3F_3F3F;
     const NIB: u32 = 0x0F0F_0F0F;
     const TOP2: u32 = 0x0303_0303;
-    let scales_lo = w0 & LOW6;
-    let mins_lo = w1 & LOW6;
     let scales_hi = (w2 & NIB) | (((w0 >> 6) & TOP2) << 4);
     let mins_hi = ((w2 >> 4) & NIB) | (((w1 >> 6) & TOP2) << 4);
-    let bytes = |lo: u32, hi: u32| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((u64::from(hi) << 32 | u64::from(lo)) as i64)));
-    let mut out = KScales { a: [0.0; 8], o: [0.0; 8] };
-    // SAFETY: each destination is 8 writable floats; `storeu` has no alignment requirement.
-    unsafe {
-        _mm256_storeu_ps(out.a.as_mut_ptr(), _mm256_mul_ps(bytes(scales_lo, scales_hi), _mm256_set1_ps(d)));
-        _mm256_storeu_ps(out.o.as_mut_ptr(), _mm256_mul_ps(bytes(mins_lo, mins_hi), _mm256_set1_ps(-dmin)));
-    }
-    out
+    let bytes = |lo: u32, hi: u32| (u64::from(hi) << 32 | u64::from(lo)).to_le_bytes();
+    (bytes(w0 & LOW6, scales_hi), bytes(w1 & LOW6, mins_hi))
 }
 
-/// `block_q4_K`: f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and mins, 128 bytes of
-/// nibbles (32 bytes a pair of chunks: low nibbles the even chunk, high ones the odd).
-impl Int8Block<144> for Q4_K {
-    const CHUNKS: usize = 8;
-    const HAS_MIN: bool = true;
-    type Header = KScales;
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn header(block: &[u8; 144]) -> KScales {
-        k4_scales(block)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn chunk(block: &[u8; 144], h: &KScales, c: usize) -> (__m256i, ChunkScale) {
-        let at = 16 + 32 * (c / 2);
-        let q = shifted_bits(block[at..].first_chunk().expect("32 bytes"), 4 * (c as i32 % 2), 0x0F);
-        (q, one_scale(h.a[c], h.o[c]))
-    }
+/// Chunk `c` of a `block_q4_K` (f16 `d`, f16 `dmin`, 12 bytes of scales and mins, 128 bytes
+/// of nibbles: 32 bytes a pair of chunks, low nibbles the even one): 32 quants, 0..16.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn q4k_quants(block: &[u8; 144], c: usize) -> __m256i {
+    shifted_bits(block[16 + 32 * (c / 2)..].first_chunk().expect("32 bytes"), 4 * (c as i32 % 2), 0x0F)
 }
 
-/// `block_q5_K`: like Q4_K with 32 bytes of fifth bits (bit `c` of byte `e` for element
-/// `e` of chunk `c`) between the scales and the nibbles.
-impl Int8Block<176> for Q5_K {
-    const CHUNKS: usize = 8;
-    const HAS_MIN: bool = true;
-    type Header = KScales;
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn header(block: &[u8; 176]) -> KScales {
-        k4_scales(block)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn chunk(block: &[u8; 176], h: &KScales, c: usize) -> (__m256i, ChunkScale) {
-        let at = 48 + 32 * (c / 2);
-        let low = shifted_bits(block[at..].first_chunk().expect("32 bytes"), 4 * (c as i32 % 2), 0x0F);
-        let high = shifted_bits(block[16..].first_chunk().expect("32 bytes"), c as i32, 0x01);
-        (_mm256_or_si256(low, _mm256_slli_epi16::<4>(high)), one_scale(h.a[c], h.o[c]))
-    }
+/// Chunk `c` of a `block_q5_K` (like Q4_K with 32 bytes of fifth bits, bit `c` of byte `e`
+/// for element `e` of chunk `c`, between the scales and the nibbles): 32 quants, 0..32.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn q5k_quants(block: &[u8; 176], c: usize) -> __m256i {
+    let low = shifted_bits(block[48 + 32 * (c / 2)..].first_chunk().expect("32 bytes"), 4 * (c as i32 % 2), 0x0F);
+    let high = shifted_bits(block[16..].first_chunk().expect("32 bytes"), c as i32, 0x01);
+    _mm256_or_si256(low, _mm256_slli_epi16::<4>(high))
 }
 
-/// `block_q6_K`: 128 bytes of low nibbles, 64 bytes of high bit pairs, 16 signed scales (one
-/// per 16 elements), f16 `d`; `w = d · scale · (q − 32)`. Chunk `c` is quarter `k = c % 4`
-/// of half `g = c / 4`: low nibbles of `ql[64g + 32(k % 2)..]` (high nibbles for `k ≥ 2`),
-/// high bits `2k..2k+2` of `qh[128 + 32g..]`, scales `8g + 2k` and `+1`.
-impl Int8Block<210> for Q6_K {
-    const CHUNKS: usize = 8;
-    const SIGNED: bool = true;
-    type Header = [f32; 16];
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn header(block: &[u8; 210]) -> [f32; 16] {
-        let d = f16_at(block, 208);
-        std::array::from_fn(|i| d * f32::from(block[192 + i] as i8))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn chunk(block: &[u8; 210], a: &[f32; 16], c: usize) -> (__m256i, ChunkScale) {
-        let (g, k) = (c / 4, c % 4);
-        let ql = block[64 * g + 32 * (k % 2)..].first_chunk().expect("32 bytes");
-        let low = shifted_bits(ql, 4 * (k as i32 / 2), 0x0F);
-        let high = shifted_bits(block[128 + 32 * g..].first_chunk().expect("32 bytes"), 2 * k as i32, 0x03);
-        let q = minus(_mm256_or_si256(low, _mm256_slli_epi16::<4>(high)), 32);
-        let (a0, a1) = (a[8 * g + 2 * k], a[8 * g + 2 * k + 1]);
-        (q, ChunkScale { a: _mm256_set_m128(_mm_set1_ps(a1), _mm_set1_ps(a0)), o: 0.0 })
-    }
+/// Chunk `c` of a `block_q6_K` (128 bytes of low nibbles, 64 of high bit pairs, 16 signed
+/// scales, f16 `d`; `w = d · scale · (q − 32)`), less its offset: 32 signed quants, −32..32.
+/// Chunk `c` is quarter `k = c % 4` of half `g = c / 4`: low nibbles of
+/// `ql[64g + 32(k % 2)..]` (high nibbles for `k ≥ 2`), bits `2k..2k+2` of `qh[128 + 32g..]`;
+/// its scales are `8g + 2k` and `+1` (one per 16 elements).
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn q6k_quants(block: &[u8; 210], c: usize) -> __m256i {
+    let (g, k) = (c / 4, c % 4);
+    let ql = block[64 * g + 32 * (k % 2)..].first_chunk().expect("32 bytes");
+    let low = shifted_bits(ql, 4 * (k as i32 / 2), 0x0F);
+    let high = shifted_bits(block[128 + 32 * g..].first_chunk().expect("32 bytes"), 2 * k as i32, 0x03);
+    minus(_mm256_or_si256(low, _mm256_slli_epi16::<4>(high)), 32)
 }

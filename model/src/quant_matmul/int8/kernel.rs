@@ -1,7 +1,8 @@
-//! The integer tile kernel: up to [`TILE_X`] activation rows against whole weight rows, one
-//! 32-element chunk at a time, in three instruction flavours chosen at run time
-//! ([`Int8Cpu`]): `vpdpbusd` from AVX-VNNI or from AVX-512 VNNI (one instruction for 32
-//! multiply-adds into eight 32-bit sums), or AVX2's `vpmaddubsw` + `vpmaddwd` elsewhere.
+//! The integer tile kernel of the 32-element types: up to [`TILE_X`] activation rows against
+//! whole weight rows, one 32-element chunk at a time, in three instruction flavours chosen
+//! at run time ([`Int8Cpu`]): `vpdpbusd` from AVX-VNNI or from AVX-512 VNNI (one instruction
+//! for 32 multiply-adds into eight 32-bit sums), or AVX2's `vpmaddubsw` + `vpmaddwd`
+//! elsewhere. The K-quants go to [`ktile`], whatever the flavour.
 //!
 //! Both take unsigned × signed bytes. Unsigned weight quants (≤ 63) meet the signed
 //! activation quants directly; Q8_0's signed quants go through the sign trick (`|w|` against
@@ -13,7 +14,7 @@ use std::array;
 
 use super::super::avx2::hsum;
 use super::super::{OutColumns, TILE_X};
-use super::Q8Activations;
+use super::{Q8Activations, Q8Row, ktile};
 use super::blocks::{self, Int8Block};
 use crate::gguf::GgmlType;
 
@@ -113,14 +114,14 @@ pub(in crate::quant_matmul) fn tile_rows(
     }
 }
 
-struct Args<'a, 'o> {
-    weights: &'a [u8],
-    row_bytes: usize,
-    acts: &'a Q8Activations,
-    first_x: usize,
-    len: usize,
-    first_row: usize,
-    out: &'a mut OutColumns<'o>,
+pub(super) struct Args<'a, 'o> {
+    pub weights: &'a [u8],
+    pub row_bytes: usize,
+    pub acts: &'a Q8Activations,
+    pub first_x: usize,
+    pub len: usize,
+    pub first_row: usize,
+    pub out: &'a mut OutColumns<'o>,
 }
 
 /// One monomorphised entry per flavour, each compiled with its features so that the
@@ -136,9 +137,10 @@ macro_rules! by_type {
                     GgmlType::Q4_1 => by_len::<20, blocks::Q4_1, $dot>(a),
                     GgmlType::Q5_0 => by_len::<22, blocks::Q5_0, $dot>(a),
                     GgmlType::Q8_0 => by_len::<34, blocks::Q8_0, $dot>(a),
-                    GgmlType::Q4_K => by_len::<144, blocks::Q4_K, $dot>(a),
-                    GgmlType::Q5_K => by_len::<176, blocks::Q5_K, $dot>(a),
-                    GgmlType::Q6_K => by_len::<210, blocks::Q6_K, $dot>(a),
+                    // `vpmaddwd` applies the K-quants' integer scales: no `vpdpbusd` there.
+                    GgmlType::Q4_K => ktile::by_len::<144, ktile::Q4K>(a),
+                    GgmlType::Q5_K => ktile::by_len::<176, ktile::Q5K>(a),
+                    GgmlType::Q6_K => ktile::by_len::<210, ktile::Q6K>(a),
                     _ => {}
                 }
             }
@@ -166,9 +168,10 @@ unsafe fn by_len<const B: usize, W: Int8Block<B>, D: Dot>(a: Args<'_, '_>) {
 
 #[inline(always)]
 unsafe fn tile<const B: usize, W: Int8Block<B>, D: Dot, const R: usize>(a: Args<'_, '_>) {
-    let rows: [(&[i8], &[f32], &[f32]); R] = array::from_fn(|i| a.acts.row(a.first_x + i));
+    let rows: [Q8Row<'_>; R] = array::from_fn(|i| a.acts.row(a.first_x + i));
     let chunks = a.row_bytes / B * W::CHUNKS;
-    assert!(rows.iter().all(|(q, d, s)| q.len() == 32 * chunks && d.len() == chunks && s.len() == chunks));
+    assert!(a.acts.block() == 32, "activations rounded per 32 elements");
+    assert!(rows.iter().all(|r| r.quants.len() == 32 * chunks && r.scales.len() == chunks && r.sums.len() == chunks));
     // SAFETY: the caller's features include AVX2, FMA and F16C and the flavour's dot
     // instruction; every chunk index `ci` < `chunks` (blocks × CHUNKS), so the unchecked
     // reads stay inside the rows asserted above.
@@ -184,7 +187,7 @@ unsafe fn tile<const B: usize, W: Int8Block<B>, D: Dot, const R: usize>(a: Args<
                     let (q, scale) = W::chunk(block, &header, c);
                     let (u, sign) = if W::SIGNED { (_mm256_sign_epi8(q, q), q) } else { (q, _mm256_setzero_si256()) };
                     for i in 0..R {
-                        let (quants, scales, sums) = rows[i];
+                        let Q8Row { quants, scales, sums, .. } = rows[i];
                         let x = _mm256_loadu_si256(quants.as_ptr().add(32 * ci).cast());
                         let x = if W::SIGNED { _mm256_sign_epi8(x, sign) } else { x };
                         let dots = _mm256_cvtepi32_ps(D::dot(u, x));

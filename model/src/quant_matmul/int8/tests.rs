@@ -19,14 +19,15 @@ fn widths(t: GgmlType) -> &'static [usize] {
     }
 }
 
-/// The activations as the kernel sees them: rounded, then back to f32.
-fn rounded(x: &[f32], cols: usize) -> Vec<f32> {
+/// The activations as the kernel for `t` sees them: rounded, then back to f32.
+fn rounded(t: GgmlType, x: &[f32], cols: usize) -> Vec<f32> {
     let mut q = Q8Activations::default();
-    q.quantize(x, cols);
+    let block = scale_block(t);
+    q.quantize(x, cols, block);
     (0..q.rows())
         .flat_map(|i| {
-            let (quants, scales, _) = q.row(i);
-            quants.iter().enumerate().map(|(e, &v)| scales[e / QK8] * f32::from(v)).collect::<Vec<_>>()
+            let row = q.row(i);
+            row.quants.iter().enumerate().map(|(e, &v)| row.scales[e / block] * f32::from(v)).collect::<Vec<_>>()
         })
         .collect()
 }
@@ -53,7 +54,7 @@ fn every_type_and_flavour_matches_the_reference_on_rounded_activations() {
             for (rows, n) in [(1, 1), (7, 2), (13, 3), (5, 4), (11, 9)] {
                 let m = QuantMatrix::new(t, rows, cols, random_matrix(t, rows, cols, &mut rng)).expect("matrix");
                 let x = random_x(n * cols, &mut rng);
-                let expected = reference(&m, &rounded(&x, cols), n);
+                let expected = reference(&m, &rounded(t, &x, cols), n);
                 for &cpu in &flavours {
                     let what = format!("{t} {rows}×{cols}, n = {n}, {cpu:?}");
                     assert_close(&what, &product(&m, cpu, &x, n), &expected);
@@ -71,7 +72,7 @@ fn large_products_split_over_threads_and_passes_match() {
     let (t, rows, cols, n) = (GgmlType::Q4_K, 600, 2048, 6);
     let m = QuantMatrix::new(t, rows, cols, random_matrix(t, rows, cols, &mut rng)).expect("matrix");
     let x = random_x(n * cols, &mut rng);
-    assert_close("large Q4_K", &product(&m, cpu, &x, n), &reference(&m, &rounded(&x, cols), n));
+    assert_close("large Q4_K", &product(&m, cpu, &x, n), &reference(&m, &rounded(t, &x, cols), n));
 }
 
 #[test]
