@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{argmax, check_loose_tolerance, ids, read_json, weights_file};
+use common::{argmax, check_loose_tolerance, ids, read_json, teacher_forced_stepwise, weights_file};
 use serde_json::Value;
 use stellarchat_model::device::{DeviceSpec, Precision};
 use stellarchat_model::kv_cache::SequenceCache;
@@ -27,19 +27,6 @@ fn teacher_forced(model: &Transformer, prompt: &[u32]) -> (SequenceCache, Vec<f3
         .forward(&mut [ForwardChunk { cache: &mut cache, tokens: prompt, all_logits: true }])
         .expect("forward");
     (cache, logits.chunk(0).to_vec())
-}
-
-/// [`teacher_forced`] one token per forward pass.
-fn teacher_forced_stepwise(model: &Transformer, prompt: &[u32]) -> (SequenceCache, Vec<f32>) {
-    let mut cache = model.new_cache();
-    let mut rows = Vec::new();
-    for token in prompt {
-        let step = model
-            .forward(&mut [ForwardChunk { cache: &mut cache, tokens: std::slice::from_ref(token), all_logits: true }])
-            .expect("forward");
-        rows.extend_from_slice(step.chunk(0));
-    }
-    (cache, rows)
 }
 
 fn check_device(spec: DeviceSpec, weights: WeightFormat) {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{argmax, check_loose_tolerance, ids, read_json, weights_file};
+use common::{argmax, check_loose_tolerance, ids, read_json, teacher_forced_stepwise, weights_file};
 use stellarchat_model::device::{DeviceSpec, Precision};
 use stellarchat_model::model::{LoadOptions, ModelLoader};
 use stellarchat_model::transformer::ForwardChunk;
@@ -94,14 +94,7 @@ fn gemma3_golden_with_q8_activations() {
     for prompt in golden["prompts"].as_array().expect("prompts").iter().filter(|p| ids(&p["ids"]).len() <= 64) {
         let name = prompt["name"].as_str().expect("name");
         let prompt_ids = ids(&prompt["ids"]);
-        let mut cache = model.new_cache();
-        let mut rows = Vec::new();
-        for token in &prompt_ids {
-            let step = model
-                .forward(&mut [ForwardChunk { cache: &mut cache, tokens: std::slice::from_ref(token), all_logits: true }])
-                .expect("forward");
-            rows.extend_from_slice(step.chunk(0));
-        }
+        let (_, rows) = teacher_forced_stepwise(&model, &prompt_ids);
         let worst = check_loose_tolerance(&format!("q8 {name}"), &rows, vocab, &prompt["reference_top5"], 1.5);
         eprintln!("q8 activations {name} ({} tokens): max logit error {worst:.4}", prompt_ids.len());
     }

@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
+use stellarchat_model::kv_cache::SequenceCache;
+use stellarchat_model::transformer::{ForwardChunk, Transformer};
 
 /// The repository root (tests read `tests/golden/` and `weights/` under it, nothing outside).
 pub fn repo_root() -> PathBuf {
@@ -63,4 +65,19 @@ pub fn check_loose_tolerance(what: &str, rows: &[f32], vocab: usize, reference_t
         }
     }
     worst
+}
+
+/// Teacher-forced logits of `prompt` fed one token per forward pass, as decode steps (where
+/// 8-bit activations apply): the cache that then holds the prompt, and `[prompt.len() ×
+/// vocab]` logits.
+pub fn teacher_forced_stepwise(model: &Transformer, prompt: &[u32]) -> (SequenceCache, Vec<f32>) {
+    let mut cache = model.new_cache();
+    let mut rows = Vec::new();
+    for token in prompt {
+        let step = model
+            .forward(&mut [ForwardChunk { cache: &mut cache, tokens: std::slice::from_ref(token), all_logits: true }])
+            .expect("forward");
+        rows.extend_from_slice(step.chunk(0));
+    }
+    (cache, rows)
 }
