@@ -95,6 +95,19 @@ fn gemma_special_tokens() {
 }
 
 #[test]
+fn gemma_plain_encoding_splits_user_defined_tokens_only() {
+    let (tok, _) = gemma();
+    // "\n\n" (108) is user-defined: split out of any text; <start_of_turn> (105) is control.
+    let ids = tok.encode("<start_of_turn>\n\nhi", false).unwrap();
+    assert!(ids.contains(&108) && !ids.contains(&105), "{ids:?}");
+    let markers = ["<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<unused17>", "<start_of_image>", "</s>"];
+    let mut texts = super::tests::marker_texts(&markers);
+    texts.extend(golden()["texts"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap().to_owned()));
+    texts.extend(golden()["prompts"].as_array().unwrap().iter().map(|c| c["prompt"].as_str().unwrap().to_owned()));
+    super::tests::assert_plain_encoding_matches_the_library(tok, &texts);
+}
+
+#[test]
 fn gemma_streams_whole_characters() {
     let (tok, _) = gemma();
     for text in ["héllo 世界 🚀\n\n  tabs\t\tend", "   three spaces first"] {

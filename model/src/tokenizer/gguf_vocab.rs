@@ -7,8 +7,6 @@
 //! - `llama`: SentencePiece BPE from `tokens` + `scores`, converted the way Hugging Face's
 //!   `LlamaConverter` does it (merges derived from the scores, byte fallback, `▁` for spaces).
 
-use std::collections::{HashMap, HashSet};
-
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel;
 use tokenizers::decoders::fuse::Fuse;
@@ -22,6 +20,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
+use super::token_texts::TokenTexts;
 use crate::error::{ModelError, Result};
 use crate::gguf::Metadata;
 
@@ -75,7 +74,7 @@ pub(crate) fn pre_tokenizer_regexes(pre: &str) -> Option<PreTokenizerSpec> {
 pub(crate) struct Built {
     pub tokenizer: tokenizers::Tokenizer,
     /// The raw token texts, indexed by id.
-    pub tokens: Vec<String>,
+    pub tokens: TokenTexts,
     /// llama.cpp's default for `add_bos` when `tokenizer.ggml.add_bos_token` is absent.
     pub add_bos_default: bool,
     /// llama.cpp's default bos/eos ids for this vocabulary kind.
@@ -105,6 +104,10 @@ pub(crate) fn build(metadata: &Metadata) -> Result<Built> {
     // llama.cpp names empty tokens this way; an empty key would confuse the BPE vocabulary.
     let tokens: Vec<String> =
         tokens.into_iter().enumerate().map(|(i, t)| if t.is_empty() { format!("[EMPTY_{i}]") } else { t }).collect();
+    // One packed copy of the texts serves lookups by id; the strings themselves move into the
+    // BPE vocabulary rather than being copied there.
+    let texts = TokenTexts::new(tokens.iter().map(String::as_str));
+    let vocab = vocab_of(tokens);
 
     let (mut tokenizer, add_bos_default, default_bos_eos) = match model {
         "gpt2" => {
@@ -115,12 +118,12 @@ pub(crate) fn build(metadata: &Metadata) -> Result<Built> {
             let merges = metadata
                 .opt_string_array("tokenizer.ggml.merges")?
                 .ok_or_else(|| ModelError::Tokenizer("a gpt2 vocabulary needs tokenizer.ggml.merges".into()))?;
-            (byte_level_bpe(&tokens, &merges, &spec)?, spec.add_bos_default, None)
+            (byte_level_bpe(vocab, merges, &spec)?, spec.add_bos_default, None)
         }
         "llama" => {
             let scores = metadata.opt_f32_array("tokenizer.ggml.scores")?.unwrap_or_default();
             let add_space_prefix = metadata.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
-            (sentencepiece_bpe(&tokens, &scores, &token_types, add_space_prefix)?, true, Some((1, 2)))
+            (sentencepiece_bpe(&texts, vocab, &scores, &token_types, add_space_prefix)?, true, Some((1, 2)))
         }
         other => {
             return Err(ModelError::Tokenizer(format!(
@@ -128,8 +131,8 @@ pub(crate) fn build(metadata: &Metadata) -> Result<Built> {
             )));
         }
     };
-    add_special_tokens(&mut tokenizer, &tokens, &token_types)?;
-    Ok(Built { tokenizer, tokens, add_bos_default, default_bos_eos })
+    add_special_tokens(&mut tokenizer, &texts, &token_types)?;
+    Ok(Built { tokenizer, tokens: texts, add_bos_default, default_bos_eos })
 }
 
 /// Metadata for a synthetic model's tokenizer (random-weight models for tests and benchmarks):
@@ -200,16 +203,16 @@ fn byte_level_char(b: u8) -> char {
 
 /// The first id of every distinct token text: llama.cpp refuses duplicates, but a lossy UTF-8
 /// decode of the metadata can create them, and the first id is the one a lookup finds there.
-fn vocab_of(tokens: &[String]) -> Vocab {
-    let mut vocab = Vocab::default();
+fn vocab_of(tokens: Vec<String>) -> Vocab {
+    // Sized up front: growing a 262,144-entry table rehashes it ~18 times on the way.
+    let mut vocab = Vocab::with_capacity(tokens.len());
     for (id, token) in (0u32..).zip(tokens) {
-        vocab.entry(token.clone()).or_insert(id);
+        vocab.entry(token).or_insert(id);
     }
     vocab
 }
 
-fn byte_level_bpe(tokens: &[String], merges: &[String], spec: &PreTokenizerSpec) -> Result<tokenizers::Tokenizer> {
-    let vocab = vocab_of(tokens);
+fn byte_level_bpe(vocab: Vocab, merges: Vec<String>, spec: &PreTokenizerSpec) -> Result<tokenizers::Tokenizer> {
     let mut pairs = Vec::with_capacity(merges.len());
     let mut skipped = 0usize;
     for merge in merges {
@@ -254,14 +257,15 @@ fn byte_level_bpe(tokens: &[String], merges: &[String], spec: &PreTokenizerSpec)
 }
 
 fn sentencepiece_bpe(
-    tokens: &[String],
+    tokens: &TokenTexts,
+    vocab: Vocab,
     scores: &[f32],
     token_types: &[i64],
     add_space_prefix: bool,
 ) -> Result<tokenizers::Tokenizer> {
-    let vocab = vocab_of(tokens);
     let merges = merges_from_scores(tokens, scores, &vocab);
-    let unk = (0..tokens.len()).find(|&i| token_types[i] == TOKEN_TYPE_UNKNOWN).map(|i| tokens[i].clone());
+    let unk = (0..tokens.len()).find(|&i| token_types[i] == TOKEN_TYPE_UNKNOWN).and_then(|i| tokens.get(i));
+    let unk = unk.map(str::to_owned);
     let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
     if let Some(unk) = unk {
         builder = builder.unk_token(unk);
@@ -299,57 +303,62 @@ fn sentencepiece_bpe(
 /// Hugging Face's `generate_merges` for SentencePiece vocabularies: every split of a token
 /// into two tokens is a merge, ranked by the merged token's score (highest first), then by
 /// the lengths of the left and right pieces (longest first), then by vocabulary order.
-pub(crate) fn merges_from_scores(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Vec<(String, String)> {
-    struct Candidate<'a> {
-        left: &'a str,
-        right: &'a str,
+/// `vocab` maps each text to its first id, as [`vocab_of`] builds it.
+pub(crate) fn merges_from_scores(tokens: &TokenTexts, scores: &[f32], vocab: &Vocab) -> Vec<(String, String)> {
+    /// A merge as ids (20 bytes; Gemma 3 has ~515,000 of them): texts only at the end, once
+    /// the ranking is done and the tables below are gone.
+    struct Candidate {
+        left: u32,
+        right: u32,
         score: f32,
-        left_chars: usize,
-        right_chars: usize,
+        left_chars: u32,
+        right_chars: u32,
     }
-    // Python's dict keeps the first position and the last score of a repeated text.
-    let mut score_of: HashMap<&str, f32> = HashMap::with_capacity(tokens.len());
+    let chars = |text: &str| u32::try_from(text.chars().count()).unwrap_or(u32::MAX);
+    // Python's dict keeps the first position and the last score of a repeated text: the last
+    // score, stored under the text's first id.
+    let mut score_of = vec![0.0f32; tokens.len()];
     for (id, token) in tokens.iter().enumerate() {
-        // `+ 0.0` turns -0.0 into 0.0, which Python compares as equal.
-        score_of.insert(token.as_str(), scores.get(id).copied().unwrap_or(0.0) + 0.0);
+        if let Some(&first) = vocab.get(token) {
+            // `+ 0.0` turns -0.0 into 0.0, which Python compares as equal.
+            score_of[first as usize] = scores.get(id).copied().unwrap_or(0.0) + 0.0;
+        }
     }
     let mut candidates = Vec::new();
-    let mut seen = HashSet::with_capacity(tokens.len());
-    for token in tokens {
-        if !seen.insert(token.as_str()) {
+    let mut local = Vec::new();
+    for (id, token) in (0u32..).zip(tokens.iter()) {
+        // A repeated text proposes its merges once, at its first position.
+        if vocab.get(token) != Some(&id) {
             continue;
         }
-        let score = score_of.get(token.as_str()).copied().unwrap_or(0.0);
-        let mut local: Vec<(u32, u32, Candidate)> = token
-            .char_indices()
-            .skip(1)
-            .filter_map(|(at, _)| {
-                let (left, right) = token.split_at(at);
-                let (&l, &r) = (vocab.get(left)?, vocab.get(right)?);
-                let (left_chars, right_chars) = (left.chars().count(), right.chars().count());
-                Some((l, r, Candidate { left, right, score, left_chars, right_chars }))
-            })
-            .collect();
-        local.sort_by_key(|&(l, r, _)| (l, r));
-        candidates.extend(local.into_iter().map(|(_, _, c)| c));
+        let score = score_of[id as usize];
+        local.extend(token.char_indices().skip(1).filter_map(|(at, _)| {
+            let (left, right) = token.split_at(at);
+            let (&l, &r) = (vocab.get(left)?, vocab.get(right)?);
+            Some(Candidate { left: l, right: r, score, left_chars: chars(left), right_chars: chars(right) })
+        }));
+        local.sort_by_key(|c: &Candidate| (c.left, c.right));
+        candidates.append(&mut local);
     }
+    drop(score_of);
     // Stable, like Python's sorted(..., reverse=True): ties keep their vocabulary order.
     candidates.sort_by(|a, b| {
         b.score.total_cmp(&a.score).then(b.left_chars.cmp(&a.left_chars)).then(b.right_chars.cmp(&a.right_chars))
     });
-    candidates.into_iter().map(|c| (c.left.to_string(), c.right.to_string())).collect()
+    let text = |id: u32| tokens.get(id as usize).unwrap_or_default().to_owned();
+    candidates.into_iter().map(|c| (text(c.left), text(c.right))).collect()
 }
 
 /// Control and unknown tokens become special added tokens (split out only when special
 /// tokens are parsed); user-defined tokens become ordinary added tokens, which llama.cpp and
 /// Hugging Face both split out of any text, parsed or not.
-fn add_special_tokens(tokenizer: &mut tokenizers::Tokenizer, tokens: &[String], types: &[i64]) -> Result<()> {
+fn add_special_tokens(tokenizer: &mut tokenizers::Tokenizer, tokens: &TokenTexts, types: &[i64]) -> Result<()> {
     let mut special = Vec::new();
     let mut user_defined = Vec::new();
     for (token, &kind) in tokens.iter().zip(types) {
         match kind {
-            TOKEN_TYPE_CONTROL | TOKEN_TYPE_UNKNOWN => special.push(AddedToken::from(token.clone(), true)),
-            TOKEN_TYPE_USER_DEFINED => user_defined.push(AddedToken::from(token.clone(), false).normalized(false)),
+            TOKEN_TYPE_CONTROL | TOKEN_TYPE_UNKNOWN => special.push(AddedToken::from(token, true)),
+            TOKEN_TYPE_USER_DEFINED => user_defined.push(AddedToken::from(token, false).normalized(false)),
             _ => {}
         }
     }

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::Specials;
+use super::token_texts::TokenTexts;
 use crate::error::{ModelError, Result};
 
 /// Likely BOS texts, for a `tokenizer.json` without a `tokenizer_config.json`.
@@ -64,14 +65,14 @@ pub(super) fn load(path: &Path) -> Result<(tokenizers::Tokenizer, Specials)> {
 }
 
 /// Every token text by id, added tokens included; ids nobody uses stay empty.
-pub(super) fn token_texts(tokenizer: &tokenizers::Tokenizer) -> Vec<String> {
+pub(super) fn token_texts(tokenizer: &tokenizers::Tokenizer) -> TokenTexts {
     let vocab = tokenizer.get_vocab(true);
     let size = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
     let mut texts = vec![String::new(); size];
     for (text, id) in vocab {
         texts[id as usize] = text;
     }
-    texts
+    TokenTexts::new(texts.iter().map(String::as_str))
 }
 
 fn json_id(value: &Value) -> Option<u32> {

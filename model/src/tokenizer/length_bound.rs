@@ -51,8 +51,8 @@ impl Tokenizer {
     /// The vocabulary's figures, when its pipeline keeps every byte it can spell.
     fn length_bound(&self) -> Option<LengthBound> {
         let json = |v: Option<Value>| v.unwrap_or(Value::Null);
-        let normalizer = json(self.inner.plain.get_normalizer().and_then(|n| serde_json::to_value(n).ok()));
-        let pre_tokenizer = json(self.inner.plain.get_pre_tokenizer().and_then(|p| serde_json::to_value(p).ok()));
+        let normalizer = json(self.inner.tokenizer.get_normalizer().and_then(|n| serde_json::to_value(n).ok()));
+        let pre_tokenizer = json(self.inner.tokenizer.get_pre_tokenizer().and_then(|p| serde_json::to_value(p).ok()));
         if !normalizer_keeps_bytes(&normalizer) || drops_characters(&pre_tokenizer) {
             return None;
         }

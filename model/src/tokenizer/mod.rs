@@ -17,6 +17,7 @@ mod rendered;
 mod rendered_tests;
 #[cfg(test)]
 pub(crate) mod tests;
+mod token_texts;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -26,6 +27,8 @@ use std::sync::{Arc, OnceLock};
 pub use incremental::IncrementalDecoder;
 use rendered::SpecialTexts;
 pub use rendered::{PartKind, RenderedPrompt};
+use token_texts::TokenTexts;
+use tokenizers::{Model, PreTokenizer};
 
 use crate::error::{ModelError, Result};
 use crate::gguf::Metadata;
@@ -46,14 +49,17 @@ pub struct Tokenizer {
 }
 
 struct Inner {
-    /// Splits special tokens out of the text before tokenizing (chat prompts).
-    parsing: tokenizers::Tokenizer,
-    /// Treats special-token text as ordinary text (user content, completions prompts).
-    /// `encode_special_tokens` is a setting of the tokenizer, not of a call, so each mode
-    /// gets its own configured copy rather than a mutex around one.
-    plain: tokenizers::Tokenizer,
+    /// The pipeline; its added vocabulary splits special tokens out of the text before
+    /// tokenizing (chat prompts).
+    tokenizer: tokenizers::Tokenizer,
+    /// A copy of that added vocabulary which leaves special-token text in place, for text
+    /// whose markers are ordinary text (user content, completions prompts); see
+    /// [`Tokenizer::encode_plain`]. `encode_special_tokens` is a setting of the vocabulary,
+    /// not of a call, and only the vocabulary reads it, so this copy (~1 MB for Gemma 3) stands
+    /// in for a second whole tokenizer, whose BPE tables would cost ~70 MB more.
+    plain_added: tokenizers::AddedVocabulary,
     /// Raw token texts by id (byte-level or `▁` form, as stored in the vocabulary).
-    tokens: Vec<String>,
+    tokens: TokenTexts,
     special: HashSet<u32>,
     /// The special tokens' texts, for finding them in a chat template's own text.
     special_texts: SpecialTexts,
@@ -140,13 +146,13 @@ impl Tokenizer {
     /// The tokenizer as a Hugging Face `tokenizer.json` (for exporting a checkpoint): the
     /// same pipeline, so [`Tokenizer::from_json_file`] of it encodes identically.
     pub fn to_hf_json(&self) -> Result<String> {
-        self.inner.parsing.to_string(true).map_err(|e| ModelError::Tokenizer(format!("cannot serialize: {e}")))
+        self.inner.tokenizer.to_string(true).map_err(|e| ModelError::Tokenizer(format!("cannot serialize: {e}")))
     }
 
-    fn assemble(mut tokenizer: tokenizers::Tokenizer, tokens: Vec<String>, specials: Specials) -> Tokenizer {
+    fn assemble(mut tokenizer: tokenizers::Tokenizer, tokens: TokenTexts, specials: Specials) -> Tokenizer {
         tokenizer.set_encode_special_tokens(false);
-        let mut plain = tokenizer.clone();
-        plain.set_encode_special_tokens(true);
+        let mut plain_added = tokenizer.get_added_vocabulary().clone();
+        plain_added.set_encode_special_tokens(true);
 
         let added = tokenizer.get_added_tokens_decoder();
         let special: HashSet<u32> = added.iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
@@ -156,8 +162,8 @@ impl Tokenizer {
             .iter()
             .zip(0u32..)
             .filter(|(text, id)| {
-                END_OF_GENERATION_TEXTS.contains(&text.as_str())
-                    && (!END_OF_GENERATION_IF_CONTROL.contains(&text.as_str()) || special.contains(id))
+                END_OF_GENERATION_TEXTS.contains(text)
+                    && (!END_OF_GENERATION_IF_CONTROL.contains(text) || special.contains(id))
             })
             .map(|(_, id)| id);
         let mut stop_ids: Vec<u32> = specials.eos.into_iter().chain(specials.extra_stop).chain(by_text).collect();
@@ -166,8 +172,8 @@ impl Tokenizer {
         stop_ids.dedup();
 
         let inner = Inner {
-            parsing: tokenizer,
-            plain,
+            tokenizer,
+            plain_added,
             tokens,
             special,
             special_texts,
@@ -184,11 +190,25 @@ impl Tokenizer {
     /// Token ids of `text`; never adds BOS. With `parse_special`, special-token text such as
     /// `<|im_start|>` becomes its special id; without, it is tokenized as ordinary text.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
-        let tokenizer = if parse_special { &self.inner.parsing } else { &self.inner.plain };
-        let encoding = tokenizer
-            .encode_fast(text, false)
-            .map_err(|e| ModelError::Tokenizer(format!("cannot encode text: {e}")))?;
+        let encoding =
+            if parse_special { self.inner.tokenizer.encode_fast(text, false) } else { self.encode_plain(text) };
+        let encoding = encoding.map_err(|e| ModelError::Tokenizer(format!("cannot encode text: {e}")))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// `encode_fast(text, false)` of the tokenizer with `plain_added` in place of its added
+    /// vocabulary: the same steps `tokenizers` takes for one raw sequence (split out added
+    /// tokens and normalize, pre-tokenize, run the model, post-process without adding special
+    /// tokens). Both sources turn truncation off, so no step truncates.
+    fn encode_plain(&self, text: &str) -> tokenizers::Result<tokenizers::Encoding> {
+        let tokenizer = &self.inner.tokenizer;
+        let mut pieces = self.inner.plain_added.extract_and_normalize(tokenizer.get_normalizer(), text);
+        if let Some(pre_tokenizer) = tokenizer.get_pre_tokenizer() {
+            pre_tokenizer.pre_tokenize(&mut pieces)?;
+        }
+        tokenizer.get_model().tokenize_in_pretokenized(&mut pieces, None)?;
+        let encoding = pieces.into_encoding(None, 0, tokenizers::OffsetType::None)?;
+        tokenizer.post_process(encoding, None, false)
     }
 
     /// Token ids of a rendered prompt: special tokens parsed, and BOS prepended when the
@@ -217,7 +237,7 @@ impl Tokenizer {
             )));
         }
         self.inner
-            .parsing
+            .tokenizer
             .decode(ids, skip_special)
             .map_err(|e| ModelError::Tokenizer(format!("cannot decode tokens: {e}")))
     }
@@ -252,7 +272,7 @@ impl Tokenizer {
 
     /// The raw vocabulary text of a token (byte-level BPE pieces look like `Ġworld`).
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.inner.tokens.get(id as usize).map(String::as_str).filter(|t| !t.is_empty())
+        self.inner.tokens.get(id as usize).filter(|t| !t.is_empty())
     }
 
     /// The exact bytes token `id` adds to a text (a multi-byte character split across
@@ -270,7 +290,7 @@ impl Tokenizer {
 
     /// The id of a token given its raw vocabulary text.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.inner.parsing.token_to_id(text)
+        self.inner.tokenizer.token_to_id(text)
     }
 
     /// BOS as text, for chat templates (`bos_token`).

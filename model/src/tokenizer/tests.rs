@@ -87,6 +87,38 @@ fn special_tokens_are_parsed_only_on_request() {
     assert_eq!(tok.decode(&plain, false).unwrap(), "<|im_start|>");
 }
 
+/// The texts `plain_encoding_is_the_libraries_encode_special_tokens_mode` tries: markers
+/// alone, glued to words, nested in each other and cut short, besides the golden texts.
+pub(super) fn marker_texts(markers: &[&str]) -> Vec<String> {
+    let mut texts: Vec<String> = markers.iter().map(|m| m.to_string()).collect();
+    texts.push(markers.concat());
+    texts.push(markers.join(" a\n\n b "));
+    texts.extend(markers.iter().map(|m| format!("x{m}y\t\t{}", &m[..m.len() / 2])));
+    texts.extend(["", " ", "\n\n\n", "<", "<<|im_start|>|>", "<start_of_<end_of_turn>turn>"].map(String::from));
+    texts
+}
+
+/// `encode(.., false)` runs the pipeline by hand with a copy of the added vocabulary; it has
+/// to give what a whole tokenizer set to `encode_special_tokens` gives.
+pub(super) fn assert_plain_encoding_matches_the_library(tok: &Tokenizer, texts: &[String]) {
+    let mut library = tok.inner.tokenizer.clone();
+    library.set_encode_special_tokens(true);
+    for text in texts {
+        let expected = library.encode_fast(text.as_str(), false).unwrap().get_ids().to_vec();
+        assert_eq!(tok.encode(text, false).unwrap(), expected, "{text:?}");
+    }
+}
+
+#[test]
+fn plain_encoding_is_the_libraries_encode_special_tokens_mode() {
+    let Some((_, tok)) = smollm() else { return };
+    let markers = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<jupyter_code>", "<repo_name>"];
+    let mut texts = marker_texts(&markers);
+    texts.extend(golden()["texts"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap().to_owned()));
+    texts.extend(golden()["chats"].as_array().unwrap().iter().map(|c| c["prompt"].as_str().unwrap().to_owned()));
+    assert_plain_encoding_matches_the_library(tok, &texts);
+}
+
 #[test]
 fn smollm_special_ids() {
     let Some((_, tok)) = smollm() else { return };
@@ -159,7 +191,7 @@ fn tokenizer_json_gives_the_same_ids() {
     let dir = std::env::temp_dir().join(format!("stellarchat-tokenizer-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("tokenizer.json");
-    std::fs::write(&json, tok.inner.parsing.to_string(false).unwrap()).unwrap();
+    std::fs::write(&json, tok.inner.tokenizer.to_string(false).unwrap()).unwrap();
     std::fs::write(
         dir.join("tokenizer_config.json"),
         r#"{"bos_token": {"content": "<|im_start|>"}, "eos_token": "<|im_end|>", "add_bos_token": false}"#,
@@ -312,16 +344,26 @@ fn sentencepiece_vocab_encodes_and_decodes() {
 
 #[test]
 fn merges_follow_scores_then_lengths() {
-    let tokens: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"].map(String::from).to_vec();
-    let scores = [0.0, 0.0, 0.0, -2.0, -1.0, -3.0];
-    let vocab = gguf_vocab_for_test(&tokens);
-    let merges = gguf_vocab::merges_from_scores(&tokens, &scores, &vocab);
-    let pairs: Vec<(&str, &str)> = merges.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
-    assert_eq!(pairs, vec![("b", "c"), ("a", "b"), ("ab", "c"), ("a", "bc")]);
+    let merges = merges_for_test(&["a", "b", "c", "ab", "bc", "abc"], &[0.0, 0.0, 0.0, -2.0, -1.0, -3.0]);
+    assert_eq!(merges, ["b c", "a b", "ab c", "a bc"]);
 }
 
-fn gguf_vocab_for_test(tokens: &[String]) -> tokenizers::models::bpe::Vocab {
-    tokens.iter().cloned().zip(0u32..).collect()
+#[test]
+fn a_repeated_token_text_merges_once_with_its_last_score() {
+    // "ab" at ids 3 and 5: one merge, ranked by the score of id 5 (above "bc"'s), as
+    // Python's dict {text: score} in Hugging Face's converter keeps it.
+    let merges = merges_for_test(&["a", "b", "c", "ab", "bc", "ab"], &[0.0, 0.0, 0.0, -9.0, -1.0, -0.5]);
+    assert_eq!(merges, ["a b", "b c"]);
+}
+
+/// `merges_from_scores` over a vocabulary that maps each text to its first id, as "left right".
+fn merges_for_test(tokens: &[&str], scores: &[f32]) -> Vec<String> {
+    let texts = super::token_texts::TokenTexts::new(tokens.iter().copied());
+    let mut vocab = tokenizers::models::bpe::Vocab::default();
+    for (id, &text) in (0u32..).zip(tokens) {
+        vocab.entry(text.to_owned()).or_insert(id);
+    }
+    gguf_vocab::merges_from_scores(&texts, scores, &vocab).into_iter().map(|(l, r)| format!("{l} {r}")).collect()
 }
 
 #[test]
