@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::error::{ModelError, Result};
-use crate::gguf::{GgmlType, GgufFile, dequantize};
+use crate::gguf::{GgmlType, GgufFile, TensorBytes, dequantize};
 use crate::quant_matmul::QuantMatrix;
 
 /// How linear-layer weights are kept.
@@ -89,7 +89,8 @@ impl fmt::Display for WeightFormat {
 pub struct RawTensor {
     pub dims: Vec<usize>,
     pub ggml_type: GgmlType,
-    pub bytes: Vec<u8>,
+    /// A window onto the file's map where the source has one (no copy), else owned bytes.
+    pub bytes: TensorBytes,
 }
 
 /// Anything that can produce the model's tensors by GGUF name.
@@ -101,8 +102,9 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
 }
 
-/// Every tensor is read once into the model's own buffers, so its file pages are released
-/// right after (see [`GgufFile::release`]).
+/// Dense tensors are read once into the model's own buffers, so their file pages are released
+/// right after (see [`GgufFile::release`]); raw tensors are windows onto the map, used in
+/// place (their pages are the weights' only copy).
 impl WeightSource for GgufFile {
     fn f32_tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let (info, data) = self.tensor_f32(name)?;
@@ -112,8 +114,7 @@ impl WeightSource for GgufFile {
 
     fn raw_tensor(&self, name: &str) -> Result<RawTensor> {
         let info = self.tensor_info(name).ok_or_else(|| ModelError::tensor(name, "missing from the file"))?;
-        let bytes = self.tensor_bytes(info)?.to_vec();
-        self.release(info);
+        let bytes = self.tensor_window(info)?;
         Ok(RawTensor { dims: info.dims.clone(), ggml_type: info.ggml_type, bytes })
     }
 
@@ -315,12 +316,12 @@ impl LinearWeight {
     /// tensors in Q6_K), or different input widths. A missing bias is zeros beside a present
     /// one.
     ///
-    /// Quantized blocks never straddle rows, so stacking the weight rows (output features)
-    /// is a byte concatenation; dense `[in, out]` tensors are concatenated along `out`.
+    /// Quantized blocks never straddle rows, so quantized parts are stacked by reference
+    /// (no copy: [`QuantMatrix::stacked`]); dense `[in, out]` tensors are concatenated along
+    /// `out`.
     pub fn concat_outputs(parts: &[&LinearWeight]) -> Option<LinearWeight> {
         match parts.first()? {
-            LinearWeight::Quantized { matrix, .. } => {
-                let (ggml_type, cols) = (matrix.ggml_type(), matrix.cols());
+            LinearWeight::Quantized { .. } => {
                 let matrices: Vec<(&QuantMatrix, &Option<Vec<f32>>)> = parts
                     .iter()
                     .map(|part| match part {
@@ -328,17 +329,10 @@ impl LinearWeight {
                         LinearWeight::Dense { .. } => None,
                     })
                     .collect::<Option<_>>()?;
-                if matrices.iter().any(|(m, _)| m.ggml_type() != ggml_type || m.cols() != cols) {
-                    return None;
-                }
-                let rows = matrices.iter().map(|(m, _)| m.rows()).sum();
-                let bytes: Vec<u8> = matrices.iter().flat_map(|(m, _)| m.bytes().iter().copied()).collect();
+                let matrix = QuantMatrix::stacked(&matrices.iter().map(|(m, _)| *m).collect::<Vec<_>>())?;
                 let bias = matrices.iter().any(|(_, b)| b.is_some()).then(|| {
                     matrices.iter().flat_map(|(m, b)| b.as_ref().map_or_else(|| vec![0.0; m.rows()], Vec::clone)).collect()
                 });
-                // Same type and width, and the byte count is the sum of valid matrices'.
-                let int8 = matrices.iter().any(|(m, _)| m.int8_activations());
-                let matrix = QuantMatrix::new(ggml_type, rows, cols, bytes).ok()?.with_int8_activations(int8);
                 Some(LinearWeight::Quantized { matrix: Arc::new(matrix), bias })
             }
             LinearWeight::Dense { weight, .. } => {
@@ -394,7 +388,7 @@ pub struct EmbeddingTable {
     dim: usize,
     vocab: usize,
     /// Shared with a tied output projection's [`QuantMatrix`].
-    bytes: Arc<Vec<u8>>,
+    bytes: TensorBytes,
 }
 
 impl EmbeddingTable {
@@ -410,7 +404,7 @@ impl EmbeddingTable {
         dequantize(raw.ggml_type, &raw.bytes[..row_bytes.min(raw.bytes.len())], &mut probe).map_err(|_| {
             ModelError::UnsupportedQuantization { tensor: name.to_string(), ggml_type: raw.ggml_type.to_string() }
         })?;
-        Ok(EmbeddingTable { ggml_type: raw.ggml_type, row_bytes, dim, vocab, bytes: Arc::new(raw.bytes) })
+        Ok(EmbeddingTable { ggml_type: raw.ggml_type, row_bytes, dim, vocab, bytes: raw.bytes })
     }
 
     pub fn dim(&self) -> usize {

@@ -7,6 +7,7 @@
 //! count field is trusted for an allocation before it is checked against the bytes left
 //! (`reader`). [`GgufWriter`] writes files, for test models and for the bad files of the tests.
 
+mod bytes;
 pub mod dequant;
 mod metadata;
 mod reader;
@@ -15,13 +16,16 @@ mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+pub use bytes::TensorBytes;
 pub use dequant::dequantize;
 pub use metadata::{Metadata, MetadataValue, ValueType};
 pub use types::GgmlType;
 pub use writer::GgufWriter;
 
 use crate::error::{ModelError, Result};
+use bytes::Backing;
 use reader::{Field, Reader};
 
 const GGUF_MAGIC: u32 = u32::from_le_bytes(*b"GGUF");
@@ -56,23 +60,6 @@ impl TensorInfo {
     }
 }
 
-/// The bytes of a file: memory-mapped, or owned (files built in memory, in tests).
-enum Storage {
-    Mapped(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
-
-impl std::ops::Deref for Storage {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        match self {
-            Storage::Mapped(map) => map,
-            Storage::Owned(bytes) => bytes,
-        }
-    }
-}
-
 /// An opened, memory-mapped GGUF file.
 pub struct GgufFile {
     path: PathBuf,
@@ -81,7 +68,7 @@ pub struct GgufFile {
     tensors: Vec<TensorInfo>,
     by_name: BTreeMap<String, usize>,
     data_start: usize,
-    map: Storage,
+    map: Arc<Backing>,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -102,15 +89,15 @@ impl GgufFile {
         // SAFETY: the map is read-only; a file truncated underneath us by another process
         // would fault, which is the documented, accepted risk of every mmap-based loader.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
-        Self::parse(path, Storage::Mapped(map))
+        Self::parse(path, Backing::Mapped(map))
     }
 
     /// Parses a file held in memory (its path reads `<memory>` in errors).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile> {
-        Self::parse(PathBuf::from("<memory>"), Storage::Owned(bytes))
+        Self::parse(PathBuf::from("<memory>"), Backing::Owned(bytes))
     }
 
-    fn parse(path: PathBuf, map: Storage) -> Result<GgufFile> {
+    fn parse(path: PathBuf, map: Backing) -> Result<GgufFile> {
         let mut r = Reader::new(&map);
         let magic = r.u32(Field::Header("the magic number"))?;
         if magic != GGUF_MAGIC {
@@ -181,7 +168,7 @@ impl GgufFile {
         let data_start = r.pos().div_ceil(alignment).checked_mul(alignment);
         let data_start =
             data_start.ok_or_else(|| ModelError::metadata("general.alignment", format!("{alignment} is too large")))?;
-        let file = GgufFile { path, version, metadata, tensors, by_name, data_start, map };
+        let file = GgufFile { path, version, metadata, tensors, by_name, data_start, map: Arc::new(map) };
         // Validate every tensor's extent now, so later reads cannot go out of bounds. A type we
         // cannot size (a newer quantization) fails when that tensor is read, not at open.
         for info in file.tensors.iter().filter(|t| t.ggml_type.block_layout().is_some()) {
@@ -208,25 +195,21 @@ impl GgufFile {
         Ok(&self.map[start..end])
     }
 
+    /// A tensor's raw bytes without copying them: a window onto the file's map that keeps the
+    /// map alive. Its pages are the page cache's, read in on first use.
+    pub fn tensor_window(&self, info: &TensorInfo) -> Result<TensorBytes> {
+        let (start, end) = self.extent(info)?;
+        Ok(TensorBytes::window(self.map.clone(), start..end))
+    }
+
     /// Tells the kernel this process is done with a tensor's data (after copying it): the pages
     /// wholly inside it leave the resident set, so a model loaded into its own buffers does
     /// not also hold the whole file in memory at its peak. Reading the tensor again stays
     /// correct (the pages come back from the file); failure is harmless and ignored.
     pub fn release(&self, info: &TensorInfo) {
-        #[cfg(unix)]
-        if let (Storage::Mapped(map), Ok((start, end))) = (&self.map, self.extent(info)) {
-            const PAGE: usize = 4096;
-            let (first, last) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
-            if last > first {
-                // SAFETY: the map is read-only and file-backed, so dropping its pages loses
-                // nothing: a later read faults them back in from the file. No reference into
-                // the range is used after this call by the loader, and one that were would
-                // still read the same bytes.
-                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first) };
-            }
+        if let Ok(window) = self.tensor_window(info) {
+            window.release_pages();
         }
-        #[cfg(not(unix))]
-        let _ = info;
     }
 
     /// A tensor dequantized to f32, in ggml element order (row-major over [`TensorInfo::shape`]).

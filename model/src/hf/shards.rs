@@ -202,7 +202,7 @@ impl WeightSource for HfWeights {
         let entry = self.entry(name)?;
         match ggml_type(entry.stored.dtype) {
             Some(ggml_type) if entry.offset == 0.0 => {
-                let bytes = self.bytes(entry).to_vec();
+                let bytes = self.bytes(entry).to_vec().into();
                 self.release(entry);
                 Ok(RawTensor { dims: entry.dims.clone(), ggml_type, bytes })
             }

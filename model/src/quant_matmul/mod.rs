@@ -33,18 +33,24 @@
 mod avx2;
 mod generic;
 mod int8;
+mod output;
+mod panel;
 mod parallel;
+mod parts;
+mod scratch;
 #[cfg(test)]
 mod tests;
 
-use std::cell::RefCell;
-use std::marker::PhantomData;
 use std::ops::Range;
-use std::sync::Arc;
 
 use crate::error::ModelError;
-use crate::gguf::GgmlType;
-use crate::gguf::dequant::{self, is_supported};
+use crate::gguf::{GgmlType, TensorBytes};
+use crate::gguf::dequant::is_supported;
+use output::{OutColumns, SharedOut, Tile};
+use parts::RowPart;
+#[cfg(target_arch = "x86_64")]
+use scratch::with_q8_activations;
+use scratch::with_panel;
 
 /// Largest batch for the fused kernels: they decode every block once per tile of [`TILE_X`]
 /// rows, the panel path once per call. Measured on Zen 4 (Q4_1, 1536 × 576): fused 10 %
@@ -73,8 +79,10 @@ pub struct QuantMatrix {
     rows: usize,
     cols: usize,
     row_bytes: usize,
-    /// Shared, so a tied output projection and the embedding table hold one copy.
-    bytes: Arc<Vec<u8>>,
+    /// The encoded rows in parts of whole rows, shared (a tied output projection and the
+    /// embedding table hold one copy): one part for a tensor, one per tensor for a stacked
+    /// projection (see [`QuantMatrix::stacked`]), each left where the model file has it.
+    parts: Vec<RowPart>,
     /// The AVX2 kernels' proof of CPU support, looked up once.
     #[cfg(target_arch = "x86_64")]
     avx2: Option<avx2::Avx2>,
@@ -124,7 +132,7 @@ impl QuantMatrix {
         ggml_type: GgmlType,
         rows: usize,
         cols: usize,
-        bytes: impl Into<Arc<Vec<u8>>>,
+        bytes: impl Into<TensorBytes>,
     ) -> Result<QuantMatrix, ModelError> {
         QuantMatrix::for_tensor("", ggml_type, rows, cols, bytes)
     }
@@ -135,7 +143,7 @@ impl QuantMatrix {
         ggml_type: GgmlType,
         rows: usize,
         cols: usize,
-        bytes: impl Into<Arc<Vec<u8>>>,
+        bytes: impl Into<TensorBytes>,
     ) -> Result<QuantMatrix, ModelError> {
         let unsupported =
             || ModelError::UnsupportedQuantization { tensor: tensor.to_string(), ggml_type: ggml_type.to_string() };
@@ -165,7 +173,7 @@ impl QuantMatrix {
             rows,
             cols,
             row_bytes,
-            bytes,
+            parts: vec![RowPart { first: 0, bytes }],
             #[cfg(target_arch = "x86_64")]
             avx2: avx2::Avx2::detect(),
             #[cfg(target_arch = "x86_64")]
@@ -224,11 +232,6 @@ impl QuantMatrix {
 
     pub fn ggml_type(&self) -> GgmlType {
         self.ggml_type
-    }
-
-    /// The encoded weights, `rows × row bytes`.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
     }
 
     /// Whether a matrix of this type can be built: every type `gguf::dequant` decodes.
@@ -393,7 +396,25 @@ impl QuantMatrix {
         range: Range<usize>,
         out: &mut OutColumns<'_>,
     ) -> Result<(), ModelError> {
-        let weights = &self.bytes[range.start * self.row_bytes..range.end * self.row_bytes];
+        for (range, weights) in self.row_slices(range) {
+            self.run_contiguous_rows(kernel, x, n, x_sums, acts, range, weights, out)?;
+        }
+        Ok(())
+    }
+
+    /// [`QuantMatrix::run_rows`] for rows `range` whose encoded bytes `weights` are contiguous.
+    #[allow(clippy::too_many_arguments)]
+    fn run_contiguous_rows(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        n: usize,
+        x_sums: &[f32],
+        acts: Option<&int8::Q8Activations>,
+        range: Range<usize>,
+        weights: &[u8],
+        out: &mut OutColumns<'_>,
+    ) -> Result<(), ModelError> {
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (x_sums, acts); // only the AVX2 kernels use them
         match kernel {
@@ -423,62 +444,6 @@ impl QuantMatrix {
             _ => with_panel(|panel| self.panel_rows(kernel, x, n, weights, range.start, panel, out)),
         }
     }
-
-    /// The panel path: dequantize a few weight rows at a time, then multiply them with every
-    /// activation row in register tiles.
-    #[allow(clippy::too_many_arguments)]
-    fn panel_rows(
-        &self,
-        kernel: Kernel,
-        x: &[f32],
-        n: usize,
-        weights: &[u8],
-        first_row: usize,
-        panel: &mut Vec<f32>,
-        out: &mut OutColumns<'_>,
-    ) -> Result<(), ModelError> {
-        let cols = self.cols;
-        let panel_rows = (PANEL_BYTES / (cols * 4 * TILE_W)).clamp(1, 16) * TILE_W;
-        panel.resize(panel_rows * cols, 0.0);
-        for (p, rows) in weights.chunks(panel_rows * self.row_bytes).enumerate() {
-            let count = rows.len() / self.row_bytes;
-            let panel = &mut panel[..count * cols];
-            self.decode_rows(kernel, rows, panel)?;
-            let row0 = first_row + p * panel_rows;
-            for i0 in (0..n).step_by(TILE_X) {
-                let tile = Tile { x, cols, first: i0, len: TILE_X.min(n - i0) };
-                for (j, w) in panel.chunks(TILE_W * cols).enumerate() {
-                    let dots = match kernel {
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Panel(cpu) | Kernel::Fused(cpu, _) => avx2::dot_tile(cpu, tile, w),
-                        // `run_rows` never hands int8 products to the panel path.
-                        #[cfg(target_arch = "x86_64")]
-                        Kernel::Int8(_) => generic::dot_tile(tile, w),
-                        Kernel::Portable => generic::dot_tile(tile, w),
-                    };
-                    for (i, dots) in dots.iter().enumerate().take(tile.len) {
-                        for (jj, &v) in dots.iter().enumerate().take(w.len() / cols) {
-                            out.put(i0 + i, row0 + j * TILE_W + jj, v);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Dequantizes whole weight rows into `out` (`rows.len() / row_bytes × cols` floats).
-    fn decode_rows(&self, kernel: Kernel, rows: &[u8], out: &mut [f32]) -> Result<(), ModelError> {
-        #[cfg(target_arch = "x86_64")]
-        if let Kernel::Panel(cpu) | Kernel::Fused(cpu, _) = kernel
-            && avx2::decode_rows(cpu, self.ggml_type, rows, out)
-        {
-            return Ok(());
-        }
-        let _ = kernel;
-        dequant::dequantize(self.ggml_type, rows, out)
-            .map_err(|e| ModelError::Internal(format!("quantized matmul: {e}")))
-    }
 }
 
 /// A resolved [`Strategy`]; the AVX2 variants carry the proof that the CPU has AVX2, the
@@ -494,29 +459,6 @@ enum Kernel {
     Int8(int8::Int8Cpu),
 }
 
-/// Up to [`TILE_X`] consecutive activation rows `first..first + len` of `x[n, cols]`.
-#[derive(Debug, Clone, Copy)]
-struct Tile<'a> {
-    x: &'a [f32],
-    cols: usize,
-    first: usize,
-    len: usize,
-}
-
-impl<'a> Tile<'a> {
-    /// Row `i` of the tile; rows past `len` repeat the last one, so kernels can always work
-    /// on a full tile and the caller drops the extra results.
-    fn row(&self, i: usize) -> &'a [f32] {
-        let r = self.first + i.min(self.len - 1);
-        &self.x[r * self.cols..(r + 1) * self.cols]
-    }
-}
-
-thread_local! {
-    /// Each thread's panel, reused across calls so the hot path does not allocate.
-    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
 /// Largest batch that uses 8-bit activations when a matrix has them: the batches where the
 /// integer kernels beat the f32 ones. Measured on the Xeon (`int8::tests::int8_against_f32_timing`:
 /// 1536 × 576 or × 512, one thread, best of 3; time int8 / f32 at 1, 2, 3, 4 rows): Q4_1
@@ -530,71 +472,3 @@ const INT8_MAX_N: usize = FUSED_MAX_N;
 #[cfg(target_arch = "x86_64")]
 const INT8_PASS_BYTES: usize = 256 * 1024;
 
-#[cfg(target_arch = "x86_64")]
-thread_local! {
-    /// The calling thread's rounded activations, reused across calls.
-    static Q8_ACTIVATIONS: RefCell<int8::Q8Activations> = RefCell::new(int8::Q8Activations::default());
-}
-
-#[cfg(target_arch = "x86_64")]
-fn with_q8_activations<R>(f: impl FnOnce(&mut int8::Q8Activations) -> R) -> R {
-    Q8_ACTIVATIONS.with(|acts| match acts.try_borrow_mut() {
-        Ok(mut acts) => f(&mut acts),
-        Err(_) => f(&mut int8::Q8Activations::default()),
-    })
-}
-
-fn with_panel<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
-    PANEL.with(|panel| match panel.try_borrow_mut() {
-        Ok(mut panel) => f(&mut panel),
-        // Only reachable if a kernel re-entered this thread's panel; stay correct regardless.
-        Err(_) => f(&mut Vec::new()),
-    })
-}
-
-/// `y[n, rows]` shared by the tasks of one product, each writing only its own columns.
-struct SharedOut<'a> {
-    ptr: *mut f32,
-    n: usize,
-    rows: usize,
-    _y: PhantomData<&'a mut [f32]>,
-}
-
-// SAFETY: `SharedOut` only hands out column ranges through the unsafe `columns`, whose callers
-// guarantee the ranges are disjoint, so no element is written by two threads.
-unsafe impl Sync for SharedOut<'_> {}
-
-impl<'a> SharedOut<'a> {
-    fn new(y: &'a mut [f32], n: usize, rows: usize) -> SharedOut<'a> {
-        assert_eq!(y.len(), n * rows, "output size checked by the caller");
-        SharedOut { ptr: y.as_mut_ptr(), n, rows, _y: PhantomData }
-    }
-
-    /// Write access to columns `range` of every row.
-    ///
-    /// # Safety
-    /// No two live [`OutColumns`] of the same `SharedOut` may have overlapping ranges.
-    unsafe fn columns(&self, range: Range<usize>) -> OutColumns<'_> {
-        assert!(range.end <= self.rows, "column range inside the output");
-        OutColumns { ptr: self.ptr, n: self.n, rows: self.rows, range, _y: PhantomData }
-    }
-}
-
-/// Exclusive write access to some columns of `y[n, rows]`.
-struct OutColumns<'a> {
-    ptr: *mut f32,
-    n: usize,
-    rows: usize,
-    range: Range<usize>,
-    _y: PhantomData<&'a mut [f32]>,
-}
-
-impl OutColumns<'_> {
-    #[inline]
-    fn put(&mut self, i: usize, r: usize, v: f32) {
-        assert!(i < self.n && self.range.contains(&r), "output ({i}, {r}) outside this task's columns");
-        // SAFETY: in bounds (checked above: i < n, r < rows, y has n × rows elements), and
-        // column `r` belongs to this `OutColumns` alone (the contract of `SharedOut::columns`).
-        unsafe { self.ptr.add(i * self.rows + r).write(v) }
-    }
-}

@@ -100,7 +100,7 @@ pub(super) fn random_x(len: usize, rng: &mut Rng) -> Vec<f32> {
 pub(super) fn reference(m: &QuantMatrix, x: &[f32], n: usize) -> Vec<(f64, f64)> {
     let (rows, cols) = (m.rows(), m.cols());
     let mut w = vec![0f32; rows * cols];
-    dequantize(m.ggml_type(), m.bytes(), &mut w).expect("valid matrix");
+    dequantize(m.ggml_type(), &m.bytes(), &mut w).expect("valid matrix");
     let mut out = Vec::with_capacity(n * rows);
     for xr in x.chunks_exact(cols.max(1)).take(n) {
         for wr in w.chunks_exact(cols.max(1)) {
@@ -259,8 +259,8 @@ fn check_avx2_kernels(
     let m = QuantMatrix::new(t, rows, cols, random_matrix(t, rows, cols, rng)).expect("valid");
     let mut ours = vec![0f32; rows * cols];
     let mut theirs = vec![0f32; rows * cols];
-    assert!(avx2::decode_rows(cpu, t, m.bytes(), &mut ours), "{t} has an AVX2 decoder");
-    dequantize(t, m.bytes(), &mut theirs).expect("valid");
+    assert!(avx2::decode_rows(cpu, t, &m.bytes(), &mut ours), "{t} has an AVX2 decoder");
+    dequantize(t, &m.bytes(), &mut theirs).expect("valid");
     for (k, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         assert_eq!(a.to_bits(), b.to_bits(), "{t} {rows}×{cols}: AVX2 decoder differs at {k}: {a} vs {b}");
     }
@@ -398,4 +398,52 @@ fn fast_kernels_are_reported() {
         );
         assert_eq!(QuantMatrix::has_fast_kernel(t), fused && avx2, "{t}");
     }
+}
+
+/// A stacked matrix (parts kept apart, as q‖k‖v is) computes what one matrix of the
+/// concatenated bytes computes, bit for bit, with every strategy, including thread chunks
+/// and int8 passes that cross from one part to the next.
+#[test]
+fn stacked_parts_compute_like_one_concatenated_matrix() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("thread pool");
+    let mut rng = Rng(SplitMix64(7));
+    for t in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        let cols = if t.block_layout().map(|(e, _)| e) == Some(256) { 512 } else { 576 };
+        let sizes = [131, 7, 600];
+        let parts: Vec<QuantMatrix> = sizes
+            .iter()
+            .map(|&rows| QuantMatrix::new(t, rows, cols, random_matrix(t, rows, cols, &mut rng)).expect("valid"))
+            .collect();
+        let stacked = QuantMatrix::stacked(&parts.iter().collect::<Vec<_>>()).expect("same type and width");
+        assert_eq!(stacked.rows(), sizes.iter().sum::<usize>());
+        let whole = QuantMatrix::new(t, stacked.rows(), cols, stacked.bytes().into_owned()).expect("valid");
+        for n in [1, 3, 70] {
+            let x = random_x(n * cols, &mut rng);
+            for s in strategies(t) {
+                let (mut a, mut b) = (vec![f32::NAN; n * whole.rows()], vec![f32::NAN; n * whole.rows()]);
+                whole.matmul_with(s, &x, n, &mut a).expect("strategy available");
+                pool.install(|| stacked.matmul_with(s, &x, n, &mut b)).expect("strategy available");
+                assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{t} n={n} {s:?}");
+            }
+        }
+        // The integer kernels walk weights in L2-sized passes: those cross parts too.
+        #[cfg(target_arch = "x86_64")]
+        if QuantMatrix::has_int8_kernel(t) {
+            let parts8: Vec<QuantMatrix> = parts.into_iter().map(|m| m.with_int8_activations(true)).collect();
+            let stacked = QuantMatrix::stacked(&parts8.iter().collect::<Vec<_>>()).expect("same type and width");
+            assert!(stacked.int8_activations());
+            let whole = whole.with_int8_activations(true);
+            for n in [1, 4] {
+                let x = random_x(n * cols, &mut rng);
+                let (mut a, mut b) = (vec![f32::NAN; n * whole.rows()], vec![f32::NAN; n * whole.rows()]);
+                whole.matmul_with(Strategy::Int8, &x, n, &mut a).expect("int8 available");
+                pool.install(|| stacked.matmul_with(Strategy::Int8, &x, n, &mut b)).expect("int8 available");
+                assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{t} n={n} int8");
+            }
+        }
+    }
+    let other = QuantMatrix::new(GgmlType::Q8_0, 2, 32, vec![0u8; 68]).expect("valid");
+    let q4 = QuantMatrix::new(GgmlType::Q4_0, 2, 32, vec![0u8; 36]).expect("valid");
+    assert!(QuantMatrix::stacked(&[&other, &q4]).is_none(), "different types stay apart");
+    assert!(QuantMatrix::stacked(&[]).is_none());
 }

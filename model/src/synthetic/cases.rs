@@ -117,7 +117,7 @@ impl FamilyCase {
         let weights = SyntheticWeights::new(config.clone(), seed);
         for decl in family.tensors(&config) {
             let raw = weights.raw_tensor(&decl.name)?;
-            writer.add_tensor(&decl.name, &raw.dims, GgmlType::F32, raw.bytes)?;
+            writer.add_tensor(&decl.name, &raw.dims, GgmlType::F32, raw.bytes.to_vec())?;
         }
         Ok(writer.to_bytes())
     }
