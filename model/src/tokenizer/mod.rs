@@ -56,7 +56,7 @@ struct Inner {
     /// whose markers are ordinary text (user content, completions prompts); see
     /// [`Tokenizer::encode_plain`]. `encode_special_tokens` is a setting of the vocabulary,
     /// not of a call, and only the vocabulary reads it, so this copy (~1 MB for Gemma 3) stands
-    /// in for a second whole tokenizer, whose BPE tables would cost ~70 MB more.
+    /// in for a second whole tokenizer, whose BPE tables would cost ~60 MB more.
     plain_added: tokenizers::AddedVocabulary,
     /// Raw token texts by id (byte-level or `▁` form, as stored in the vocabulary).
     tokens: TokenTexts,
@@ -84,7 +84,7 @@ struct Specials {
 
 /// Gives the pages that building a tokenizer freed back to the OS. `tokenizers` takes BPE
 /// merges only as owned string pairs (a million small blocks for Gemma 3), and glibc keeps
-/// the holes they leave between live blocks resident (~45 MB there); weights load on
+/// the holes they leave between live blocks resident (~34 MB there); weights load on
 /// another thread, whose arena cannot reuse them.
 fn return_freed_heap_pages() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
