@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Single-stream model speed, file by file: prefill (64-token prompt) and decode (128 tokens)
 # of stellarchat beside llama.cpp's llama-bench on THAT file, in the same run, with the peak
-# RSS of each of our runs and the file's size. The files:
+# RSS of each run (ours and llama-bench's) and the file's size. The files:
 #   - the default model, weights/SmolLM2-135M-Instruct.Q4_1.gguf;
 #   - the same model re-quantized to Q4_K_M by llama-quantize --allow-requantize (made once
 #     into ~/.cache/stellarchat-peers/models/, never committed; SmolLM2's 576-wide rows are
@@ -92,7 +92,7 @@ bench_file() { # label, file, prompt, expected `tokenize` count (text only, no B
   printf '\n== %s: %s, %s MB (%s)\n' "$label" "$(basename "$model")" "$size_mb" "$(tensor_types "$model")"
   echo "llama.cpp: llama-bench -p $PROMPT_TOKENS -n $DECODE -r $REPEATS ($(nproc) threads) ..." >&2
   local peer peer_pp=0 peer_tg=0
-  if peer=$("$PEER" bench "$model" -p "$PROMPT_TOKENS" -n "$DECODE" -r "$REPEATS" -o json 2> "$tmp/peer.err"); then
+  if peer=$(/usr/bin/time -f '%M' -o "$tmp/peer.rss" "$PEER" bench "$model" -p "$PROMPT_TOKENS" -n "$DECODE" -r "$REPEATS" -o json 2> "$tmp/peer.err"); then
     peer_pp=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(next(x["avg_ts"] for x in r if x["n_prompt"]>0))' "$peer")
     peer_tg=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(next(x["avg_ts"] for x in r if x["n_gen"]>0))' "$peer")
   else
@@ -102,7 +102,9 @@ bench_file() { # label, file, prompt, expected `tokenize` count (text only, no B
   if [ "$peer_pp" = 0 ]; then
     printf '%-34s %12s\n' "llama.cpp ($(nproc) threads)" "failed"
   else
-    printf '%-34s %12.1f %8s %12.1f %8s %10s\n' "llama.cpp ($(nproc) threads)" "$peer_pp" "1.00" "$peer_tg" "1.00" "-"
+    # llama-bench's own peak RSS (all its runs in one process, context of prompt + decode).
+    local peer_rss; peer_rss="$(( $(tail -1 "$tmp/peer.rss") / 1024 )) MB"
+    printf '%-34s %12.1f %8s %12.1f %8s %10s\n' "llama.cpp ($(nproc) threads)" "$peer_pp" "1.00" "$peer_tg" "1.00" "$peer_rss"
   fi
   run "$model" "$prompt" "$peer_pp" "$peer_tg" "stellarchat flex quantized" --device flex --weights quantized
   run "$model" "$prompt" "$peer_pp" "$peer_tg" "stellarchat flex quantized, q8 act." --device flex --weights quantized --activations q8
