@@ -106,7 +106,8 @@ fn types_without_a_kernel_keep_f32_activations() {
 }
 
 /// Not a test: the timings behind `int8_max_n` (`cargo test --workspace --features … --lib
-/// int8::tests::int8_against_f32_timing -- --ignored --nocapture`, with RAYON_NUM_THREADS=1).
+/// int8::tests::int8_against_f32_timing -- --ignored --nocapture`, with RAYON_NUM_THREADS=1;
+/// INT8_TIMING_N=8,16,64 picks other batch sizes than 1–4).
 #[test]
 #[ignore]
 fn int8_against_f32_timing() {
@@ -117,13 +118,14 @@ fn int8_against_f32_timing() {
         let cpu = Int8Cpu::detect().unwrap();
         let mut q = QuantMatrix::new(t, rows, cols, m.bytes().to_vec()).unwrap();
         q.int8 = Some(cpu);
-        for n in [1usize, 2, 3, 4] {
+        let sizes = std::env::var("INT8_TIMING_N").ok().map(|s| s.split(',').map(|v| v.parse().unwrap()).collect());
+        for n in sizes.unwrap_or_else(|| vec![1usize, 2, 3, 4]) {
             let x = random_x(n * cols, &mut rng);
             let mut y = vec![0.0; n * rows];
             let mut best = [f64::MAX; 2];
             for _ in 0..3 {
                 for (k, int8) in [false, true].into_iter().enumerate() {
-                    let reps = 400;
+                    let reps = (400 / n).max(10);
                     let start = std::time::Instant::now();
                     for _ in 0..reps {
                         if int8 { q.matmul_with(Strategy::Int8, &x, n, &mut y).unwrap() } else { m.matmul(&x, n, &mut y) }
