@@ -31,6 +31,8 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gguf;
+#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "metal", feature = "cuda", feature = "rocm"))]
+pub mod gpu_quant;
 pub mod hf;
 pub mod kv_cache;
 pub mod host_attention;
