@@ -447,3 +447,35 @@ fn stacked_parts_compute_like_one_concatenated_matrix() {
     assert!(QuantMatrix::stacked(&[&other, &q4]).is_none(), "different types stay apart");
     assert!(QuantMatrix::stacked(&[]).is_none());
 }
+
+/// Not a test: a stacked matrix's products against one contiguous copy's (gate‖up shapes of
+/// SmolLM2, alternating runs so a noisy machine affects both alike). `--lib
+/// stacked_against_whole_timing -- --ignored --nocapture`, with RAYON_NUM_THREADS=1.
+#[test]
+#[ignore]
+fn stacked_against_whole_timing() {
+    let mut rng = Rng(SplitMix64(9));
+    for t in [GgmlType::Q5_0, GgmlType::Q4_K] {
+        let cols = if t == GgmlType::Q4_K { 512 } else { 576 };
+        let parts: Vec<QuantMatrix> =
+            (0..2).map(|_| QuantMatrix::new(t, 1536, cols, random_matrix(t, 1536, cols, &mut rng)).expect("valid")).collect();
+        let stacked = QuantMatrix::stacked(&parts.iter().collect::<Vec<_>>()).expect("stackable");
+        let whole = QuantMatrix::new(t, stacked.rows(), cols, stacked.bytes().into_owned()).expect("valid");
+        for n in [1usize, 64] {
+            let x = random_x(n * cols, &mut rng);
+            let mut y = vec![0.0; n * whole.rows()];
+            let mut best = [f64::MAX; 2];
+            for _ in 0..5 {
+                for (k, m) in [&whole, &stacked].into_iter().enumerate() {
+                    let reps = (200 / n).max(5);
+                    let start = std::time::Instant::now();
+                    for _ in 0..reps {
+                        m.matmul(&x, n, &mut y);
+                    }
+                    best[k] = best[k].min(start.elapsed().as_secs_f64() / reps as f64);
+                }
+            }
+            eprintln!("{t} n={n}: whole {:.1} us, stacked {:.1} us, ratio {:.2}", best[0] * 1e6, best[1] * 1e6, best[1] / best[0]);
+        }
+    }
+}
