@@ -1,12 +1,13 @@
-//! The `#[cube]` kernels: `y[n, rows] = x[n, cols] · Wᵀ` with W in the packed layout of
-//! [`super::layout`], one unit per output element.
+//! The `#[cube]` kernel: `y[n, rows] = x[n, cols] · Wᵀ` with W in the packed layout of
+//! [`super::layout`], one cube of 32 units per output element.
 //!
-//! Each unit walks its weight row block by block: it decodes the block's quants from `u32`
+//! Each unit takes blocks of the weight row in turn: it decodes a block's quants from `u32`
 //! words in registers, dots them with the activations in f32, and scales the block's partial
-//! sum by its `d` once. Activations are read in their own dtype and the sum is written in it;
-//! everything in between is f32. This is the first, simplest kernel (no shared memory, no
-//! plane reduction, x re-read from global memory per weight row): correct everywhere cubecl
-//! runs, not yet fast (docs/gpu-quantized-plan.md §4 for the workgroup-per-row version).
+//! sum by its `d` once; the cube then adds its units' sums in shared memory. Activations are
+//! read in their own dtype and the result is written in it; everything in between is f32.
+//! A first kernel: correct everywhere cubecl runs, not tuned (x is re-read per weight row and
+//! each weight block once per activation row; no plane reduction, no vectorised loads; see
+//! docs/gpu-quantized-plan.md §4).
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn_cubecl::kernel::into_contiguous;
@@ -45,89 +46,104 @@ fn block_scale(words: &Tensor<u32>, scales_at: usize, block: usize) -> f32 {
     f16_bits_to_f32((word >> shift) & 0xFFFF)
 }
 
-/// Q8_0: 8 words of i8 quants per block; value = q · d.
-#[cube(launch)]
-fn matvec_q8_0<F: Float>(
-    x: &Tensor<F>,
-    words: &Tensor<u32>,
-    out: &mut Tensor<F>,
-    rows: usize,
-    blocks_per_row: usize,
-    scales_at: usize,
-    #[define(F)] _dtype: ElemType,
-) {
-    let n = x.shape(0);
-    if ABSOLUTE_POS >= n * rows {
-        terminate!();
-    }
-    let i = ABSOLUTE_POS / rows;
-    let r = ABSOLUTE_POS % rows;
-    let x_row = i * x.stride(0);
-    let x_col = x.stride(1);
-    let mut sum = 0.0f32;
-    for b in 0..blocks_per_row {
-        let block = r * blocks_per_row + b;
-        let first_word = block * 8;
-        let first_col = b * 32;
-        let mut partial = 0.0f32;
-        for k in 0..8usize {
-            let word = words[first_word + k];
-            for t in 0..4usize {
-                let q = (word >> ((t * 8) as u32)) & 0xFF;
-                // Sign-extend the byte: (q ^ 0x80) − 128 maps 0..=255 to 0, …, 127, −128, …, −1.
-                let value = f32::cast_from(i32::cast_from(q ^ 0x80) - 128);
-                let col = first_col + k * 4 + t;
-                partial += value * f32::cast_from(x[x_row + col * x_col]);
-            }
+/// The dot of Q8_0 block `block`'s quants (before its scale) with the 32 activations from
+/// `x_at` on, `x_col` apart: 8 words of i8, value = q · d.
+#[cube]
+fn q8_0_block_dot<F: Float>(x: &Tensor<F>, words: &Tensor<u32>, x_at: usize, x_col: usize, block: usize) -> f32 {
+    let first_word = block * 8;
+    let mut dot = 0.0f32;
+    for k in 0..8usize {
+        let word = words[first_word + k];
+        for t in 0..4usize {
+            let q = (word >> ((t * 8) as u32)) & 0xFF;
+            // Sign-extend the byte: (q ^ 0x80) − 128 maps 0..=255 to 0, …, 127, −128, …, −1.
+            let value = f32::cast_from(i32::cast_from(q ^ 0x80) - 128);
+            dot += value * f32::cast_from(x[x_at + (k * 4 + t) * x_col]);
         }
-        sum += partial * block_scale(words, scales_at, block);
     }
-    let at = i * out.stride(0) + r * out.stride(1);
-    out[at] = F::cast_from(sum);
+    dot
 }
 
-/// Q4_0: 4 words of nibbles per block (byte j: element j low, element j + 16 high);
+/// The same for Q4_0: 4 words of nibbles (byte j: element j low, element j + 16 high),
 /// value = (q − 8) · d.
+#[cube]
+fn q4_0_block_dot<F: Float>(x: &Tensor<F>, words: &Tensor<u32>, x_at: usize, x_col: usize, block: usize) -> f32 {
+    let first_word = block * 4;
+    let mut dot = 0.0f32;
+    for k in 0..4usize {
+        let word = words[first_word + k];
+        for t in 0..4usize {
+            let q = (word >> ((t * 8) as u32)) & 0xFF;
+            let low = f32::cast_from(q & 0xF) - 8.0;
+            let high = f32::cast_from(q >> 4) - 8.0;
+            let j = k * 4 + t;
+            dot += low * f32::cast_from(x[x_at + j * x_col]);
+            dot += high * f32::cast_from(x[x_at + (j + 16) * x_col]);
+        }
+    }
+    dot
+}
+
+/// One cube of `units` units per output element `y[i, r]`: the units take the row's blocks in
+/// turn (unit u: blocks u, u + units, …, so neighbouring units read neighbouring blocks), then
+/// add their partial sums in shared memory. Plain barriers, no plane (subgroup) operations,
+/// so it runs wherever cubecl does.
 #[cube(launch)]
-fn matvec_q4_0<F: Float>(
+fn quant_matvec_kernel<F: Float>(
     x: &Tensor<F>,
     words: &Tensor<u32>,
     out: &mut Tensor<F>,
     rows: usize,
     blocks_per_row: usize,
     scales_at: usize,
+    #[comptime] q4_0: bool,
+    #[comptime] units: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let n = x.shape(0);
-    if ABSOLUTE_POS >= n * rows {
+    // Whole cubes leave together, so the barriers below stay in uniform control flow.
+    if CUBE_POS >= n * rows {
         terminate!();
     }
-    let i = ABSOLUTE_POS / rows;
-    let r = ABSOLUTE_POS % rows;
+    let i = CUBE_POS / rows;
+    let r = CUBE_POS % rows;
     let x_row = i * x.stride(0);
     let x_col = x.stride(1);
-    let mut sum = 0.0f32;
-    for b in 0..blocks_per_row {
+    let unit = UNIT_POS as usize;
+    let mut partial = 0.0f32;
+    let mut b = unit;
+    while b < blocks_per_row {
         let block = r * blocks_per_row + b;
-        let first_word = block * 4;
-        let first_col = b * 32;
-        let mut partial = 0.0f32;
-        for k in 0..4usize {
-            let word = words[first_word + k];
-            for t in 0..4usize {
-                let q = (word >> ((t * 8) as u32)) & 0xFF;
-                let low = f32::cast_from(q & 0xF) - 8.0;
-                let high = f32::cast_from(q >> 4) - 8.0;
-                let col = first_col + k * 4 + t;
-                partial += low * f32::cast_from(x[x_row + col * x_col]);
-                partial += high * f32::cast_from(x[x_row + (col + 16) * x_col]);
-            }
-        }
-        sum += partial * block_scale(words, scales_at, block);
+        let x_at = x_row + b * 32 * x_col;
+        let dot = if comptime![q4_0] {
+            q4_0_block_dot(x, words, x_at, x_col, block)
+        } else {
+            q8_0_block_dot(x, words, x_at, x_col, block)
+        };
+        partial += dot * block_scale(words, scales_at, block);
+        b += units;
     }
-    let at = i * out.stride(0) + r * out.stride(1);
-    out[at] = F::cast_from(sum);
+    let mut sums = Shared::<[f32]>::new_slice(units);
+    sums[unit] = partial;
+    sync_cube();
+    let mut stride = (CUBE_DIM / 2) as usize;
+    while stride > 0 {
+        if unit < stride {
+            let both = sums[unit] + sums[unit + stride];
+            sums[unit] = both;
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    if unit == 0 {
+        let at = i * out.stride(0) + r * out.stride(1);
+        out[at] = F::cast_from(sums[0]);
+    }
 }
+
+/// Units per cube (a power of two for the reduction): a row of a 576-wide matrix has 18
+/// blocks, of a 4096-wide one 128.
+const UNITS: usize = 32;
 
 /// Launches the kernel for `kind` on `x` (`[n, cols]`, any float dtype the runtime has) and
 /// the packed `words` of a `rows × cols` matrix; returns `[n, rows]` in `x`'s dtype.
@@ -144,35 +160,22 @@ pub(super) fn quant_matvec(x: CubeTensor, words: CubeTensor, kind: QuantKind, ro
     }
     let blocks_per_row = cols / BLOCK_ELEMENTS;
     let scales_at = layout::scales_at(kind, rows * blocks_per_row);
-    let cube_dim = CubeDim::new(&client, total);
-    let cube_count = calculate_cube_count_elemwise(&client, total, cube_dim);
+    let cube_dim = CubeDim::new_1d(UNITS as u32);
+    let cube_count = calculate_cube_count_elemwise(&client, total * UNITS, cube_dim);
     let (x, words, out) = (x.into_tensor_arg(), words.into_tensor_arg(), output.clone().into_tensor_arg());
-    let elem = dtype_to_storage_type(dtype);
-    match kind {
-        QuantKind::Q8_0 => matvec_q8_0::launch(
-            &client,
-            cube_count,
-            cube_dim,
-            x,
-            words,
-            out,
-            rows,
-            blocks_per_row,
-            scales_at,
-            elem,
-        ),
-        QuantKind::Q4_0 => matvec_q4_0::launch(
-            &client,
-            cube_count,
-            cube_dim,
-            x,
-            words,
-            out,
-            rows,
-            blocks_per_row,
-            scales_at,
-            elem,
-        ),
-    }
+    quant_matvec_kernel::launch(
+        &client,
+        cube_count,
+        cube_dim,
+        x,
+        words,
+        out,
+        rows,
+        blocks_per_row,
+        scales_at,
+        kind == QuantKind::Q4_0,
+        UNITS,
+        dtype_to_storage_type(dtype),
+    );
     output
 }

@@ -76,7 +76,8 @@ fn matches_dequantize_and_a_float64_product_at_odd_sizes() {
     let Some(device) = lavapipe() else { return };
     let mut rng = SplitMix64(10);
     for kind in [QuantKind::Q8_0, QuantKind::Q4_0] {
-        for (rows, cols) in [(1, 32), (3, 96), (67, 576)] {
+        // 1088 columns: 34 blocks a row, more than a cube's 32 units, so units take two.
+        for (rows, cols) in [(1, 32), (3, 96), (67, 576), (3, 1088)] {
             let bytes = random_blocks(kind, rows, cols, &mut rng);
             let matrix = DeviceQuantMatrix::from_blocks(kind.ggml_type(), rows, cols, &bytes, &device).expect("upload");
             assert_eq!(matrix.device_bytes(), layout::device_bytes(kind, rows * cols / BLOCK_ELEMENTS));
