@@ -1,4 +1,4 @@
-//! The `#[cube]` kernel: `y[n, rows] = x[n, cols] · Wᵀ` with W in the packed layout of
+//! The `#[cube]` kernel: `y[n, rows] = x[n, cols] · Wᵀ` (W Q8_0, Q4_0 or Q4_1) in the packed layout of
 //! [`super::layout`], one cube of 32 units per output element.
 //!
 //! Each unit takes blocks of the weight row in turn: it decodes a block's quants from `u32`
@@ -84,6 +84,27 @@ fn q4_0_block_dot<F: Float>(x: &Tensor<F>, words: &Tensor<u32>, x_at: usize, x_c
     dot
 }
 
+/// Q4_1 block `block`, scales included: d · Σ q·x + m · Σ x (Q4_0's nibble layout; the
+/// block's word after the quants holds `d` low and `m` high).
+#[cube]
+fn q4_1_block<F: Float>(x: &Tensor<F>, words: &Tensor<u32>, x_at: usize, x_col: usize, block: usize, scales_at: usize) -> f32 {
+    let first_word = block * 4;
+    let mut dot = 0.0f32;
+    let mut sum = 0.0f32;
+    for k in 0..4usize {
+        let word = words[first_word + k];
+        for t in 0..4usize {
+            let q = (word >> ((t * 8) as u32)) & 0xFF;
+            let j = k * 4 + t;
+            let (low_x, high_x) = (f32::cast_from(x[x_at + j * x_col]), f32::cast_from(x[x_at + (j + 16) * x_col]));
+            dot += f32::cast_from(q & 0xF) * low_x + f32::cast_from(q >> 4) * high_x;
+            sum += low_x + high_x;
+        }
+    }
+    let scales = words[scales_at + block];
+    dot * f16_bits_to_f32(scales & 0xFFFF) + sum * f16_bits_to_f32(scales >> 16)
+}
+
 /// One cube of `units` units per output element `y[i, r]`: the units take the row's blocks in
 /// turn (unit u: blocks u, u + units, …, so neighbouring units read neighbouring blocks), then
 /// add their partial sums in shared memory. Plain barriers, no plane (subgroup) operations,
@@ -96,7 +117,7 @@ fn quant_matvec_kernel<F: Float>(
     rows: usize,
     blocks_per_row: usize,
     scales_at: usize,
-    #[comptime] q4_0: bool,
+    #[comptime] kind: u32,
     #[comptime] units: usize,
     #[define(F)] _dtype: ElemType,
 ) {
@@ -115,12 +136,13 @@ fn quant_matvec_kernel<F: Float>(
     while b < blocks_per_row {
         let block = r * blocks_per_row + b;
         let x_at = x_row + b * 32 * x_col;
-        let dot = if comptime![q4_0] {
-            q4_0_block_dot(x, words, x_at, x_col, block)
+        if comptime![kind == KIND_Q4_1] {
+            partial += q4_1_block(x, words, x_at, x_col, block, scales_at);
+        } else if comptime![kind == KIND_Q4_0] {
+            partial += q4_0_block_dot(x, words, x_at, x_col, block) * block_scale(words, scales_at, block);
         } else {
-            q8_0_block_dot(x, words, x_at, x_col, block)
-        };
-        partial += dot * block_scale(words, scales_at, block);
+            partial += q8_0_block_dot(x, words, x_at, x_col, block) * block_scale(words, scales_at, block);
+        }
         b += units;
     }
     let mut sums = Shared::<[f32]>::new_slice(units);
@@ -140,6 +162,11 @@ fn quant_matvec_kernel<F: Float>(
         out[at] = F::cast_from(sums[0]);
     }
 }
+
+/// The kernel's compile-time kind codes.
+const KIND_Q8_0: u32 = 0;
+const KIND_Q4_0: u32 = 1;
+const KIND_Q4_1: u32 = 2;
 
 /// Units per cube (a power of two for the reduction): a row of a 576-wide matrix has 18
 /// blocks, of a 4096-wide one 128.
@@ -173,7 +200,11 @@ pub(super) fn quant_matvec(x: CubeTensor, words: CubeTensor, kind: QuantKind, ro
         rows,
         blocks_per_row,
         scales_at,
-        kind == QuantKind::Q4_0,
+        match kind {
+            QuantKind::Q8_0 => KIND_Q8_0,
+            QuantKind::Q4_0 => KIND_Q4_0,
+            QuantKind::Q4_1 => KIND_Q4_1,
+        },
         UNITS,
         dtype_to_storage_type(dtype),
     );

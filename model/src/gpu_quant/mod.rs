@@ -10,7 +10,7 @@
 //!   no host round trip (docs/gpu-quantized-plan.md §1).
 //! - [`DeviceQuantMatrix`]: a packed matrix on a device and its `forward`.
 //!
-//! Types: Q8_0 and Q4_0 so far. Nothing calls this yet: wiring it into `LinearWeight` and
+//! Types: Q8_0, Q4_0 and Q4_1 so far. Nothing calls this yet: wiring it into `LinearWeight` and
 //! `LoadOptions::plan` is the next step.
 
 mod kernels;

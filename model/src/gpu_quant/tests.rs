@@ -31,6 +31,10 @@ fn random_blocks(kind: QuantKind, rows: usize, cols: usize, rng: &mut SplitMix64
     for (s, block) in bytes.chunks_exact_mut(kind.block_bytes()).enumerate() {
         let d = special.get(s).copied().unwrap_or_else(|| f16::from_f32(rng.next_unit_f32() * 0.1 - 0.05));
         block[..2].copy_from_slice(&d.to_le_bytes());
+        if kind == QuantKind::Q4_1 {
+            let m = f16::from_f32(rng.next_unit_f32() * 0.1 - 0.05);
+            block[2..4].copy_from_slice(&m.to_le_bytes());
+        }
     }
     bytes
 }
@@ -75,7 +79,7 @@ fn read(y: Tensor<2>) -> Vec<f32> {
 fn matches_dequantize_and_a_float64_product_at_odd_sizes() {
     let Some(device) = lavapipe() else { return };
     let mut rng = SplitMix64(10);
-    for kind in [QuantKind::Q8_0, QuantKind::Q4_0] {
+    for kind in [QuantKind::Q8_0, QuantKind::Q4_0, QuantKind::Q4_1] {
         // 1088 columns: 34 blocks a row, more than a cube's 32 units, so units take two.
         for (rows, cols) in [(1, 32), (3, 96), (67, 576), (3, 1088)] {
             let bytes = random_blocks(kind, rows, cols, &mut rng);
@@ -123,7 +127,7 @@ fn f16_activations_in_and_out() {
     }
     let mut rng = SplitMix64(13);
     let (rows, cols, n) = (67, 96, 2);
-    for kind in [QuantKind::Q8_0, QuantKind::Q4_0] {
+    for kind in [QuantKind::Q8_0, QuantKind::Q4_0, QuantKind::Q4_1] {
         let bytes = random_blocks(kind, rows, cols, &mut rng);
         let matrix = DeviceQuantMatrix::from_blocks(kind.ggml_type(), rows, cols, &bytes, &device).expect("upload");
         let x16: Vec<f16> = random_x(n * cols, &mut rng).into_iter().map(f16::from_f32).collect();
