@@ -151,6 +151,12 @@ impl DeviceSpec {
         matches!(self, DeviceSpec::Flex | DeviceSpec::NdArray)
     }
 
+    /// Whether linear layers can keep Q8_0/Q4_0/Q4_1 blocks on this device (`gpu_quant`, a
+    /// cubecl backend compiled in).
+    pub fn has_quantized_kernels(&self) -> bool {
+        cfg!(feature = "gpu-kernels") && !self.is_cpu() && *self != DeviceSpec::Auto
+    }
+
     /// burn's fused attention handles grouped-query attention only on flex; on the cubecl
     /// backends K/V heads must be repeated first or the result is silently wrong.
     pub fn attention_supports_gqa(&self) -> bool {

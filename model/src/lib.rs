@@ -31,7 +31,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gguf;
-#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "metal", feature = "cuda", feature = "rocm"))]
+#[cfg(feature = "gpu-kernels")]
 pub mod gpu_quant;
 pub mod hf;
 pub mod kv_cache;

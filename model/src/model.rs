@@ -66,18 +66,21 @@ impl LoadOptions {
             WeightFormat::Dense => false,
             WeightFormat::Auto => cpu_f32,
             WeightFormat::Quantized if cpu_f32 => true,
+            // On GPUs the Q8_0, Q4_0 and Q4_1 blocks stay blocks (`gpu_quant`); other types
+            // dequantize at load.
+            WeightFormat::Quantized if spec.has_quantized_kernels() => true,
             WeightFormat::Quantized => {
                 return Err(ModelError::UnsupportedDtype {
                     dtype: format!("quantized weights with {dtype:?} activations"),
-                    device: format!("{spec} (quantized weights need a CPU device and f32)"),
+                    device: format!("{spec} (quantized weights need a GPU device, or a CPU device and f32)"),
                 });
             }
         };
         let int8_activations = self.activations == ActivationFormat::Q8;
-        if int8_activations && !quantized_linear {
+        if int8_activations && !(quantized_linear && cpu_f32) {
             return Err(ModelError::UnsupportedDtype {
                 dtype: "q8 activations".into(),
-                device: format!("{spec} with {} weights (q8 activations need quantized weights: a CPU device at f32)", self.weights),
+                device: format!("{spec} with {} weights (q8 activations need quantized weights on a CPU device at f32)", self.weights),
             });
         }
         Ok(ComputePlan {

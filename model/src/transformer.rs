@@ -240,8 +240,34 @@ impl Transformer {
 
 /// The output projection of a model without `output.weight`: the embedding table, kept
 /// quantized when the plan and its type allow, else transposed into a dense `[hidden, vocab]`.
+/// Whether `device` is a cubecl one (host kernels never run there).
+fn plan_is_gpu(device: &Device) -> bool {
+    #[cfg(feature = "gpu-kernels")]
+    {
+        crate::gpu_quant::is_cube(device)
+    }
+    #[cfg(not(feature = "gpu-kernels"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 fn tied_output(embeddings: &EmbeddingTable, c: &ModelConfig, device: &Device, plan: ComputePlan) -> Result<LinearWeight> {
+    // On a cubecl device the table's blocks are uploaded once more for the output product
+    // (lookups stay on the host).
+    #[cfg(feature = "gpu-kernels")]
     if plan.quantized_linear
+        && crate::gpu_quant::is_cube(device)
+        && let Some(matrix) = embeddings.to_quant_matrix()?
+        && crate::gpu_quant::DeviceQuantMatrix::supports(matrix.ggml_type())
+    {
+        let matrix = crate::gpu_quant::DeviceQuantMatrix::upload(&matrix, device)
+            .map_err(|e| ModelError::tensor("token_embd.weight", e.to_string()))?;
+        return Ok(LinearWeight::Device { matrix, bias: None });
+    }
+    if plan.quantized_linear
+        && !plan_is_gpu(device)
         && let Some(matrix) = embeddings.to_quant_matrix()?
     {
         let matrix = matrix.with_int8_activations(plan.int8_activations);

@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgmlType, GgufFile, TensorBytes, dequantize};
+#[cfg(feature = "gpu-kernels")]
+use crate::gpu_quant::{self, DeviceQuantMatrix};
 use crate::quant_matmul::QuantMatrix;
 
 /// How linear-layer weights are kept.
@@ -123,6 +125,19 @@ impl WeightSource for GgufFile {
     }
 }
 
+/// Whether `device` is a GPU (cubecl) one: host kernels never run there.
+fn is_gpu(device: &Device) -> bool {
+    #[cfg(feature = "gpu-kernels")]
+    {
+        gpu_quant::is_cube(device)
+    }
+    #[cfg(not(feature = "gpu-kernels"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 /// Checks a tensor's ggml dims against what the configuration implies.
 pub fn expect_dims(name: &str, dims: &[usize], expected: &[usize]) -> Result<()> {
     if dims == expected {
@@ -145,6 +160,10 @@ pub enum LinearWeight {
     Dense { weight: Tensor<2>, bias: Option<Tensor<2>> },
     /// Blocks on the host, `[out, in]`; activations are f32 on a CPU device.
     Quantized { matrix: Arc<QuantMatrix>, bias: Option<Vec<f32>> },
+    /// Blocks on a cubecl device, multiplied there by our own kernels (`gpu_quant`);
+    /// `bias: [1, out]`.
+    #[cfg(feature = "gpu-kernels")]
+    Device { matrix: DeviceQuantMatrix, bias: Option<Tensor<2>> },
 }
 
 impl fmt::Debug for LinearWeight {
@@ -153,6 +172,10 @@ impl fmt::Debug for LinearWeight {
             LinearWeight::Dense { weight, .. } => write!(f, "Dense({:?})", weight.dims()),
             LinearWeight::Quantized { matrix, .. } => {
                 write!(f, "Quantized({} {}x{})", matrix.ggml_type(), matrix.rows(), matrix.cols())
+            }
+            #[cfg(feature = "gpu-kernels")]
+            LinearWeight::Device { matrix, .. } => {
+                write!(f, "Device({:?} {}x{})", matrix.kind(), matrix.rows(), matrix.cols())
             }
         }
     }
@@ -178,20 +201,34 @@ impl LinearWeight {
         if quantized {
             let raw = source.raw_tensor(&name)?;
             expect_dims(&name, &raw.dims, &[d_in, d_out])?;
+            let bias = || -> Result<Option<Vec<f32>>> {
+                if !with_bias {
+                    return Ok(None);
+                }
+                let bias_name = format!("{prefix}.bias");
+                let (dims, data) = source.f32_tensor(&bias_name)?;
+                expect_dims(&bias_name, &dims, &[d_out])?;
+                Ok(Some(data))
+            };
+            // On a cubecl device, the types its kernels decode go there as blocks.
+            #[cfg(feature = "gpu-kernels")]
+            if gpu_quant::is_cube(device) {
+                if DeviceQuantMatrix::supports(raw.ggml_type) {
+                    let matrix = DeviceQuantMatrix::from_blocks(raw.ggml_type, d_out, d_in, &raw.bytes, device)
+                        .map_err(|e| ModelError::tensor(&name, e.to_string()))?;
+                    // The device holds the copy now.
+                    raw.bytes.release_pages();
+                    let bias = bias()?.map(|b| upload(b, [1, d_out], device, dtype));
+                    return Ok(LinearWeight::Device { matrix, bias });
+                }
+                // Types without a device kernel dequantize below, as dense weights.
+            }
             // Types without a kernel (e.g. F32 tensors in a mixed file) stay dense.
-            if QuantMatrix::supports(raw.ggml_type) {
+            if QuantMatrix::supports(raw.ggml_type) && !is_gpu(device) {
                 let matrix = QuantMatrix::new(raw.ggml_type, d_out, d_in, raw.bytes)
                     .map_err(|e| ModelError::tensor(&name, e.to_string()))?
                     .with_int8_activations(int8_activations);
-                let bias = if with_bias {
-                    let bias_name = format!("{prefix}.bias");
-                    let (dims, data) = source.f32_tensor(&bias_name)?;
-                    expect_dims(&bias_name, &dims, &[d_out])?;
-                    Some(data)
-                } else {
-                    None
-                };
-                return Ok(LinearWeight::Quantized { matrix: Arc::new(matrix), bias });
+                return Ok(LinearWeight::Quantized { matrix: Arc::new(matrix), bias: bias()? });
             }
         }
         let (dims, data) = source.f32_tensor(&name)?;
@@ -213,6 +250,8 @@ impl LinearWeight {
         match self {
             LinearWeight::Dense { weight, .. } => weight.dims()[1],
             LinearWeight::Quantized { matrix, .. } => matrix.rows(),
+            #[cfg(feature = "gpu-kernels")]
+            LinearWeight::Device { matrix, .. } => matrix.rows(),
         }
     }
 
@@ -223,22 +262,9 @@ impl LinearWeight {
     pub fn forward_split(&self, x: Tensor<2>, widths: &[usize]) -> Result<Vec<Tensor<2>>> {
         let mismatch = |out: usize| ModelError::Internal(format!("splitting {out} outputs into {widths:?}"));
         match self {
-            LinearWeight::Dense { .. } => {
-                let out = self.out_features();
-                if widths.iter().sum::<usize>() != out {
-                    return Err(mismatch(out));
-                }
-                let all = self.forward(x)?;
-                let n = all.dims()[0];
-                let mut start = 0;
-                Ok(widths
-                    .iter()
-                    .map(|&w| {
-                        start += w;
-                        all.clone().slice([0..n, start - w..start])
-                    })
-                    .collect())
-            }
+            #[cfg(feature = "gpu-kernels")]
+            LinearWeight::Device { .. } => self.forward_then_slice(x, widths),
+            LinearWeight::Dense { .. } => self.forward_then_slice(x, widths),
             LinearWeight::Quantized { matrix, .. } => {
                 let rows = matrix.rows();
                 if widths.iter().sum::<usize>() != rows {
@@ -260,6 +286,24 @@ impl LinearWeight {
                     .collect())
             }
         }
+    }
+
+    /// The whole product on the device, then a view per part.
+    fn forward_then_slice(&self, x: Tensor<2>, widths: &[usize]) -> Result<Vec<Tensor<2>>> {
+        let out = self.out_features();
+        if widths.iter().sum::<usize>() != out {
+            return Err(ModelError::Internal(format!("splitting {out} outputs into {widths:?}")));
+        }
+        let all = self.forward(x)?;
+        let n = all.dims()[0];
+        let mut start = 0;
+        Ok(widths
+            .iter()
+            .map(|&w| {
+                start += w;
+                all.clone().slice([0..n, start - w..start])
+            })
+            .collect())
     }
 
     /// Whether the product is computed on the host ([`LinearWeight::host_forward`] applies).
@@ -304,6 +348,14 @@ impl LinearWeight {
                 let (n, y) = self.host_forward(x)?;
                 Ok(Tensor::from_data(TensorData::new(y, [n, matrix.rows()]), (&device, DType::F32)))
             }
+            #[cfg(feature = "gpu-kernels")]
+            LinearWeight::Device { matrix, bias } => {
+                let y = matrix.forward(x)?;
+                Ok(match bias {
+                    Some(b) => y + b.clone(),
+                    None => y,
+                })
+            }
         }
     }
 }
@@ -326,7 +378,7 @@ impl LinearWeight {
                     .iter()
                     .map(|part| match part {
                         LinearWeight::Quantized { matrix, bias } => Some((matrix.as_ref(), bias)),
-                        LinearWeight::Dense { .. } => None,
+                        _ => None,
                     })
                     .collect::<Option<_>>()?;
                 let matrix = QuantMatrix::stacked(&matrices.iter().map(|(m, _)| *m).collect::<Vec<_>>())?;
@@ -335,13 +387,16 @@ impl LinearWeight {
                 });
                 Some(LinearWeight::Quantized { matrix: Arc::new(matrix), bias })
             }
+            // Device matrices stay one product a part (stacking them would need one upload).
+            #[cfg(feature = "gpu-kernels")]
+            LinearWeight::Device { .. } => None,
             LinearWeight::Dense { weight, .. } => {
                 let d_in = weight.dims()[0];
                 let dense: Vec<(&Tensor<2>, &Option<Tensor<2>>)> = parts
                     .iter()
                     .map(|part| match part {
                         LinearWeight::Dense { weight, bias } => Some((weight, bias)),
-                        LinearWeight::Quantized { .. } => None,
+                        _ => None,
                     })
                     .collect::<Option<_>>()?;
                 if dense.iter().any(|(w, _)| w.dims()[0] != d_in || w.dtype() != weight.dtype()) {

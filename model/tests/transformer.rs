@@ -158,6 +158,28 @@ fn quantized_weights_with_f16_activations_are_refused_at_load() {
     assert_eq!(err.kind(), "unsupported_dtype");
 }
 
+/// On a GPU, quantized weights are the device kernels' (`gpu_quant`), in f16 or f32, with
+/// attention on the device; 8-bit activations stay a CPU feature.
+#[cfg(feature = "wgpu")]
+#[test]
+fn quantized_weights_on_a_gpu_plan_device_kernels() {
+    let spec = DeviceSpec::Wgpu { adapter: stellarchat_model::device::WgpuAdapter::Cpu };
+    for precision in [Precision::F32, Precision::F16] {
+        let options = LoadOptions { device: spec, precision, weights: WeightFormat::Quantized, ..Default::default() };
+        let plan = options.plan(spec).expect("quantized weights on a GPU");
+        assert!(plan.quantized_linear && !plan.host_attention, "{precision:?}: {plan:?}");
+    }
+    let auto = LoadOptions { device: spec, precision: Precision::F32, ..Default::default() };
+    assert!(!auto.plan(spec).expect("plan").quantized_linear, "auto keeps dense weights on GPUs for now");
+    let q8 = LoadOptions {
+        device: spec,
+        precision: Precision::F32,
+        weights: WeightFormat::Quantized,
+        activations: stellarchat_model::weights::ActivationFormat::Q8,
+    };
+    assert_eq!(q8.plan(spec).expect_err("q8 activations on a GPU").kind(), "unsupported_dtype");
+}
+
 /// Separate q/k/v and gate/up weights joined into one matrix at load (the default plan) give
 /// the logits of the separate products, with either weight format, with and without q/k/v
 /// biases, in a batch that mixes a prefill with a decode step.

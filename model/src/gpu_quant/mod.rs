@@ -70,6 +70,11 @@ pub struct DeviceQuantMatrix {
 }
 
 impl DeviceQuantMatrix {
+    /// Whether the device kernels decode `ggml_type`.
+    pub fn supports(ggml_type: GgmlType) -> bool {
+        QuantKind::from_ggml(ggml_type).is_some()
+    }
+
     /// Packs and uploads a host [`QuantMatrix`].
     pub fn upload(matrix: &QuantMatrix, device: &Device) -> Result<DeviceQuantMatrix, ModelError> {
         DeviceQuantMatrix::from_blocks(matrix.ggml_type(), matrix.rows(), matrix.cols(), &matrix.bytes(), device)
@@ -158,6 +163,11 @@ impl DeviceQuantMatrix {
 }
 
 /// The extension is listed for cubecl devices only (see [`QuantLinearOps`]).
+/// Whether `device` runs on a cubecl backend (where the extension may be called).
+pub fn is_cube(device: &Device) -> bool {
+    require_cube(device).is_ok()
+}
+
 fn require_cube(device: &Device) -> Result<(), ModelError> {
     match device.as_dispatch() {
         DispatchDevice::Cube(_) => Ok(()),
