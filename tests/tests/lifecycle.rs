@@ -32,7 +32,9 @@ async fn wait_running_zero(server: &Server) {
 #[tokio::test]
 async fn ready_is_503_until_the_model_is_loaded() {
     let model = default_model();
-    let server = Server::start(&["--model", model.to_str().unwrap()]).await;
+    // Dense weights, so the load takes long enough to be seen (~1.7 s: every block is
+    // dequantized); quantized weights are used in place from the file's map and load in ~20 ms.
+    let server = Server::start(&["--model", model.to_str().unwrap(), "--weights", "dense"]).await;
     // The port opens before loading ends: liveness answers at once, readiness says 503.
     let health = client().get(server.url(routes::HEALTH)).send().await.unwrap();
     assert_eq!(health.status(), 200);
