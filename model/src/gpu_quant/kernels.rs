@@ -1,13 +1,14 @@
-//! The `#[cube]` kernel: `y[n, rows] = x[n, cols] · Wᵀ` (W Q8_0, Q4_0 or Q4_1) in the packed layout of
-//! [`super::layout`], one cube of 32 units per output element.
+//! The `#[cube]` kernel: `y[n, rows] = x[n, cols] · Wᵀ` (W of any [`QuantKind`]) in the packed
+//! layout of [`super::layout`], one cube of 32 units per output element.
 //!
-//! Each unit takes blocks of the weight row in turn: it decodes a block's quants from `u32`
-//! words in registers, dots them with the activations in f32, and scales the block's partial
-//! sum by its `d` once; the cube then adds its units' sums in shared memory. Activations are
-//! read in their own dtype and the result is written in it; everything in between is f32.
-//! A first kernel: correct everywhere cubecl runs, not tuned (x is re-read per weight row and
-//! each weight block once per activation row; no plane reduction, no vectorised loads; see
-//! docs/gpu-quantized-plan.md §4).
+//! Each unit takes 32-element chunks of the weight row in turn (a block, or a sub-block of a
+//! K-quant super-block, so that rows of a few super-blocks still give 32 units work): it
+//! decodes the chunk's quants from `u32` words in registers (`super::decode`), dots them with
+//! the activations in f32 and applies the chunk's scales once; the cube then adds its units'
+//! sums in shared memory. Activations are read in their own dtype and the result is written
+//! in it; everything in between is f32. A first kernel: correct everywhere cubecl runs, not
+//! tuned (x is re-read per weight row and each weight block once per activation row; no plane
+//! reduction, no vectorised loads; see docs/gpu-quantized-plan.md §4).
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn_cubecl::kernel::into_contiguous;
@@ -16,97 +17,15 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
-use super::layout::{self, BLOCK_ELEMENTS, QuantKind};
+use super::decode::{q4_0_chunk, q4_1_chunk, q5_0_chunk, q6_k_chunk, q8_0_chunk, q45_k_chunk};
+use super::layout::{self, QuantKind};
 
-/// The f16 in the low 16 bits of `bits`, as an f32, exactly, with integer operations only:
-/// WGSL reads no 16-bit storage, and `SHADER_F16` is optional.
-#[cube]
-fn f16_bits_to_f32(bits: u32) -> f32 {
-    let sign = (bits & 0x8000) << 16;
-    let exponent = (bits >> 10) & 0x1F;
-    let mantissa = (bits & 0x3FF) << 13;
-    // A normal f16: rebias the exponent (15 → 127) and widen the mantissa.
-    let mut magnitude = f32::reinterpret(((exponent + 112) << 23) | mantissa);
-    if exponent == 0 {
-        // Zero or subnormal: m · 2⁻²⁴ = 2⁻¹⁴ · (1 + m/1024) − 2⁻¹⁴, an exact subtraction that
-        // never makes a subnormal f32 (which a GPU may flush to zero). 0x3880_0000 is 2⁻¹⁴.
-        magnitude = f32::reinterpret(0x3880_0000 | mantissa) - f32::reinterpret(0x3880_0000u32);
-    }
-    if exponent == 31 {
-        magnitude = f32::reinterpret(0x7F80_0000 | mantissa);
-    }
-    f32::reinterpret(u32::reinterpret(magnitude) | sign)
-}
+/// Elements a unit takes at a time: a block of the 32-element kinds, a sub-block of the
+/// K-quants' 256-element super-blocks.
+const CHUNK_ELEMENTS: usize = 32;
 
-/// Block `block`'s scale `d` (layout: two f16 per word after the quants).
-#[cube]
-fn block_scale(words: &Tensor<u32>, scales_at: usize, block: usize) -> f32 {
-    let word = words[scales_at + block / 2];
-    let shift = ((block % 2) * 16) as u32;
-    f16_bits_to_f32((word >> shift) & 0xFFFF)
-}
-
-/// The dot of Q8_0 block `block`'s quants (before its scale) with the 32 activations from
-/// `x_at` on, `x_col` apart: 8 words of i8, value = q · d.
-#[cube]
-fn q8_0_block_dot<F: Float>(x: &Tensor<F>, words: &Tensor<u32>, x_at: usize, x_col: usize, block: usize) -> f32 {
-    let first_word = block * 8;
-    let mut dot = 0.0f32;
-    for k in 0..8usize {
-        let word = words[first_word + k];
-        for t in 0..4usize {
-            let q = (word >> ((t * 8) as u32)) & 0xFF;
-            // Sign-extend the byte: (q ^ 0x80) − 128 maps 0..=255 to 0, …, 127, −128, …, −1.
-            let value = f32::cast_from(i32::cast_from(q ^ 0x80) - 128);
-            dot += value * f32::cast_from(x[x_at + (k * 4 + t) * x_col]);
-        }
-    }
-    dot
-}
-
-/// The same for Q4_0: 4 words of nibbles (byte j: element j low, element j + 16 high),
-/// value = (q − 8) · d.
-#[cube]
-fn q4_0_block_dot<F: Float>(x: &Tensor<F>, words: &Tensor<u32>, x_at: usize, x_col: usize, block: usize) -> f32 {
-    let first_word = block * 4;
-    let mut dot = 0.0f32;
-    for k in 0..4usize {
-        let word = words[first_word + k];
-        for t in 0..4usize {
-            let q = (word >> ((t * 8) as u32)) & 0xFF;
-            let low = f32::cast_from(q & 0xF) - 8.0;
-            let high = f32::cast_from(q >> 4) - 8.0;
-            let j = k * 4 + t;
-            dot += low * f32::cast_from(x[x_at + j * x_col]);
-            dot += high * f32::cast_from(x[x_at + (j + 16) * x_col]);
-        }
-    }
-    dot
-}
-
-/// Q4_1 block `block`, scales included: d · Σ q·x + m · Σ x (Q4_0's nibble layout; the
-/// block's word after the quants holds `d` low and `m` high).
-#[cube]
-fn q4_1_block<F: Float>(x: &Tensor<F>, words: &Tensor<u32>, x_at: usize, x_col: usize, block: usize, scales_at: usize) -> f32 {
-    let first_word = block * 4;
-    let mut dot = 0.0f32;
-    let mut sum = 0.0f32;
-    for k in 0..4usize {
-        let word = words[first_word + k];
-        for t in 0..4usize {
-            let q = (word >> ((t * 8) as u32)) & 0xFF;
-            let j = k * 4 + t;
-            let (low_x, high_x) = (f32::cast_from(x[x_at + j * x_col]), f32::cast_from(x[x_at + (j + 16) * x_col]));
-            dot += f32::cast_from(q & 0xF) * low_x + f32::cast_from(q >> 4) * high_x;
-            sum += low_x + high_x;
-        }
-    }
-    let scales = words[scales_at + block];
-    dot * f16_bits_to_f32(scales & 0xFFFF) + sum * f16_bits_to_f32(scales >> 16)
-}
-
-/// One cube of `units` units per output element `y[i, r]`: the units take the row's blocks in
-/// turn (unit u: blocks u, u + units, …, so neighbouring units read neighbouring blocks), then
+/// One cube of `units` units per output element `y[i, r]`: the units take the row's chunks in
+/// turn (unit u: chunks u, u + units, …, so neighbouring units read neighbouring words), then
 /// add their partial sums in shared memory. Plain barriers, no plane (subgroup) operations,
 /// so it runs wherever cubecl does.
 #[cube(launch)]
@@ -115,7 +34,7 @@ fn quant_matvec_kernel<F: Float>(
     words: &Tensor<u32>,
     out: &mut Tensor<F>,
     rows: usize,
-    blocks_per_row: usize,
+    chunks_per_row: usize,
     scales_at: usize,
     #[comptime] kind: u32,
     #[comptime] units: usize,
@@ -132,18 +51,30 @@ fn quant_matvec_kernel<F: Float>(
     let x_col = x.stride(1);
     let unit = UNIT_POS as usize;
     let mut partial = 0.0f32;
-    let mut b = unit;
-    while b < blocks_per_row {
-        let block = r * blocks_per_row + b;
-        let x_at = x_row + b * 32 * x_col;
-        if comptime![kind == KIND_Q4_1] {
-            partial += q4_1_block(x, words, x_at, x_col, block, scales_at);
-        } else if comptime![kind == KIND_Q4_0] {
-            partial += q4_0_block_dot(x, words, x_at, x_col, block) * block_scale(words, scales_at, block);
+    let mut c = unit;
+    while c < chunks_per_row {
+        let x_at = x_row + c * 32 * x_col;
+        if comptime![kind == KIND_Q4_K || kind == KIND_Q5_K || kind == KIND_Q6_K] {
+            // Chunk c of the row is sub-block c % 8 of its super-block c / 8.
+            let block = r * (chunks_per_row / 8) + c / 8;
+            if comptime![kind == KIND_Q6_K] {
+                partial += q6_k_chunk(x, words, x_at, x_col, block, c % 8, scales_at);
+            } else {
+                partial += q45_k_chunk(x, words, x_at, x_col, block, c % 8, comptime![kind == KIND_Q5_K]);
+            }
         } else {
-            partial += q8_0_block_dot(x, words, x_at, x_col, block) * block_scale(words, scales_at, block);
+            let block = r * chunks_per_row + c;
+            if comptime![kind == KIND_Q4_1] {
+                partial += q4_1_chunk(x, words, x_at, x_col, block, scales_at);
+            } else if comptime![kind == KIND_Q4_0] {
+                partial += q4_0_chunk(x, words, x_at, x_col, block, scales_at);
+            } else if comptime![kind == KIND_Q5_0] {
+                partial += q5_0_chunk(x, words, x_at, x_col, block, scales_at);
+            } else {
+                partial += q8_0_chunk(x, words, x_at, x_col, block, scales_at);
+            }
         }
-        b += units;
+        c += units;
     }
     let mut sums = Shared::<[f32]>::new_slice(units);
     sums[unit] = partial;
@@ -167,6 +98,10 @@ fn quant_matvec_kernel<F: Float>(
 const KIND_Q8_0: u32 = 0;
 const KIND_Q4_0: u32 = 1;
 const KIND_Q4_1: u32 = 2;
+const KIND_Q5_0: u32 = 3;
+const KIND_Q4_K: u32 = 4;
+const KIND_Q5_K: u32 = 5;
+const KIND_Q6_K: u32 = 6;
 
 /// Units per cube (a power of two for the reduction): a row of a 576-wide matrix has 18
 /// blocks, of a 4096-wide one 128.
@@ -185,8 +120,8 @@ pub(super) fn quant_matvec(x: CubeTensor, words: CubeTensor, kind: QuantKind, ro
     if total == 0 {
         return output;
     }
-    let blocks_per_row = cols / BLOCK_ELEMENTS;
-    let scales_at = layout::scales_at(kind, rows * blocks_per_row);
+    let chunks_per_row = cols / CHUNK_ELEMENTS;
+    let scales_at = layout::scales_at(kind, rows * (cols / kind.block_elements()));
     let cube_dim = CubeDim::new_1d(UNITS as u32);
     let cube_count = calculate_cube_count_elemwise(&client, total * UNITS, cube_dim);
     let (x, words, out) = (x.into_tensor_arg(), words.into_tensor_arg(), output.clone().into_tensor_arg());
@@ -198,12 +133,16 @@ pub(super) fn quant_matvec(x: CubeTensor, words: CubeTensor, kind: QuantKind, ro
         words,
         out,
         rows,
-        blocks_per_row,
+        chunks_per_row,
         scales_at,
         match kind {
             QuantKind::Q8_0 => KIND_Q8_0,
             QuantKind::Q4_0 => KIND_Q4_0,
             QuantKind::Q4_1 => KIND_Q4_1,
+            QuantKind::Q5_0 => KIND_Q5_0,
+            QuantKind::Q4_K => KIND_Q4_K,
+            QuantKind::Q5_K => KIND_Q5_K,
+            QuantKind::Q6_K => KIND_Q6_K,
         },
         UNITS,
         dtype_to_storage_type(dtype),

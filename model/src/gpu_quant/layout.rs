@@ -1,22 +1,26 @@
 //! The device layout of GGUF blocks: a lossless host repack into `u32` words.
 //!
-//! WGSL has no 8- or 16-bit storage, and Q4_0 (18-byte) and Q8_0 (34-byte) blocks are not
-//! 4-byte aligned, so the kernels cannot read GGUF's array of blocks as it is. The repack
-//! splits it into a structure of arrays in one `u32` buffer:
+//! WGSL has no 8- or 16-bit storage, and Q4_0 (18-byte), Q5_0 (22), Q8_0 (34) and Q6_K (210)
+//! blocks are not 4-byte aligned, so the kernels cannot read GGUF's array of blocks as it is.
+//! The repack splits each block into its f16 "scale piece" (the 2 or 4 bytes that break the
+//! alignment) and the rest, and stores a structure of arrays in one `u32` buffer:
 //!
-//! - quants first: each block's quant bytes, as little-endian `u32` words, block after block
-//!   (row-major: row `r`'s block `b` is block `r * blocks_per_row + b`), `words_per_block`
-//!   words each (Q8_0: 32 bytes = 8 words; Q4_0 and Q4_1: 16 bytes of nibbles = 4 words);
-//! - then the f16 scales: for Q8_0 and Q4_0 `d`, two per word (block `s`'s scale is the low
-//!   half of word `scales_at + s / 2` when `s` is even, the high half when odd); for Q4_1 one
-//!   word per block, `d` in the low half and `m` in the high half (GGUF's own order).
+//! - words first: each block less its scale piece, as little-endian `u32` words, block after
+//!   block (row-major: row `r`'s block `b` is block `r * blocks_per_row + b`),
+//!   [`QuantKind::words_per_block`] words each, the bytes in GGUF's order;
+//! - then the scale pieces from [`scales_at`] on: a 2-byte piece (Q8_0, Q4_0, Q5_0: `d` at
+//!   the head; Q6_K: `d` at the end) two per word (block `s`'s is the low half of word
+//!   `scales_at + s / 2` when `s` is even, the high half when odd); Q4_1's 4-byte `d, m` one
+//!   word per block. Q4_K and Q5_K blocks (144 and 176 bytes, `d, dmin` at the head) are
+//!   aligned: they have no piece, their words are the whole block.
 //!
 //! Nothing is widened: the device holds the GGUF bytes plus at most 2 bytes of padding
 //! (see [`device_bytes`]).
 
 use crate::gguf::GgmlType;
 
-/// The block types the GPU kernels decode.
+/// The block types the GPU kernels decode (named as GGUF names them).
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantKind {
     /// 32 elements: f16 `d`, 32 × i8; value = q · d.
@@ -27,20 +31,34 @@ pub enum QuantKind {
     /// 32 elements: f16 `d`, f16 `m`, 16 bytes of nibbles laid out as Q4_0's;
     /// value = q · d + m.
     Q4_1,
+    /// 32 elements: f16 `d`, a u32 of fifth bits (bit j for element j), 16 bytes of nibbles
+    /// laid out as Q4_0's; value = (q − 16) · d.
+    Q5_0,
+    /// 256 elements: f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and mins, 128 bytes of
+    /// nibbles; value = (d · sc) · q − dmin · m per 32 elements.
+    Q4_K,
+    /// Q4_K with 32 bytes of fifth bits between the scales and the nibbles.
+    Q5_K,
+    /// 256 elements: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 i8 scales, f16 `d`
+    /// at the end; value = (d · sc) · (q − 32) per 16 elements.
+    Q6_K,
 }
 
-/// Elements per block, for every kind.
-pub const BLOCK_ELEMENTS: usize = 32;
-
 impl QuantKind {
+    /// Every kind, for tests and docs.
+    pub const ALL: [QuantKind; 7] = [
+        QuantKind::Q8_0,
+        QuantKind::Q4_0,
+        QuantKind::Q4_1,
+        QuantKind::Q5_0,
+        QuantKind::Q4_K,
+        QuantKind::Q5_K,
+        QuantKind::Q6_K,
+    ];
+
     /// The kind for a GGUF type, or `None` for a type without a GPU kernel yet.
     pub fn from_ggml(ggml_type: GgmlType) -> Option<QuantKind> {
-        match ggml_type {
-            GgmlType::Q8_0 => Some(QuantKind::Q8_0),
-            GgmlType::Q4_0 => Some(QuantKind::Q4_0),
-            GgmlType::Q4_1 => Some(QuantKind::Q4_1),
-            _ => None,
-        }
+        QuantKind::ALL.into_iter().find(|kind| kind.ggml_type() == ggml_type)
     }
 
     pub fn ggml_type(self) -> GgmlType {
@@ -48,6 +66,10 @@ impl QuantKind {
             QuantKind::Q8_0 => GgmlType::Q8_0,
             QuantKind::Q4_0 => GgmlType::Q4_0,
             QuantKind::Q4_1 => GgmlType::Q4_1,
+            QuantKind::Q5_0 => GgmlType::Q5_0,
+            QuantKind::Q4_K => GgmlType::Q4_K,
+            QuantKind::Q5_K => GgmlType::Q5_K,
+            QuantKind::Q6_K => GgmlType::Q6_K,
         }
     }
 
@@ -61,37 +83,64 @@ impl QuantKind {
         QuantKind::from_ggml(GgmlType::from_id(code))
     }
 
+    /// Elements per block: 32, or 256 for the K-quants' super-blocks.
+    pub fn block_elements(self) -> usize {
+        match self {
+            QuantKind::Q4_K | QuantKind::Q5_K | QuantKind::Q6_K => 256,
+            QuantKind::Q8_0 | QuantKind::Q4_0 | QuantKind::Q4_1 | QuantKind::Q5_0 => 32,
+        }
+    }
+
     /// Bytes of one GGUF block.
     pub fn block_bytes(self) -> usize {
         match self {
             QuantKind::Q8_0 => 34,
             QuantKind::Q4_0 => 18,
             QuantKind::Q4_1 => 20,
+            QuantKind::Q5_0 => 22,
+            QuantKind::Q4_K => 144,
+            QuantKind::Q5_K => 176,
+            QuantKind::Q6_K => 210,
         }
     }
 
-    /// Bytes of f16 scales at the head of a GGUF block (`d`, and `m` for Q4_1).
-    pub fn header_bytes(self) -> usize {
+    /// Bytes of the block's scale piece, stored apart from its words (0, 2 or 4).
+    pub fn piece_bytes(self) -> usize {
         match self {
             QuantKind::Q4_1 => 4,
-            QuantKind::Q8_0 | QuantKind::Q4_0 => 2,
+            QuantKind::Q8_0 | QuantKind::Q4_0 | QuantKind::Q5_0 | QuantKind::Q6_K => 2,
+            QuantKind::Q4_K | QuantKind::Q5_K => 0,
         }
     }
 
-    /// `u32` words of quants per block (the block less its scales).
+    /// Where the scale piece sits in a GGUF block: at the head, or (Q6_K) at the end.
+    fn piece_offset(self) -> usize {
+        match self {
+            QuantKind::Q6_K => self.block_bytes() - self.piece_bytes(),
+            _ => 0,
+        }
+    }
+
+    /// `u32` words per block (the block less its scale piece).
     pub fn words_per_block(self) -> usize {
-        (self.block_bytes() - self.header_bytes()) / 4
+        (self.block_bytes() - self.piece_bytes()) / 4
+    }
+
+    /// The block's bytes less its scale piece, and the piece.
+    fn split(self, block: &[u8]) -> (impl Iterator<Item = &u8>, &[u8]) {
+        let (at, len) = (self.piece_offset(), self.piece_bytes());
+        (block[..at].iter().chain(&block[at + len..]), &block[at..at + len])
     }
 }
 
-/// Where the scales start in the packed words of a `blocks`-block matrix.
+/// Where the scale pieces start in the packed words of a `blocks`-block matrix.
 pub fn scales_at(kind: QuantKind, blocks: usize) -> usize {
     blocks * kind.words_per_block()
 }
 
 /// Length in words of the packed form of `blocks` blocks.
 pub fn packed_words(kind: QuantKind, blocks: usize) -> usize {
-    scales_at(kind, blocks) + (blocks * kind.header_bytes()).div_ceil(4)
+    scales_at(kind, blocks) + (blocks * kind.piece_bytes()).div_ceil(4)
 }
 
 /// Bytes the packed form of `blocks` blocks takes on the device.
@@ -105,21 +154,21 @@ pub fn pack(kind: QuantKind, bytes: &[u8]) -> Vec<u32> {
     debug_assert_eq!(bytes.len() % block_bytes, 0, "whole blocks");
     let blocks = bytes.len() / block_bytes;
     let mut words = Vec::with_capacity(packed_words(kind, blocks));
-    let header = kind.header_bytes();
+    let mut pieces = Vec::with_capacity(blocks * kind.piece_bytes() + 2);
     for block in bytes.chunks_exact(block_bytes) {
-        words.extend(block[header..].chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])));
+        let (rest, piece) = kind.split(block);
+        let mut word = [0u8; 4];
+        for (k, &byte) in rest.enumerate() {
+            word[k % 4] = byte;
+            if k % 4 == 3 {
+                words.push(u32::from_le_bytes(word));
+            }
+        }
+        pieces.extend_from_slice(piece);
     }
-    if header == 4 {
-        words.extend(bytes.chunks_exact(block_bytes).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
-        debug_assert_eq!(words.len(), packed_words(kind, blocks));
-        return words;
-    }
-    let scale = |block: &[u8]| u32::from(u16::from_le_bytes([block[0], block[1]]));
-    let mut blocks_iter = bytes.chunks_exact(block_bytes);
-    while let Some(even) = blocks_iter.next() {
-        let odd = blocks_iter.next().map_or(0, scale);
-        words.push(scale(even) | (odd << 16));
-    }
+    // Two 2-byte pieces a word, low half first; Q4_1's 4-byte pieces are a word each.
+    pieces.resize(pieces.len().next_multiple_of(4), 0);
+    words.extend(pieces.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])));
     debug_assert_eq!(words.len(), packed_words(kind, blocks));
     words
 }
@@ -131,20 +180,23 @@ mod tests {
     /// Unpacks block `s` back into GGUF bytes: the inverse the kernels compute.
     fn unpack_block(kind: QuantKind, words: &[u32], blocks: usize, s: usize) -> Vec<u8> {
         let wpb = kind.words_per_block();
-        let mut block = if kind.header_bytes() == 4 {
-            words[scales_at(kind, blocks) + s].to_le_bytes().to_vec()
-        } else {
-            let scale_word = words[scales_at(kind, blocks) + s / 2];
-            let d = if s % 2 == 0 { scale_word & 0xFFFF } else { scale_word >> 16 } as u16;
-            d.to_le_bytes().to_vec()
+        let piece = match kind.piece_bytes() {
+            0 => Vec::new(),
+            4 => words[scales_at(kind, blocks) + s].to_le_bytes().to_vec(),
+            _ => {
+                let scale_word = words[scales_at(kind, blocks) + s / 2];
+                let d = if s % 2 == 0 { scale_word & 0xFFFF } else { scale_word >> 16 } as u16;
+                d.to_le_bytes().to_vec()
+            }
         };
-        words[s * wpb..(s + 1) * wpb].iter().for_each(|w| block.extend(w.to_le_bytes()));
-        block
+        let rest: Vec<u8> = words[s * wpb..(s + 1) * wpb].iter().flat_map(|w| w.to_le_bytes()).collect();
+        let at = kind.piece_offset();
+        [&rest[..at], &piece[..], &rest[at..]].concat()
     }
 
     #[test]
     fn pack_is_lossless_and_adds_at_most_two_bytes() {
-        for kind in [QuantKind::Q8_0, QuantKind::Q4_0, QuantKind::Q4_1] {
+        for kind in QuantKind::ALL {
             for blocks in [1usize, 2, 3, 8] {
                 let bytes: Vec<u8> = (0..blocks * kind.block_bytes()).map(|i| (i * 37 + 11) as u8).collect();
                 let words = pack(kind, &bytes);
@@ -157,11 +209,13 @@ mod tests {
     }
 
     #[test]
-    fn codes_round_trip_and_other_types_have_no_kind() {
-        for kind in [QuantKind::Q8_0, QuantKind::Q4_0, QuantKind::Q4_1] {
+    fn sizes_agree_with_gguf_and_codes_round_trip() {
+        for kind in QuantKind::ALL {
             assert_eq!(QuantKind::from_code(kind.code()), Some(kind));
+            assert_eq!(kind.ggml_type().block_layout(), Some((kind.block_elements(), kind.block_bytes())));
+            assert_eq!((kind.block_bytes() - kind.piece_bytes()) % 4, 0, "{kind:?}: whole words");
         }
-        assert_eq!(QuantKind::from_ggml(GgmlType::Q4_K), None);
+        assert_eq!(QuantKind::from_ggml(GgmlType::Q5_1), None);
         assert_eq!(QuantKind::from_ggml(GgmlType::F32), None);
     }
 }

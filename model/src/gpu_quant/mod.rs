@@ -3,16 +3,18 @@
 //!
 //! - [`layout`]: the lossless host repack of GGUF blocks into `u32` words (WGSL reads no
 //!   8/16-bit storage, and 18/34-byte blocks are not 4-byte aligned).
-//! - `kernels`: the kernels, one unit per output element, f32 accumulation.
+//! - `kernels`: the matrix-vector kernel, one cube per output element, f32 accumulation;
+//!   `decode`: its per-type decoding, mirroring `gguf::dequant`.
 //! - [`QuantLinearOps`]: the burn backend extension that launches them on burn's own tensors.
 //!   With fusion on (every GPU feature turns it on) the call is registered as a custom
 //!   operation in the fusion stream and runs in order with its neighbours, with no flush and
 //!   no host round trip (docs/gpu-quantized-plan.md §1).
 //! - [`DeviceQuantMatrix`]: a packed matrix on a device and its `forward`.
 //!
-//! Types: Q8_0, Q4_0 and Q4_1 so far. Nothing calls this yet: wiring it into `LinearWeight` and
-//! `LoadOptions::plan` is the next step.
+//! Types: Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K and Q6_K ([`QuantKind`]); `weights.rs` uploads
+//! linear layers of these types as `LinearWeight::Device` and dequantizes the others at load.
 
+mod decode;
 mod kernels;
 pub mod layout;
 #[cfg(all(test, feature = "wgpu"))]
@@ -27,7 +29,6 @@ use crate::error::ModelError;
 use crate::gguf::GgmlType;
 use crate::quant_matmul::QuantMatrix;
 pub use layout::QuantKind;
-use layout::BLOCK_ELEMENTS;
 
 /// Our kernels as a burn backend extension. Listed for the cubecl backend only: calling it
 /// with a tensor of another backend panics in burn's generated dispatch, so callers go
@@ -93,14 +94,18 @@ impl DeviceQuantMatrix {
     ) -> Result<DeviceQuantMatrix, ModelError> {
         let kind = QuantKind::from_ggml(ggml_type)
             .ok_or_else(|| ModelError::UnsupportedQuantization { tensor: String::new(), ggml_type: ggml_type.to_string() })?;
-        if rows == 0 || cols == 0 || !cols.is_multiple_of(BLOCK_ELEMENTS) {
+        let block_elements = kind.block_elements();
+        if rows == 0 || cols == 0 || !cols.is_multiple_of(block_elements) {
             return Err(ModelError::tensor(
                 "",
-                format!("a {rows} × {cols} matrix is not a non-empty whole number of {ggml_type} blocks of {BLOCK_ELEMENTS} per row"),
+                format!(
+                    "a {rows} × {cols} matrix is not a non-empty whole number of {ggml_type} blocks of \
+                     {block_elements} per row ({cols} columns)"
+                ),
             ));
         }
         let expected = rows
-            .checked_mul(cols / BLOCK_ELEMENTS)
+            .checked_mul(cols / block_elements)
             .and_then(|blocks| blocks.checked_mul(kind.block_bytes()))
             .ok_or_else(|| ModelError::tensor("", format!("{rows} × {cols} {ggml_type} matrix is too large")))?;
         if bytes.len() != expected {
@@ -130,7 +135,7 @@ impl DeviceQuantMatrix {
 
     /// Bytes the matrix takes on the device.
     pub fn device_bytes(&self) -> usize {
-        layout::device_bytes(self.kind, self.rows * self.cols / BLOCK_ELEMENTS)
+        layout::device_bytes(self.kind, self.rows * self.cols / self.kind.block_elements())
     }
 
     /// `y[n, rows] = x[n, cols] · Wᵀ` on the matrix's device, in `x`'s dtype. `x` on another

@@ -24,16 +24,24 @@ fn lavapipe() -> Option<Device> {
 
 /// Random blocks: random quants and scales of both signs, with the f16 cases the kernel's
 /// integer decoding must get right in the first blocks (zero, subnormals, a negative scale).
+/// Every f16 scale is set (random bytes there could be NaN); the K-quants' 6- and 8-bit
+/// scales stay random bytes.
 fn random_blocks(kind: QuantKind, rows: usize, cols: usize, rng: &mut SplitMix64) -> Vec<u8> {
-    let blocks = rows * cols / BLOCK_ELEMENTS;
+    let blocks = rows * cols / kind.block_elements();
     let mut bytes: Vec<u8> = (0..blocks * kind.block_bytes()).map(|_| rng.next_u64() as u8).collect();
     let special = [f16::from_bits(0x0001), f16::from_bits(0x83FF), f16::ZERO, f16::from_f32(-0.03125)];
+    // Byte offsets of `d`, and of the second f16 (`m`, `dmin`) where there is one.
+    let (d_at, second_at) = match kind {
+        QuantKind::Q4_1 | QuantKind::Q4_K | QuantKind::Q5_K => (0, Some(2)),
+        QuantKind::Q6_K => (208, None),
+        QuantKind::Q8_0 | QuantKind::Q4_0 | QuantKind::Q5_0 => (0, None),
+    };
     for (s, block) in bytes.chunks_exact_mut(kind.block_bytes()).enumerate() {
         let d = special.get(s).copied().unwrap_or_else(|| f16::from_f32(rng.next_unit_f32() * 0.1 - 0.05));
-        block[..2].copy_from_slice(&d.to_le_bytes());
-        if kind == QuantKind::Q4_1 {
+        block[d_at..d_at + 2].copy_from_slice(&d.to_le_bytes());
+        if let Some(at) = second_at {
             let m = f16::from_f32(rng.next_unit_f32() * 0.1 - 0.05);
-            block[2..4].copy_from_slice(&m.to_le_bytes());
+            block[at..at + 2].copy_from_slice(&m.to_le_bytes());
         }
     }
     bytes
@@ -75,26 +83,58 @@ fn read(y: Tensor<2>) -> Vec<f32> {
     y.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data")
 }
 
-#[test]
-fn matches_dequantize_and_a_float64_product_at_odd_sizes() {
+/// Uploads random `kind` blocks of each size and checks the product with 1, 2 and 5
+/// activation rows.
+fn check_sizes(kind: QuantKind, sizes: &[(usize, usize)], seed: u64) {
     let Some(device) = lavapipe() else { return };
-    let mut rng = SplitMix64(10);
-    for kind in [QuantKind::Q8_0, QuantKind::Q4_0, QuantKind::Q4_1] {
-        // 1088 columns: 34 blocks a row, more than a cube's 32 units, so units take two.
-        for (rows, cols) in [(1, 32), (3, 96), (67, 576), (3, 1088)] {
-            let bytes = random_blocks(kind, rows, cols, &mut rng);
-            let matrix = DeviceQuantMatrix::from_blocks(kind.ggml_type(), rows, cols, &bytes, &device).expect("upload");
-            assert_eq!(matrix.device_bytes(), layout::device_bytes(kind, rows * cols / BLOCK_ELEMENTS));
-            for n in [1, 2, 5] {
-                let x = random_x(n * cols, &mut rng);
-                let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [n, cols]), (&device, DType::F32));
-                let y = matrix.forward(xt).expect("forward");
-                assert_eq!(y.dims(), [n, rows], "{kind:?} {rows} × {cols}, n {n}: the shape fusion recorded");
-                let what = format!("{kind:?} {rows} × {cols}, n {n}");
-                assert_close(&what, cols, &read(y), &reference(kind, rows, cols, &bytes, &x));
-            }
+    let mut rng = SplitMix64(seed);
+    for &(rows, cols) in sizes {
+        let bytes = random_blocks(kind, rows, cols, &mut rng);
+        let matrix = DeviceQuantMatrix::from_blocks(kind.ggml_type(), rows, cols, &bytes, &device).expect("upload");
+        assert_eq!(matrix.device_bytes(), layout::device_bytes(kind, rows * cols / kind.block_elements()));
+        for n in [1, 2, 5] {
+            let x = random_x(n * cols, &mut rng);
+            let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [n, cols]), (&device, DType::F32));
+            let y = matrix.forward(xt).expect("forward");
+            assert_eq!(y.dims(), [n, rows], "{kind:?} {rows} × {cols}, n {n}: the shape fusion recorded");
+            let what = format!("{kind:?} {rows} × {cols}, n {n}");
+            assert_close(&what, cols, &read(y), &reference(kind, rows, cols, &bytes, &x));
         }
     }
+}
+
+/// 32-element blocks: 1088 columns are 34 blocks a row, more than a cube's 32 units, so units
+/// take two.
+const BLOCK_SIZES: [(usize, usize); 4] = [(1, 32), (3, 96), (67, 576), (3, 1088)];
+
+/// K-quant super-blocks: one, three, and nine a row (72 sub-blocks: units take two or three).
+const SUPER_BLOCK_SIZES: [(usize, usize); 4] = [(1, 256), (3, 768), (67, 256), (3, 2304)];
+
+#[test]
+fn q8_0_q4_0_and_q4_1_match_dequantize_and_a_float64_product_at_odd_sizes() {
+    for (k, kind) in [QuantKind::Q8_0, QuantKind::Q4_0, QuantKind::Q4_1].into_iter().enumerate() {
+        check_sizes(kind, &BLOCK_SIZES, 10 + k as u64);
+    }
+}
+
+#[test]
+fn q5_0_matches_dequantize_and_a_float64_product_at_odd_sizes() {
+    check_sizes(QuantKind::Q5_0, &BLOCK_SIZES, 20);
+}
+
+#[test]
+fn q4_k_matches_dequantize_and_a_float64_product_at_odd_sizes() {
+    check_sizes(QuantKind::Q4_K, &SUPER_BLOCK_SIZES, 21);
+}
+
+#[test]
+fn q5_k_matches_dequantize_and_a_float64_product_at_odd_sizes() {
+    check_sizes(QuantKind::Q5_K, &SUPER_BLOCK_SIZES, 22);
+}
+
+#[test]
+fn q6_k_matches_dequantize_and_a_float64_product_at_odd_sizes() {
+    check_sizes(QuantKind::Q6_K, &SUPER_BLOCK_SIZES, 23);
 }
 
 /// Strided activations (a transpose) and the result used by the next operation in the same
@@ -126,8 +166,9 @@ fn f16_activations_in_and_out() {
         return;
     }
     let mut rng = SplitMix64(13);
-    let (rows, cols, n) = (67, 96, 2);
-    for kind in [QuantKind::Q8_0, QuantKind::Q4_0, QuantKind::Q4_1] {
+    let (rows, n) = (67, 2);
+    for kind in QuantKind::ALL {
+        let cols = 3 * kind.block_elements();
         let bytes = random_blocks(kind, rows, cols, &mut rng);
         let matrix = DeviceQuantMatrix::from_blocks(kind.ggml_type(), rows, cols, &bytes, &device).expect("upload");
         let x16: Vec<f16> = random_x(n * cols, &mut rng).into_iter().map(f16::from_f32).collect();
@@ -149,12 +190,19 @@ fn f16_activations_in_and_out() {
 #[test]
 fn types_without_a_kernel_and_wrong_sizes_are_typed_errors() {
     let Some(device) = lavapipe() else { return };
-    let err = DeviceQuantMatrix::from_blocks(GgmlType::Q4_K, 1, 256, &[0; 144], &device).unwrap_err();
+    let err = DeviceQuantMatrix::from_blocks(GgmlType::Q2_K, 1, 256, &[0; 84], &device).unwrap_err();
     assert_eq!(err.kind(), "unsupported_quantization", "{err}");
     let err = DeviceQuantMatrix::from_blocks(GgmlType::Q8_0, 2, 32, &[0; 34], &device).unwrap_err();
     assert!(matches!(err, ModelError::Tensor { .. }), "{err}");
     let err = DeviceQuantMatrix::from_blocks(GgmlType::Q4_0, 1, 40, &[0; 18], &device).unwrap_err();
     assert!(matches!(err, ModelError::Tensor { .. }), "{err}");
+    // A 576-wide row (SmolLM2's) is 18 blocks of 32 but no whole number of 256-element
+    // super-blocks, whatever the byte count.
+    for (kind, bytes) in [(GgmlType::Q4_K, 2 * 144 + 36), (GgmlType::Q6_K, 2 * 210)] {
+        let err = DeviceQuantMatrix::from_blocks(kind, 1, 576, &vec![0; bytes], &device).unwrap_err();
+        assert!(matches!(err, ModelError::Tensor { .. }), "{err}");
+        assert!(err.to_string().contains("blocks of 256 per row (576 columns)"), "{err}");
+    }
     let matrix = DeviceQuantMatrix::from_blocks(GgmlType::Q4_0, 1, 32, &[0; 18], &device).expect("upload");
     let x = Tensor::<2>::zeros([1, 64], &device);
     assert!(matches!(matrix.forward(x), Err(ModelError::Internal(_))));
