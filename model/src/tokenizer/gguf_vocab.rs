@@ -1,11 +1,14 @@
-//! Builds a `tokenizers::Tokenizer` from the `tokenizer.ggml.*` metadata of a GGUF file so
+//! Builds the tokenizer pipeline from the `tokenizer.ggml.*` metadata of a GGUF file so
 //! that it produces the same ids as llama.cpp.
 //!
 //! Two vocabulary kinds are supported:
-//! - `gpt2`: byte-level BPE from `tokens` + `merges`, pre-split by the regexes llama.cpp
-//!   uses for the file's `tokenizer.ggml.pre` (see [`pre_tokenizer_regexes`]);
-//! - `llama`: SentencePiece BPE from `tokens` + `scores`, converted the way Hugging Face's
-//!   `LlamaConverter` does it (merges derived from the scores, byte fallback, `▁` for spaces).
+//! - `gpt2`: a `tokenizers::Tokenizer` with byte-level BPE from `tokens` + `merges`,
+//!   pre-split by the regexes llama.cpp uses for the file's `tokenizer.ggml.pre` (see
+//!   [`pre_tokenizer_regexes`]);
+//! - `llama`: our own SentencePiece encoder over `tokens` + `scores` (see `spm`). The same
+//!   vocabulary as a `tokenizers::Tokenizer`, converted the way Hugging Face's
+//!   `LlamaConverter` does it (merges derived from the scores, byte fallback, `▁` for
+//!   spaces), is built only on request ([`sentencepiece_library`]: export, tests).
 
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel;
@@ -20,6 +23,8 @@ use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
+use super::Pipeline;
+use super::spm::SentencePiece;
 use super::token_texts::TokenTexts;
 use crate::error::{ModelError, Result};
 use crate::gguf::Metadata;
@@ -72,7 +77,7 @@ pub(crate) fn pre_tokenizer_regexes(pre: &str) -> Option<PreTokenizerSpec> {
 
 /// What the builder found out besides the tokenizer itself.
 pub(crate) struct Built {
-    pub tokenizer: tokenizers::Tokenizer,
+    pub pipeline: Pipeline,
     /// The raw token texts, indexed by id.
     pub tokens: TokenTexts,
     /// llama.cpp's default for `add_bos` when `tokenizer.ggml.add_bos_token` is absent.
@@ -104,12 +109,11 @@ pub(crate) fn build(metadata: &Metadata) -> Result<Built> {
     // llama.cpp names empty tokens this way; an empty key would confuse the BPE vocabulary.
     let tokens: Vec<String> =
         tokens.into_iter().enumerate().map(|(i, t)| if t.is_empty() { format!("[EMPTY_{i}]") } else { t }).collect();
-    // One packed copy of the texts serves lookups by id; the strings themselves move into the
-    // BPE vocabulary rather than being copied there.
+    // One packed copy of the texts serves lookups by id; for `gpt2` the strings themselves
+    // move into the BPE vocabulary rather than being copied there.
     let texts = TokenTexts::new(tokens.iter().map(String::as_str));
-    let vocab = vocab_of(tokens);
 
-    let (mut tokenizer, add_bos_default, default_bos_eos) = match model {
+    let (pipeline, add_bos_default, default_bos_eos) = match model {
         "gpt2" => {
             let pre = metadata.opt_str("tokenizer.ggml.pre")?.unwrap_or("");
             let spec = pre_tokenizer_regexes(pre).ok_or_else(|| {
@@ -118,12 +122,16 @@ pub(crate) fn build(metadata: &Metadata) -> Result<Built> {
             let merges = metadata
                 .opt_string_array("tokenizer.ggml.merges")?
                 .ok_or_else(|| ModelError::Tokenizer("a gpt2 vocabulary needs tokenizer.ggml.merges".into()))?;
-            (byte_level_bpe(vocab, merges, &spec)?, spec.add_bos_default, None)
+            let mut tokenizer = byte_level_bpe(vocab_of(tokens), merges, &spec)?;
+            add_special_tokens(&mut tokenizer, &texts, &token_types)?;
+            (Pipeline::library(tokenizer), spec.add_bos_default, None)
         }
         "llama" => {
+            drop(tokens);
             let scores = metadata.opt_f32_array("tokenizer.ggml.scores")?.unwrap_or_default();
             let add_space_prefix = metadata.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
-            (sentencepiece_bpe(&texts, vocab, &scores, &token_types, add_space_prefix)?, true, Some((1, 2)))
+            let encoder = SentencePiece::new(&texts, &scores, &token_types, add_space_prefix);
+            (Pipeline::SentencePiece(encoder), true, Some((1, 2)))
         }
         other => {
             return Err(ModelError::Tokenizer(format!(
@@ -131,8 +139,7 @@ pub(crate) fn build(metadata: &Metadata) -> Result<Built> {
             )));
         }
     };
-    add_special_tokens(&mut tokenizer, &texts, &token_types)?;
-    Ok(Built { tokenizer, tokens: texts, add_bos_default, default_bos_eos })
+    Ok(Built { pipeline, tokens: texts, add_bos_default, default_bos_eos })
 }
 
 /// Metadata for a synthetic model's tokenizer (random-weight models for tests and benchmarks):
@@ -253,6 +260,20 @@ fn byte_level_bpe(vocab: Vocab, merges: Vec<String>, spec: &PreTokenizerSpec) ->
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(PreTokenizerSequence::new(pieces)));
     tokenizer.with_decoder(Some(ByteLevel::new(false, false, false)));
+    Ok(tokenizer)
+}
+
+/// A `llama` vocabulary as a Hugging Face pipeline: what [`SentencePiece`] encodes, at the
+/// cost of ~60 MB of BPE tables for Gemma 3 (see `spm`).
+pub(crate) fn sentencepiece_library(
+    texts: &TokenTexts,
+    scores: &[f32],
+    token_types: &[i64],
+    add_space_prefix: bool,
+) -> Result<tokenizers::Tokenizer> {
+    let vocab = vocab_of(texts.iter().map(str::to_owned).collect());
+    let mut tokenizer = sentencepiece_bpe(texts, vocab, scores, token_types, add_space_prefix)?;
+    add_special_tokens(&mut tokenizer, texts, token_types)?;
     Ok(tokenizer)
 }
 

@@ -13,7 +13,7 @@
 
 use serde_json::Value;
 
-use super::Tokenizer;
+use super::{Pipeline, Tokenizer};
 
 /// SentencePiece's word-boundary marker, which stands for a space.
 const SPIECE_UNDERLINE: &str = "\u{2581}";
@@ -50,11 +50,14 @@ impl Tokenizer {
 
     /// The vocabulary's figures, when its pipeline keeps every byte it can spell.
     fn length_bound(&self) -> Option<LengthBound> {
-        let json = |v: Option<Value>| v.unwrap_or(Value::Null);
-        let normalizer = json(self.inner.tokenizer.get_normalizer().and_then(|n| serde_json::to_value(n).ok()));
-        let pre_tokenizer = json(self.inner.tokenizer.get_pre_tokenizer().and_then(|p| serde_json::to_value(p).ok()));
-        if !normalizer_keeps_bytes(&normalizer) || drops_characters(&pre_tokenizer) {
-            return None;
+        // Our SentencePiece pipeline only prepends `▁` and writes spaces as `▁`.
+        if let Pipeline::Library { tokenizer, .. } = &self.inner.pipeline {
+            let json = |v: Option<Value>| v.unwrap_or(Value::Null);
+            let normalizer = json(tokenizer.get_normalizer().and_then(|n| serde_json::to_value(n).ok()));
+            let pre_tokenizer = json(tokenizer.get_pre_tokenizer().and_then(|p| serde_json::to_value(p).ok()));
+            if !normalizer_keeps_bytes(&normalizer) || drops_characters(&pre_tokenizer) {
+                return None;
+            }
         }
         let mut spelled = [false; 256];
         let mut longest = 1;

@@ -1,11 +1,13 @@
 //! Text ↔ token ids, with the same ids llama.cpp gives for the same model.
 //!
-//! [`Tokenizer`] wraps a Hugging Face `tokenizers::Tokenizer`, built either from a GGUF
-//! file's `tokenizer.ggml.*` metadata ([`Tokenizer::from_gguf`], see `gguf_vocab`) or from a
-//! `tokenizer.json` ([`Tokenizer::from_json_file`]). It knows the model's special ids (BOS,
-//! EOS, the end-of-generation set) and whether prompts start with BOS.
+//! [`Tokenizer`] is built either from a GGUF file's `tokenizer.ggml.*` metadata
+//! ([`Tokenizer::from_gguf`], see `gguf_vocab`) or from a `tokenizer.json`
+//! ([`Tokenizer::from_json_file`]). SentencePiece (`llama`) vocabularies use our own encoder
+//! (`spm`); the others wrap a Hugging Face `tokenizers::Tokenizer`. It knows the model's
+//! special ids (BOS, EOS, the end-of-generation set) and whether prompts start with BOS.
 //! [`IncrementalDecoder`] turns a stream of generated ids into UTF-8 text pieces.
 
+mod added_tokens;
 #[cfg(test)]
 mod gemma_tests;
 mod gguf_vocab;
@@ -15,8 +17,12 @@ mod length_bound;
 mod rendered;
 #[cfg(test)]
 mod rendered_tests;
+mod spm;
+#[cfg(test)]
+mod spm_tests;
 #[cfg(test)]
 pub(crate) mod tests;
+mod text_index;
 mod token_texts;
 
 use std::collections::HashSet;
@@ -27,6 +33,7 @@ use std::sync::{Arc, OnceLock};
 pub use incremental::IncrementalDecoder;
 use rendered::SpecialTexts;
 pub use rendered::{PartKind, RenderedPrompt};
+use spm::SentencePiece;
 use token_texts::TokenTexts;
 use tokenizers::{Model, PreTokenizer};
 
@@ -48,16 +55,35 @@ pub struct Tokenizer {
     inner: Arc<Inner>,
 }
 
+/// How text becomes ids and back.
+pub(crate) enum Pipeline {
+    /// A Hugging Face pipeline (`gpt2` GGUF vocabularies, `tokenizer.json` files).
+    Library {
+        /// Its added vocabulary splits special tokens out of the text before tokenizing
+        /// (chat prompts).
+        tokenizer: tokenizers::Tokenizer,
+        /// A copy of that added vocabulary which leaves special-token text in place, for
+        /// text whose markers are ordinary text (user content, completions prompts); see
+        /// [`Tokenizer::encode_plain`]. `encode_special_tokens` is a setting of the
+        /// vocabulary, not of a call, and only the vocabulary reads it, so this copy stands in
+        /// for a second whole tokenizer.
+        plain_added: tokenizers::AddedVocabulary,
+    },
+    /// Our SentencePiece encoder (`llama` GGUF vocabularies), which needs no BPE merges.
+    SentencePiece(SentencePiece),
+}
+
+impl Pipeline {
+    fn library(mut tokenizer: tokenizers::Tokenizer) -> Pipeline {
+        tokenizer.set_encode_special_tokens(false);
+        let mut plain_added = tokenizer.get_added_vocabulary().clone();
+        plain_added.set_encode_special_tokens(true);
+        Pipeline::Library { tokenizer, plain_added }
+    }
+}
+
 struct Inner {
-    /// The pipeline; its added vocabulary splits special tokens out of the text before
-    /// tokenizing (chat prompts).
-    tokenizer: tokenizers::Tokenizer,
-    /// A copy of that added vocabulary which leaves special-token text in place, for text
-    /// whose markers are ordinary text (user content, completions prompts); see
-    /// [`Tokenizer::encode_plain`]. `encode_special_tokens` is a setting of the vocabulary,
-    /// not of a call, and only the vocabulary reads it, so this copy (~1 MB for Gemma 3) stands
-    /// in for a second whole tokenizer, whose BPE tables would cost ~60 MB more.
-    plain_added: tokenizers::AddedVocabulary,
+    pipeline: Pipeline,
     /// Raw token texts by id (byte-level or `▁` form, as stored in the vocabulary).
     tokens: TokenTexts,
     special: HashSet<u32>,
@@ -141,7 +167,7 @@ impl Tokenizer {
         }
         let extra_stop =
             ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"].into_iter().filter_map(id).collect();
-        Ok(Self::assemble(built.tokenizer, built.tokens, Specials { bos, eos, add_bos, extra_stop }))
+        Ok(Self::assemble(built.pipeline, built.tokens, Specials { bos, eos, add_bos, extra_stop }))
     }
 
     /// The tokenizer of a synthetic (random-weight) model with `vocab_size` ids: one token
@@ -158,24 +184,41 @@ impl Tokenizer {
     pub fn from_json_file(path: &Path) -> Result<Tokenizer> {
         let (tokenizer, specials) = hf_json::load(path)?;
         let tokens = hf_json::token_texts(&tokenizer);
-        Ok(Self::assemble(tokenizer, tokens, specials))
+        Ok(Self::assemble(Pipeline::library(tokenizer), tokens, specials))
     }
 
     /// The tokenizer as a Hugging Face `tokenizer.json` (for exporting a checkpoint): the
     /// same pipeline, so [`Tokenizer::from_json_file`] of it encodes identically.
     pub fn to_hf_json(&self) -> Result<String> {
-        self.inner.tokenizer.to_string(true).map_err(|e| ModelError::Tokenizer(format!("cannot serialize: {e}")))
+        self.library_tokenizer()?.to_string(true).map_err(|e| ModelError::Tokenizer(format!("cannot serialize: {e}")))
     }
 
-    fn assemble(mut tokenizer: tokenizers::Tokenizer, tokens: TokenTexts, specials: Specials) -> Tokenizer {
-        tokenizer.set_encode_special_tokens(false);
-        let mut plain_added = tokenizer.get_added_vocabulary().clone();
-        plain_added.set_encode_special_tokens(true);
+    /// The pipeline as a Hugging Face tokenizer; for a SentencePiece vocabulary, built now.
+    fn library_tokenizer(&self) -> Result<std::borrow::Cow<'_, tokenizers::Tokenizer>> {
+        Ok(match &self.inner.pipeline {
+            Pipeline::Library { tokenizer, .. } => std::borrow::Cow::Borrowed(tokenizer),
+            Pipeline::SentencePiece(encoder) => std::borrow::Cow::Owned(encoder.library_tokenizer(&self.inner.tokens)?),
+        })
+    }
 
-        let added = tokenizer.get_added_tokens_decoder();
-        let special: HashSet<u32> = added.iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
-        let special_texts =
-            SpecialTexts::new(added.into_iter().filter(|(_, t)| t.special).map(|(id, t)| (t.content, id)));
+    fn assemble(pipeline: Pipeline, tokens: TokenTexts, specials: Specials) -> Tokenizer {
+        // The special (control) tokens' ids and texts.
+        let special_tokens: Vec<(String, u32)> = match &pipeline {
+            Pipeline::Library { tokenizer, .. } => tokenizer
+                .get_added_tokens_decoder()
+                .into_iter()
+                .filter(|(_, t)| t.special)
+                .map(|(id, t)| (t.content, id))
+                .collect(),
+            Pipeline::SentencePiece(encoder) => encoder
+                .added_ids()
+                .iter()
+                .filter(|&&(_, special)| special)
+                .map(|&(id, _)| (tokens.get(id as usize).unwrap_or_default().to_owned(), id))
+                .collect(),
+        };
+        let special: HashSet<u32> = special_tokens.iter().map(|&(_, id)| id).collect();
+        let special_texts = SpecialTexts::new(special_tokens);
         let by_text = tokens
             .iter()
             .zip(0u32..)
@@ -190,8 +233,7 @@ impl Tokenizer {
         stop_ids.dedup();
 
         let inner = Inner {
-            tokenizer,
-            plain_added,
+            pipeline,
             tokens,
             special,
             special_texts,
@@ -209,25 +251,14 @@ impl Tokenizer {
     /// Token ids of `text`; never adds BOS. With `parse_special`, special-token text such as
     /// `<|im_start|>` becomes its special id; without, it is tokenized as ordinary text.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        let (tokenizer, plain_added) = match &self.inner.pipeline {
+            Pipeline::Library { tokenizer, plain_added } => (tokenizer, plain_added),
+            Pipeline::SentencePiece(encoder) => return Ok(encoder.encode(&self.inner.tokens, text, parse_special)),
+        };
         let encoding =
-            if parse_special { self.inner.tokenizer.encode_fast(text, false) } else { self.encode_plain(text) };
+            if parse_special { tokenizer.encode_fast(text, false) } else { encode_plain(tokenizer, plain_added, text) };
         let encoding = encoding.map_err(|e| ModelError::Tokenizer(format!("cannot encode text: {e}")))?;
         Ok(encoding.get_ids().to_vec())
-    }
-
-    /// `encode_fast(text, false)` of the tokenizer with `plain_added` in place of its added
-    /// vocabulary: the same steps `tokenizers` takes for one raw sequence (split out added
-    /// tokens and normalize, pre-tokenize, run the model, post-process without adding special
-    /// tokens). Both sources turn truncation off, so no step truncates.
-    fn encode_plain(&self, text: &str) -> tokenizers::Result<tokenizers::Encoding> {
-        let tokenizer = &self.inner.tokenizer;
-        let mut pieces = self.inner.plain_added.extract_and_normalize(tokenizer.get_normalizer(), text);
-        if let Some(pre_tokenizer) = tokenizer.get_pre_tokenizer() {
-            pre_tokenizer.pre_tokenize(&mut pieces)?;
-        }
-        tokenizer.get_model().tokenize_in_pretokenized(&mut pieces, None)?;
-        let encoding = pieces.into_encoding(None, 0, tokenizers::OffsetType::None)?;
-        tokenizer.post_process(encoding, None, false)
     }
 
     /// Token ids of a rendered prompt: special tokens parsed, and BOS prepended when the
@@ -255,10 +286,14 @@ impl Tokenizer {
                 self.inner.tokens.len()
             )));
         }
-        self.inner
-            .tokenizer
-            .decode(ids, skip_special)
-            .map_err(|e| ModelError::Tokenizer(format!("cannot decode tokens: {e}")))
+        match &self.inner.pipeline {
+            Pipeline::Library { tokenizer, .. } => tokenizer
+                .decode(ids, skip_special)
+                .map_err(|e| ModelError::Tokenizer(format!("cannot decode tokens: {e}"))),
+            Pipeline::SentencePiece(encoder) => {
+                Ok(encoder.decode(&self.inner.tokens, &self.inner.special, ids, skip_special))
+            }
+        }
     }
 
     /// Number of token ids (the largest id + 1).
@@ -309,7 +344,10 @@ impl Tokenizer {
 
     /// The id of a token given its raw vocabulary text.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.inner.tokenizer.token_to_id(text)
+        match &self.inner.pipeline {
+            Pipeline::Library { tokenizer, .. } => tokenizer.token_to_id(text),
+            Pipeline::SentencePiece(encoder) => encoder.token_id(&self.inner.tokens, text),
+        }
     }
 
     /// BOS as text, for chat templates (`bos_token`).
@@ -327,4 +365,22 @@ impl Tokenizer {
     pub fn is_special(&self, id: u32) -> bool {
         self.inner.special.contains(&id)
     }
+}
+
+/// `encode_fast(text, false)` of `tokenizer` with `plain_added` in place of its added
+/// vocabulary: the same steps `tokenizers` takes for one raw sequence (split out added tokens
+/// and normalize, pre-tokenize, run the model, post-process without adding special tokens).
+/// Both sources turn truncation off, so no step truncates.
+fn encode_plain(
+    tokenizer: &tokenizers::Tokenizer,
+    plain_added: &tokenizers::AddedVocabulary,
+    text: &str,
+) -> tokenizers::Result<tokenizers::Encoding> {
+    let mut pieces = plain_added.extract_and_normalize(tokenizer.get_normalizer(), text);
+    if let Some(pre_tokenizer) = tokenizer.get_pre_tokenizer() {
+        pre_tokenizer.pre_tokenize(&mut pieces)?;
+    }
+    tokenizer.get_model().tokenize_in_pretokenized(&mut pieces, None)?;
+    let encoding = pieces.into_encoding(None, 0, tokenizers::OffsetType::None)?;
+    tokenizer.post_process(encoding, None, false)
 }
