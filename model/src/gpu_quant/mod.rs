@@ -60,11 +60,19 @@ impl QuantLinearOps for CubeBackend {
     }
 }
 
+/// The largest buffer a matrix is uploaded in: WebGPU's guaranteed storage-buffer binding size
+/// (128 MiB). A device may allow more (cubecl asks for the adapter's own limits), but Mesa's
+/// lavapipe allows no more, and a larger buffer fails only at the first kernel that reads it:
+/// Gemma 3's tied output head (262144 × 640 Q8_0) is 170 MB. Larger matrices go up as shards
+/// of whole rows, one launch each, so the limit costs a real GPU nothing but a launch.
+pub const MAX_BUFFER_BYTES: usize = 128 << 20;
+
 /// A quantized `rows × cols` weight matrix on a cubecl device, in the packed layout of
-/// [`layout`] (the GGUF bytes plus at most 2 bytes).
+/// [`layout`] (the GGUF bytes plus at most 2 bytes per shard).
 #[derive(Debug, Clone)]
 pub struct DeviceQuantMatrix {
-    words: Tensor<1, Int>,
+    /// Consecutive row ranges, each packed and uploaded on its own, with its row count.
+    shards: Vec<(Tensor<1, Int>, usize)>,
     kind: QuantKind,
     rows: usize,
     cols: usize,
@@ -92,6 +100,19 @@ impl DeviceQuantMatrix {
         bytes: &[u8],
         device: &Device,
     ) -> Result<DeviceQuantMatrix, ModelError> {
+        DeviceQuantMatrix::from_blocks_in_shards(ggml_type, rows, cols, bytes, device, MAX_BUFFER_BYTES)
+    }
+
+    /// [`DeviceQuantMatrix::from_blocks`] with buffers of at most `max_buffer_bytes` (one row at
+    /// least).
+    fn from_blocks_in_shards(
+        ggml_type: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+        device: &Device,
+        max_buffer_bytes: usize,
+    ) -> Result<DeviceQuantMatrix, ModelError> {
         let kind = QuantKind::from_ggml(ggml_type)
             .ok_or_else(|| ModelError::UnsupportedQuantization { tensor: String::new(), ggml_type: ggml_type.to_string() })?;
         let block_elements = kind.block_elements();
@@ -115,10 +136,19 @@ impl DeviceQuantMatrix {
             ));
         }
         require_cube(device)?;
-        let words = layout::pack(kind, bytes);
-        let len = words.len();
-        let words = Tensor::<1, Int>::from_data(TensorData::new(words, [len]), (device, DType::U32));
-        Ok(DeviceQuantMatrix { words, kind, rows, cols })
+        let row_blocks = cols / block_elements;
+        // Whole rows per shard; the packed form adds at most 2 bytes (+ 2 for rounding).
+        let shard_rows = ((max_buffer_bytes.saturating_sub(4)) / (row_blocks * kind.block_bytes())).max(1);
+        let shards = bytes
+            .chunks(shard_rows * row_blocks * kind.block_bytes())
+            .map(|shard| {
+                let words = layout::pack(kind, shard);
+                let len = words.len();
+                let rows = shard.len() / (row_blocks * kind.block_bytes());
+                (Tensor::<1, Int>::from_data(TensorData::new(words, [len]), (device, DType::U32)), rows)
+            })
+            .collect();
+        Ok(DeviceQuantMatrix { shards, kind, rows, cols })
     }
 
     pub fn kind(&self) -> QuantKind {
@@ -135,7 +165,13 @@ impl DeviceQuantMatrix {
 
     /// Bytes the matrix takes on the device.
     pub fn device_bytes(&self) -> usize {
-        layout::device_bytes(self.kind, self.rows * self.cols / self.kind.block_elements())
+        let row_blocks = self.cols / self.kind.block_elements();
+        self.shards.iter().map(|&(_, rows)| layout::device_bytes(self.kind, rows * row_blocks)).sum()
+    }
+
+    /// How many buffers hold the matrix (one unless it is larger than [`MAX_BUFFER_BYTES`]).
+    pub fn shards(&self) -> usize {
+        self.shards.len()
     }
 
     /// `y[n, rows] = x[n, cols] · Wᵀ` on the matrix's device, in `x`'s dtype. `x` on another
@@ -150,20 +186,26 @@ impl DeviceQuantMatrix {
         }
         let device = x.device();
         require_cube(&device)?;
-        if device != self.words.device() {
-            return Err(ModelError::Internal(format!(
-                "activations on {device:?}, quantized weights on {:?}",
-                self.words.device()
-            )));
+        let weights_device = self.shards[0].0.device();
+        if device != weights_device {
+            return Err(ModelError::Internal(format!("activations on {device:?}, quantized weights on {weights_device:?}")));
         }
-        let y = <Dispatch as QuantLinearOps>::quant_matvec(
-            x.into_dispatch(),
-            self.words.clone().into_dispatch(),
-            self.kind.code(),
-            self.rows,
-            self.cols,
-        );
-        Ok(Tensor::from_dispatch(y))
+        let code = self.kind.code();
+        let mut outputs: Vec<Tensor<2>> = self
+            .shards
+            .iter()
+            .map(|(words, rows)| {
+                let y = <Dispatch as QuantLinearOps>::quant_matvec(
+                    x.clone().into_dispatch(),
+                    words.clone().into_dispatch(),
+                    code,
+                    *rows,
+                    self.cols,
+                );
+                Tensor::from_dispatch(y)
+            })
+            .collect();
+        Ok(if outputs.len() == 1 { outputs.pop().expect("one shard") } else { Tensor::cat(outputs, 1) })
     }
 }
 

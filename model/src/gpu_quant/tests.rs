@@ -137,6 +137,25 @@ fn q6_k_matches_dequantize_and_a_float64_product_at_odd_sizes() {
     check_sizes(QuantKind::Q6_K, &SUPER_BLOCK_SIZES, 23);
 }
 
+/// A matrix larger than one buffer goes up in shards of whole rows, and the product is the
+/// same (here 5-row shards of Q6_K, whose 2-byte pieces are padded per shard).
+#[test]
+fn matrices_larger_than_a_buffer_go_up_in_shards_of_rows() {
+    let Some(device) = lavapipe() else { return };
+    let mut rng = SplitMix64(24);
+    let (kind, rows, cols, n) = (QuantKind::Q6_K, 67, 256, 2);
+    let bytes = random_blocks(kind, rows, cols, &mut rng);
+    let limit = 5 * kind.block_bytes() + 4;
+    let matrix = DeviceQuantMatrix::from_blocks_in_shards(kind.ggml_type(), rows, cols, &bytes, &device, limit).expect("upload");
+    assert_eq!(matrix.shards(), 14, "13 shards of 5 rows and one of 2");
+    assert!(matrix.device_bytes() <= bytes.len() + 2 * 14 && matrix.device_bytes() >= bytes.len());
+    let x = random_x(n * cols, &mut rng);
+    let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [n, cols]), (&device, DType::F32));
+    let y = matrix.forward(xt).expect("forward");
+    assert_eq!(y.dims(), [n, rows]);
+    assert_close("Q6_K in shards", cols, &read(y), &reference(kind, rows, cols, &bytes, &x));
+}
+
 /// Strided activations (a transpose) and the result used by the next operation in the same
 /// fusion stream: the custom operation runs in order, on the values its inputs had.
 #[test]
