@@ -1,5 +1,7 @@
 //! Which burn backend runs the model: parsing `--device`/`--dtype`, listing the backends
-//! compiled into this build, and turning a choice into a `burn::tensor::Device`.
+//! compiled into this build, and turning a choice into a `burn::tensor::Device`; the
+//! device's memory and the check of a model against it live in [`memory`] and
+//! [`memory_budget`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -241,7 +243,11 @@ impl DeviceSpec {
     }
 }
 
-#[cfg(feature = "vulkan")]
+pub mod memory;
+pub mod memory_budget;
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+mod vulkan_memory;
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
 mod vulkan_probe;
 
 /// Whether burn's SPIR-V path can run on this adapter (see [`vulkan_probe`]).

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::device::memory::Bytes;
+
 /// Everything that can go wrong below the HTTP layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -44,6 +46,27 @@ pub enum ModelError {
 
     #[error("device `{requested}` is not available: {reason}")]
     DeviceUnavailable { requested: String, reason: String },
+
+    /// The model does not fit in the device's memory: found before anything is uploaded
+    /// (`device::memory_budget`); `figures_from` says where `available` comes from.
+    #[error(
+        "the model does not fit in the memory of device `{device}` ({adapter}): it needs {} = weights {} + workspace {} + \
+         KV cache {} ({kv_tokens} tokens), but {} is available (capacity {}, from {figures_from}); {advice}",
+        Bytes(*.needed), Bytes(*.weights), Bytes(*.workspace), Bytes(*.kv_cache), Bytes(*.available), Bytes(*.capacity)
+    )]
+    DeviceMemory {
+        device: String,
+        adapter: String,
+        needed: u64,
+        available: u64,
+        capacity: u64,
+        weights: u64,
+        workspace: u64,
+        kv_cache: u64,
+        kv_tokens: usize,
+        figures_from: String,
+        advice: String,
+    },
 
     #[error("dtype {dtype} is not supported on device {device}")]
     UnsupportedDtype { dtype: String, device: String },
@@ -97,6 +120,7 @@ impl ModelError {
             ModelError::Tokenizer(_) => "tokenizer",
             ModelError::ChatTemplate(_) => "chat_template",
             ModelError::DeviceUnavailable { .. } => "device_unavailable",
+            ModelError::DeviceMemory { .. } => "device_memory",
             ModelError::UnsupportedDtype { .. } => "unsupported_dtype",
             ModelError::InvalidRequest(_) => "invalid_request",
             ModelError::InvalidGrammar(_) => "invalid_grammar",

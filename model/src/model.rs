@@ -14,6 +14,7 @@ use burn::tensor::FloatDType;
 use crate::arch;
 use crate::chat_template::ChatTemplate;
 use crate::config::ModelConfig;
+use crate::device::memory_budget::{self, KvRequest, MemoryReport};
 use crate::device::{DeviceSpec, Precision};
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
@@ -172,6 +173,29 @@ impl ModelLoader {
 
     pub fn info(&self) -> Arc<ModelInfo> {
         self.info.clone()
+    }
+
+    /// The memory check before [`ModelLoader::load`] on a GPU device
+    /// ([`crate::device::memory_budget::check`]): refuses a model that does not fit, with the
+    /// numbers, before anything is uploaded. Returns the KV budget in tokens and the figures
+    /// (none on CPU devices, which are not checked). `limit`: `--gpu-memory-limit`.
+    pub fn check_memory(
+        &self,
+        options: &LoadOptions,
+        limit: Option<u64>,
+        request: &KvRequest,
+    ) -> Result<(usize, Option<MemoryReport>)> {
+        let (spec, _) = options.device.resolve_auto();
+        if spec.is_cpu() {
+            return Ok((request.tokens, None));
+        }
+        let plan = options.plan(spec)?;
+        // Only GGUF files hold blocks; checkpoints and synthetic models are floats.
+        let stored = |name: &str| match &self.source {
+            Source::Gguf(file) => file.tensor_info(name).map(|t| t.ggml_type),
+            Source::Hf(_) | Source::Synthetic(_) => None,
+        };
+        memory_budget::check(spec, limit, &self.info.config, &plan, &stored, request)
     }
 
     /// Opens the device and builds the transformer on it. `progress(done, total)`.

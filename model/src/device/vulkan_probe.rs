@@ -7,6 +7,9 @@
 //! array, which `spirv-val` rejects, and Mesa 22.3's lavapipe crashes compiling the
 //! pipeline (see `docs/upstream/cubecl-spirv-shared-memory.md`). wgpu's own WGSL path has no
 //! such problem, so `--device wgpu` is the way round it on those drivers.
+//!
+//! [`with_physical_device`] finds the adapter wgpu would open for the memory probe too
+//! ([`super::vulkan_memory`]).
 
 use std::ffi::CStr;
 
@@ -15,6 +18,7 @@ use ash::vk;
 use super::WgpuAdapter;
 
 /// What the probe found about the adapter `--device vulkan…` would open.
+#[cfg_attr(not(feature = "vulkan"), allow(dead_code))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VulkanSupport {
     /// The adapter has explicit workgroup memory layout: burn's SPIR-V runs.
@@ -26,25 +30,40 @@ pub enum VulkanSupport {
 }
 
 /// Probes the Vulkan physical device that `adapter` selects, in wgpu's order of adapters.
+#[cfg_attr(not(feature = "vulkan"), allow(dead_code))]
 pub fn probe(adapter: WgpuAdapter) -> VulkanSupport {
+    with_physical_device(adapter, |instance, device, properties| {
+        if has_explicit_layout(instance, device) {
+            VulkanSupport::Supported
+        } else {
+            let name = properties.device_name_as_c_str().map(CStr::to_string_lossy).unwrap_or_default();
+            VulkanSupport::MissingExplicitLayout { adapter: name.into_owned() }
+        }
+    })
+    .unwrap_or(VulkanSupport::Unknown)
+}
+
+/// Runs `query` on the Vulkan physical device that `adapter` selects, in wgpu's order of
+/// adapters, on an instance of its own (Vulkan 1.1). `None` without a Vulkan loader or an
+/// adapter of that kind.
+pub(super) fn with_physical_device<T>(
+    adapter: WgpuAdapter,
+    query: impl FnOnce(&ash::Instance, vk::PhysicalDevice, &vk::PhysicalDeviceProperties) -> T,
+) -> Option<T> {
     // SAFETY: loading the system's Vulkan loader runs its initialisers; that is what wgpu
     // does too, and nothing here outlives the loader (`entry` is dropped last).
-    let Ok(entry) = (unsafe { ash::Entry::load() }) else {
-        return VulkanSupport::Unknown;
-    };
+    let entry = unsafe { ash::Entry::load() }.ok()?;
     let app = vk::ApplicationInfo::default().api_version(vk::API_VERSION_1_1);
     let create_info = vk::InstanceCreateInfo::default().application_info(&app);
     // SAFETY: a plain instance without layers or extensions, destroyed below.
-    let Ok(instance) = (unsafe { entry.create_instance(&create_info, None) }) else {
-        return VulkanSupport::Unknown;
-    };
-    let support = probe_instance(&instance, adapter);
+    let instance = unsafe { entry.create_instance(&create_info, None) }.ok()?;
+    let answer = choose(&instance, adapter).map(|(device, properties)| query(&instance, device, &properties));
     // SAFETY: no object created from the instance is still alive.
     unsafe { instance.destroy_instance(None) };
-    support
+    answer
 }
 
-fn probe_instance(instance: &ash::Instance, adapter: WgpuAdapter) -> VulkanSupport {
+fn choose(instance: &ash::Instance, adapter: WgpuAdapter) -> Option<(vk::PhysicalDevice, vk::PhysicalDeviceProperties)> {
     // SAFETY: queries on a live instance and the handles it returned.
     let devices = unsafe { instance.enumerate_physical_devices() }.unwrap_or_default();
     let typed: Vec<(vk::PhysicalDevice, vk::PhysicalDeviceProperties)> =
@@ -60,19 +79,12 @@ fn probe_instance(instance: &ash::Instance, adapter: WgpuAdapter) -> VulkanSuppo
             .chain(of_type(vk::PhysicalDeviceType::VIRTUAL_GPU))
             .next(),
     };
-    let Some(&(device, properties)) = chosen else {
-        return VulkanSupport::Unknown;
-    };
-    if has_explicit_layout(instance, device) {
-        VulkanSupport::Supported
-    } else {
-        let name = properties.device_name_as_c_str().map(CStr::to_string_lossy).unwrap_or_default();
-        VulkanSupport::MissingExplicitLayout { adapter: name.into_owned() }
-    }
+    chosen.copied()
 }
 
 /// The extension listed and its `workgroupMemoryExplicitLayout` feature on: the same
 /// condition cubecl uses to pick the correct lowering.
+#[cfg_attr(not(feature = "vulkan"), allow(dead_code))]
 fn has_explicit_layout(instance: &ash::Instance, device: vk::PhysicalDevice) -> bool {
     let wanted = ash::khr::workgroup_memory_explicit_layout::NAME;
     // SAFETY: queries on a live instance and one of its physical devices.

@@ -173,4 +173,7 @@ pub struct EngineStats {
     pub steps: u64,
     /// Steps that panicked since start (their sequences failed; see `engine::supervisor`).
     pub step_failures: u64,
+    /// The load's memory check: the device's memory, the model's bytes and the KV budget
+    /// (GPU devices, once loaded).
+    pub memory: Option<crate::device::memory_budget::MemoryReport>,
 }

@@ -29,7 +29,7 @@ pub mod supervisor;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc as std_mpsc};
+use std::sync::{Arc, OnceLock, mpsc as std_mpsc};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
@@ -39,6 +39,7 @@ pub use scheduler::{SchedulerPolicy, Scheduling, SequenceView, StepCost, plan, p
 pub use supervisor::{EngineState, FaultInjection, MAX_CONSECUTIVE_STEP_FAILURES};
 
 use crate::constraint::{Constraint, ConstraintCompiler};
+use crate::device::memory_budget::{KvRequest, MemoryReport};
 use crate::error::{ModelError, Result};
 use crate::model::{LoadOptions, ModelLoader};
 use engine_loop::EngineLoop;
@@ -55,8 +56,16 @@ pub struct EngineConfig {
     /// Prompt tokens prefilled per step at most (the chunk size of chunked prefill); the
     /// latency policy prefills fewer while streams decode ([`scheduler`]).
     pub max_prefill_tokens: usize,
-    /// KV-cache positions all sequences together may hold, running and retained ones.
+    /// KV-cache positions all sequences together may hold, running and retained ones (the
+    /// ceiling when `size_kv_cache_by_device`).
     pub kv_cache_tokens: usize,
+    /// On a GPU device, size the KV budget from the memory left after weights and workspace,
+    /// `kv_cache_tokens` at most (`--kv-cache-tokens` not given); off: `kv_cache_tokens`
+    /// exactly, refused at load when it does not fit ([`crate::device::memory_budget`]).
+    pub size_kv_cache_by_device: bool,
+    /// Device memory the model may use (`--gpu-memory-limit`), instead of what the device
+    /// reports free.
+    pub gpu_memory_limit: Option<u64>,
     /// Keep finished sequences' caches and reuse their longest prefix for new prompts.
     pub prefix_cache: bool,
     /// How prefill is handed out and waiting requests admitted ([`scheduler`]).
@@ -74,6 +83,8 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             max_num_seqs: 16, max_queue: 256, max_prefill_tokens: 256, kv_cache_tokens: 65_536,
+            size_kv_cache_by_device: true,
+            gpu_memory_limit: None,
             prefix_cache: true,
             scheduling: Scheduling::default(),
             fault_injection: None,
@@ -99,10 +110,14 @@ struct Shared {
     prefix_queries_tokens: AtomicU64,
     prefix_hits_tokens: AtomicU64,
     steps: AtomicU64,
+    /// The KV budget in tokens: the configured one until the load's memory check sizes it.
+    kv_budget: AtomicUsize,
+    /// The load's memory check (GPU devices).
+    memory: OnceLock<MemoryReport>,
 }
 
 impl Shared {
-    fn new() -> Self {
+    fn new(kv_budget: usize) -> Self {
         Shared {
             state: watch::Sender::new(EngineState::Loading),
             step_failures: AtomicU64::new(0),
@@ -113,6 +128,8 @@ impl Shared {
             prefix_queries_tokens: AtomicU64::new(0),
             prefix_hits_tokens: AtomicU64::new(0),
             steps: AtomicU64::new(0),
+            kv_budget: AtomicUsize::new(kv_budget),
+            memory: OnceLock::new(),
         }
     }
 
@@ -158,7 +175,7 @@ impl Engine {
         progress: Box<dyn FnMut(usize, usize) + Send>,
     ) -> EngineHandle {
         let (commands, receiver) = std_mpsc::channel();
-        let shared = Arc::new(Shared::new());
+        let shared = Arc::new(Shared::new(config.kv_cache_tokens));
         let handle = EngineHandle {
             commands,
             shared: shared.clone(),
@@ -173,7 +190,17 @@ impl Engine {
             // CubeCL keeps one stream per OS thread: the model is built on the thread that runs it.
             // Backends panic on some device failures (e.g. wgpu finding no adapter); that must
             // surface as a load error, not leave clients waiting for a model that never comes.
-            let loaded = catch_unwind(AssertUnwindSafe(|| loader.load(&options, &mut *progress))).unwrap_or_else(|panic| {
+            let request = KvRequest {
+                tokens: config.kv_cache_tokens,
+                sized_by_device: config.size_kv_cache_by_device,
+                max_prefill_tokens: config.max_prefill_tokens,
+                max_num_seqs: config.max_num_seqs,
+            };
+            let check_and_load = || {
+                let (kv_tokens, memory) = loader.check_memory(&options, config.gpu_memory_limit, &request)?;
+                loader.load(&options, &mut *progress).map(|model| (model, kv_tokens, memory))
+            };
+            let loaded = catch_unwind(AssertUnwindSafe(check_and_load)).unwrap_or_else(|panic| {
                 Err(ModelError::DeviceUnavailable {
                     requested: options.device.to_string(),
                     reason: format!("the backend failed while opening the device: {}", panic_message(&*panic)),
@@ -183,7 +210,12 @@ impl Engine {
             // read once while loading, would stay in the process's resident memory.
             drop(loader);
             match loaded {
-                Ok(model) => {
+                Ok((model, kv_tokens, memory)) => {
+                    let config = EngineConfig { kv_cache_tokens: kv_tokens, ..config };
+                    shared.kv_budget.store(kv_tokens, Ordering::Relaxed);
+                    if let Some(memory) = memory {
+                        let _ = shared.memory.set(memory);
+                    }
                     // The grammar compiler's token tables take ~0.5 s (more for a 262k
                     // vocabulary): build them beside the engine now rather than on the async
                     // worker of the first structured-output request.
@@ -275,7 +307,7 @@ impl EngineHandle {
         let allocated = self.shared.kv_allocated.load(Ordering::Relaxed);
         let retained = self.shared.kv_retained.load(Ordering::Relaxed);
         let running = self.shared.running.load(Ordering::Relaxed);
-        let budget = self.config.kv_cache_tokens.max(1) as f64;
+        let budget = self.shared.kv_budget.load(Ordering::Relaxed).max(1) as f64;
         EngineStats {
             running,
             waiting: self.shared.in_flight.load(Ordering::Relaxed).saturating_sub(running),
@@ -285,6 +317,7 @@ impl EngineHandle {
             prefix_cache_hits_tokens: self.shared.prefix_hits_tokens.load(Ordering::Relaxed),
             steps: self.shared.steps.load(Ordering::Relaxed),
             step_failures: self.shared.step_failures.load(Ordering::Relaxed),
+            memory: self.shared.memory.get().copied(),
         }
     }
 

@@ -32,6 +32,9 @@ pub struct GenerateArgs {
     /// f32 (exact) or q8 (8-bit activations against quantized weights).
     #[arg(long, default_value = "f32")]
     activations: ActivationFormat,
+    /// Device memory the model may use (e.g. `6GiB`), instead of what the GPU reports free.
+    #[arg(long, value_name = "BYTES", value_parser = crate::serve::config::parse_byte_size)]
+    gpu_memory_limit: Option<u64>,
     /// Raw prompt text; special tokens in it are parsed.
     #[arg(long)]
     prompt: Option<String>,
@@ -134,7 +137,8 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
     let options =
         LoadOptions { device: args.device, precision: args.dtype, weights: args.weights, activations: args.activations };
     // No constraint is ever compiled here: no grammar tables competing with the prefill.
-    let config = EngineConfig { prepare_grammar_tables: false, ..EngineConfig::default() };
+    let config =
+        EngineConfig { prepare_grammar_tables: false, gpu_memory_limit: args.gpu_memory_limit, ..EngineConfig::default() };
     let engine = Engine::spawn(loader, options, config, progress);
     while !engine.is_ready() {
         if let Some(error) = engine.failure() {

@@ -168,9 +168,17 @@ pub struct ServeArgs {
     #[arg(long, env = "STELLARCHAT_MAX_PREFILL_TOKENS", default_value_t = EngineConfig::default().max_prefill_tokens)]
     pub max_prefill_tokens: usize,
 
-    /// KV-cache positions shared by all sequences.
-    #[arg(long, env = "STELLARCHAT_KV_CACHE_TOKENS", default_value_t = EngineConfig::default().kv_cache_tokens)]
-    pub kv_cache_tokens: usize,
+    /// KV-cache positions shared by all sequences. Default: 65536; on a GPU device, as many
+    /// as fit in 90 % of the memory left after weights and workspace, 65536 at most. Given,
+    /// a GPU device that cannot hold them refuses the model at load.
+    #[arg(long, env = "STELLARCHAT_KV_CACHE_TOKENS")]
+    pub kv_cache_tokens: Option<usize>,
+
+    /// Device memory the model may use (e.g. `6GiB`, `512MiB`, bytes), instead of what the
+    /// GPU reports free: for a GPU shared with other programs. Weights, workspace and KV
+    /// cache are checked against it at load.
+    #[arg(long, env = "STELLARCHAT_GPU_MEMORY_LIMIT", value_name = "BYTES", value_parser = parse_byte_size)]
+    pub gpu_memory_limit: Option<u64>,
 
     /// Reuse the KV cache of earlier requests' prompt prefixes (the default).
     #[arg(long, overrides_with = "no_prefix_cache")]
@@ -235,6 +243,10 @@ fn parse_activations(s: &str) -> Result<ActivationFormat, String> {
     s.parse().map_err(|e: stellarchat_model::ModelError| e.to_string())
 }
 
+pub(crate) fn parse_byte_size(s: &str) -> Result<u64, String> {
+    stellarchat_model::device::memory::parse_byte_size(s).map_err(|e| e.to_string())
+}
+
 fn parse_dtype(s: &str) -> Result<Precision, String> {
     s.parse().map_err(|e: stellarchat_model::ModelError| e.to_string())
 }
@@ -278,7 +290,9 @@ impl ServeArgs {
             max_num_seqs: self.max_num_seqs.max(1),
             max_queue: self.max_queue,
             max_prefill_tokens: self.max_prefill_tokens.max(1),
-            kv_cache_tokens: self.kv_cache_tokens.max(1),
+            kv_cache_tokens: self.kv_cache_tokens.unwrap_or(EngineConfig::default().kv_cache_tokens).max(1),
+            size_kv_cache_by_device: self.kv_cache_tokens.is_none(),
+            gpu_memory_limit: self.gpu_memory_limit,
             prefix_cache: !self.no_prefix_cache,
             scheduling: Scheduling { policy: self.scheduler, ..Scheduling::default() },
             fault_injection: self.fault_injection,

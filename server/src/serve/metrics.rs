@@ -14,9 +14,13 @@ use std::sync::Mutex;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use stellarchat_model::device::memory_budget::MemoryReport;
 use stellarchat_model::engine::{EngineStats, Timings};
 
 pub const PREFIX: &str = "stellarchat:";
+
+/// The `kind` label values of `device_memory_bytes`.
+const MEMORY_KINDS: [&str; 5] = ["capacity", "available", "weights", "workspace", "kv_cache"];
 
 /// Every metric the server exports.
 pub struct Metrics {
@@ -33,6 +37,11 @@ pub struct Metrics {
     pub num_requests_waiting: IntGaugeVec,
     pub kv_cache_usage_perc: GaugeVec,
     pub prefix_cache_usage_perc: GaugeVec,
+    /// The load's memory check on a GPU device, by `kind`: capacity, available, weights,
+    /// workspace, kv_cache (the whole KV budget).
+    pub device_memory_bytes: IntGaugeVec,
+    /// The KV budget in tokens once loaded (on GPU devices sized from the free memory).
+    pub kv_cache_budget_tokens: IntGaugeVec,
     /// Set at scrape time by the `/metrics` handler from the shutdown lifecycle's count.
     pub active_generations: IntGauge,
     pub prompt_tokens_total: IntCounterVec,
@@ -120,6 +129,16 @@ impl Metrics {
         // leak check (`stellarchat bench --check-leaks`) compares the two.
         let prefix_cache_usage_perc =
             fraction("prefix_cache_usage_perc", "Fraction of the KV cache held by the prefix cache for reuse (0-1).")?;
+        let device_memory_bytes = IntGaugeVec::new(
+            Opts::new(
+                name("device_memory_bytes"),
+                "GPU memory at the model's load, by kind: capacity and available (the device's, or --gpu-memory-limit), \
+                 weights, workspace and kv_cache (estimated).",
+            ),
+            &["model", "kind"],
+        )?;
+        let kv_cache_budget_tokens =
+            gauge("kv_cache_budget_tokens", "KV-cache positions the model's sequences may hold together.")?;
         let active_generations = IntGauge::new(
             name("active_generations"),
             "Generations in flight over HTTP and WebSocket (what graceful shutdown waits for).",
@@ -162,6 +181,8 @@ impl Metrics {
         registry.register(Box::new(num_requests_waiting.clone()))?;
         registry.register(Box::new(kv_cache_usage_perc.clone()))?;
         registry.register(Box::new(prefix_cache_usage_perc.clone()))?;
+        registry.register(Box::new(device_memory_bytes.clone()))?;
+        registry.register(Box::new(kv_cache_budget_tokens.clone()))?;
         registry.register(Box::new(active_generations.clone()))?;
         registry.register(Box::new(prompt_tokens_total.clone()))?;
         registry.register(Box::new(generation_tokens_total.clone()))?;
@@ -190,6 +211,8 @@ impl Metrics {
             num_requests_waiting,
             kv_cache_usage_perc,
             prefix_cache_usage_perc,
+            device_memory_bytes,
+            kv_cache_budget_tokens,
             active_generations,
             prompt_tokens_total,
             generation_tokens_total,
@@ -278,6 +301,27 @@ impl Metrics {
         *total = total.plus(EngineTotals::of(stats));
     }
 
+    /// The memory gauges of `model`: its load's figures, or none (CPU device, unloaded).
+    fn set_memory(&self, model: &str, memory: Option<MemoryReport>) {
+        let Some(m) = memory else {
+            for kind in MEMORY_KINDS {
+                let _ = self.device_memory_bytes.remove_label_values(&[model, kind]);
+            }
+            let _ = self.kv_cache_budget_tokens.remove_label_values(&[model]);
+            return;
+        };
+        let figures = [m.capacity, m.available, Some(m.weights), Some(m.workspace), Some(m.kv_cache)];
+        for (kind, bytes) in MEMORY_KINDS.into_iter().zip(figures) {
+            match bytes {
+                Some(b) => self.device_memory_bytes.with_label_values(&[model, kind]).set(i64::try_from(b).unwrap_or(i64::MAX)),
+                None => {
+                    let _ = self.device_memory_bytes.remove_label_values(&[model, kind]);
+                }
+            }
+        }
+        self.kv_cache_budget_tokens.with_label_values(&[model]).set(i64::try_from(m.kv_tokens).unwrap_or(i64::MAX));
+    }
+
     /// Prometheus text exposition, with the engine gauges refreshed first from the live
     /// engines' `stats` (by model id); `loaded`: models loaded and ready.
     pub fn render(&self, stats: &HashMap<String, EngineStats>, loaded: usize) -> Result<String, prometheus::Error> {
@@ -293,6 +337,7 @@ impl Metrics {
             self.num_requests_waiting.with_label_values(&label).set(live.waiting as i64);
             self.kv_cache_usage_perc.with_label_values(&label).set(live.kv_cache_usage);
             self.prefix_cache_usage_perc.with_label_values(&label).set(live.prefix_cache_usage);
+            self.set_memory(model, stats.get(model).and_then(|s| s.memory));
             // The engines count since their start; the counters catch up to the sum of the
             // unloaded ones and the live one (they only rise).
             let total = retired.get(model).copied().unwrap_or_default().plus(EngineTotals::of(&live));

@@ -172,6 +172,7 @@ pub fn from_config(path: &Path, text: &str, defaults: &SpecDefaults) -> Result<V
             s.chat_template = e.chat_template.or(s.chat_template);
             if let Some(t) = e.kv_cache_tokens {
                 s.engine.kv_cache_tokens = t.max(1);
+                s.engine.size_kv_cache_by_device = false;
             }
             if let Some(n) = e.max_num_seqs {
                 s.engine.max_num_seqs = n.max(1);
