@@ -371,6 +371,18 @@ mod tests {
     }
 
     #[test]
+    fn the_kv_budget_is_sized_by_the_device_unless_given() {
+        let engine = |argv: &[&str]| Cli::try_parse_from(argv).expect("parse").serve.engine_config();
+        let default = engine(&["stellarchat"]);
+        assert!(default.size_kv_cache_by_device);
+        assert_eq!((default.kv_cache_tokens, default.gpu_memory_limit), (65_536, None));
+        let given = engine(&["stellarchat", "--kv-cache-tokens", "4096", "--gpu-memory-limit", "6GiB"]);
+        assert!(!given.size_kv_cache_by_device);
+        assert_eq!((given.kv_cache_tokens, given.gpu_memory_limit), (4096, Some(6 << 30)));
+        assert!(Cli::try_parse_from(["stellarchat", "--gpu-memory-limit", "lots"]).is_err());
+    }
+
+    #[test]
     fn responses_store_size_defaults_to_1024() {
         let cli = Cli::try_parse_from(["stellarchat"]).expect("defaults parse");
         assert_eq!(cli.serve.responses_store_size, 1024);

@@ -279,6 +279,7 @@ mod tests {
         assert_eq!(specs[0].id, "a");
         assert_eq!(specs[0].aliases, vec!["small", "default"]);
         assert_eq!(specs[0].engine.kv_cache_tokens, 2048);
+        assert!(!specs[0].engine.size_kv_cache_by_device, "a budget the file gives is kept, not sized");
         assert_eq!(specs[0].keep_alive, Some(Duration::from_secs(30)));
         assert_eq!(specs[0].load.activations, ActivationFormat::Q8);
         assert_eq!(specs[1].load.activations, ActivationFormat::F32);
