@@ -89,9 +89,16 @@ pub(crate) struct Built {
 /// Builds the tokenizer for `tokenizer.ggml.model` = `gpt2` or `llama`.
 pub(crate) fn build(metadata: &Metadata) -> Result<Built> {
     let model = metadata.str("tokenizer.ggml.model")?;
+    const TOKENS: &str = "tokenizer.ggml.tokens";
+    // Borrowed from the metadata: a `Vec<String>` copy would cost ~15 MB for Gemma 3's
+    // 262,144 tokens at the moment the weights load too.
     let tokens = metadata
-        .opt_string_array("tokenizer.ggml.tokens")?
+        .opt_array(TOKENS)?
         .ok_or_else(|| ModelError::Tokenizer("the GGUF file has no tokenizer.ggml.tokens".into()))?;
+    let tokens: Vec<&str> = tokens
+        .iter()
+        .map(|t| t.as_str().ok_or_else(|| ModelError::metadata(TOKENS, "expected strings")))
+        .collect::<Result<_>>()?;
     if tokens.is_empty() || u32::try_from(tokens.len()).is_err() {
         return Err(ModelError::Tokenizer(format!("unusable vocabulary of {} tokens", tokens.len())));
     }
@@ -107,11 +114,11 @@ pub(crate) fn build(metadata: &Metadata) -> Result<Built> {
         None => vec![TOKEN_TYPE_NORMAL; tokens.len()],
     };
     // llama.cpp names empty tokens this way; an empty key would confuse the BPE vocabulary.
-    let tokens: Vec<String> =
-        tokens.into_iter().enumerate().map(|(i, t)| if t.is_empty() { format!("[EMPTY_{i}]") } else { t }).collect();
-    // One packed copy of the texts serves lookups by id; for `gpt2` the strings themselves
-    // move into the BPE vocabulary rather than being copied there.
-    let texts = TokenTexts::new(tokens.iter().map(String::as_str));
+    let named =
+        tokens.iter().enumerate().map(|(i, &t)| if t.is_empty() { format!("[EMPTY_{i}]").into() } else { t.into() });
+    // One packed copy of the texts serves lookups by id.
+    let texts = TokenTexts::new::<std::borrow::Cow<'_, str>>(named);
+    drop(tokens);
 
     let (pipeline, add_bos_default, default_bos_eos) = match model {
         "gpt2" => {
@@ -122,12 +129,11 @@ pub(crate) fn build(metadata: &Metadata) -> Result<Built> {
             let merges = metadata
                 .opt_string_array("tokenizer.ggml.merges")?
                 .ok_or_else(|| ModelError::Tokenizer("a gpt2 vocabulary needs tokenizer.ggml.merges".into()))?;
-            let mut tokenizer = byte_level_bpe(vocab_of(tokens), merges, &spec)?;
+            let mut tokenizer = byte_level_bpe(vocab_of(texts.iter().map(str::to_owned).collect()), merges, &spec)?;
             add_special_tokens(&mut tokenizer, &texts, &token_types)?;
             (Pipeline::library(tokenizer), spec.add_bos_default, None)
         }
         "llama" => {
-            drop(tokens);
             let scores = metadata.opt_f32_array("tokenizer.ggml.scores")?.unwrap_or_default();
             let add_space_prefix = metadata.opt_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
             let encoder = SentencePiece::new(&texts, &scores, &token_types, add_space_prefix);

@@ -109,8 +109,9 @@ struct Specials {
 }
 
 /// Gives the pages that building a tokenizer freed back to the OS. `tokenizers` takes BPE
-/// merges only as owned string pairs (a million small blocks for Gemma 3), and glibc keeps
-/// the holes they leave between live blocks resident (~34 MB there); weights load on
+/// merges only as owned string pairs (hundreds of thousands of small blocks for a large
+/// `gpt2` vocabulary; a million for Gemma 3 before it had its own encoder), and glibc keeps
+/// the holes they leave between live blocks resident (~34 MB for Gemma 3); weights load on
 /// another thread, whose arena cannot reuse them.
 fn return_freed_heap_pages() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

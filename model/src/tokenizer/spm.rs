@@ -35,6 +35,8 @@ pub(crate) struct SentencePiece {
     added: AddedTokens,
     /// The `<0xXX>` token of each byte, or [`NONE`].
     byte_tokens: Box<[u32; 256]>,
+    /// The token of each ASCII character, or [`NONE`]: most symbols start as one.
+    ascii_tokens: Box<[u32; 128]>,
     /// The first token of type "unknown", for characters that cannot be spelled in bytes.
     unknown: Option<u32>,
     add_space_prefix: bool,
@@ -60,11 +62,12 @@ impl SentencePiece {
         };
         let added = AddedTokens::new(of_kind(true).chain(of_kind(false)));
         let byte_tokens = Box::new(std::array::from_fn(|b| first_id(&format!("<0x{b:02X}>"))));
+        let ascii_tokens = Box::new(std::array::from_fn(|c| first_id(char::from(c as u8).encode_utf8(&mut [0; 4]))));
         let unknown = types
             .iter()
             .position(|&kind| kind == TOKEN_TYPE_UNKNOWN)
             .map(|id| first_id(texts.get(id).unwrap_or_default()));
-        SentencePiece { index, scores, added, byte_tokens, unknown, add_space_prefix }
+        SentencePiece { index, scores, added, byte_tokens, ascii_tokens, unknown, add_space_prefix }
     }
 
     /// The id of a token text (its first id, should the text repeat).
@@ -100,61 +103,73 @@ impl SentencePiece {
 
     /// Appends the tokens of one normalized run of ordinary text (see the module docs).
     fn encode_run(&self, texts: &TokenTexts, text: &str, ids: &mut Vec<u32>) {
-        let mut symbols: Vec<Symbol> = text
-            .char_indices()
-            .enumerate()
-            .map(|(i, (start, c))| {
-                let end = start + c.len_utf8();
-                Symbol {
-                    start,
-                    end,
-                    prev: i.wrapping_sub(1),
-                    next: i + 1,
-                    id: self.index.get(texts, &text[start..end]).unwrap_or(NONE),
-                }
-            })
-            .collect();
+        // Symbols and pairs hold u32 offsets (half the memory traffic of usize); a longer run,
+        // which no request can carry, is encoded in pieces.
+        const MAX_RUN: usize = 1 << 31;
+        if text.len() >= MAX_RUN {
+            let mut cut = MAX_RUN;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.encode_run(texts, &text[..cut], ids);
+            self.encode_run(texts, &text[cut..], ids);
+            return;
+        }
+        let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
+        for (start, c) in text.char_indices() {
+            let end = start + c.len_utf8();
+            let id = match self.ascii_tokens.get(c as usize) {
+                Some(&id) => id,
+                None => self.index.get(texts, &text[start..end]).unwrap_or(NONE),
+            };
+            let at = symbols.len() as u32;
+            symbols.push(Symbol { start: start as u32, end: end as u32, prev: at.wrapping_sub(1), next: at + 1, id });
+        }
         let Some(last) = symbols.last_mut() else { return };
-        last.next = usize::MAX;
+        last.next = NONE;
 
         let mut queue = BinaryHeap::with_capacity(symbols.len());
         for right in 1..symbols.len() {
-            self.push_pair(texts, text, &symbols, right - 1, right, &mut queue);
+            self.push_pair(texts, text, &symbols, right as u32 - 1, &mut queue);
         }
         while let Some(pair) = queue.pop() {
-            let (left, right) = (&symbols[pair.left], &symbols[pair.right]);
-            // A pair whose symbols changed since it was queued: its left one was merged into
-            // its own left neighbour (emptied), or either grew.
-            if left.is_empty() || right.is_empty() || left.next != pair.right || right.end - left.start != pair.len {
+            let left = &symbols[pair.left as usize];
+            // A pair whose symbols changed since it was queued: the left one was merged into
+            // its own left neighbour (emptied), or either grew (symbols never shrink, so the
+            // same span means the same two symbols).
+            if left.is_empty() || left.next == NONE || symbols[left.next as usize].end - left.start != pair.len {
                 continue;
             }
-            let next = right.next;
-            symbols[pair.left].end = symbols[pair.right].end;
-            symbols[pair.left].id = pair.id;
-            symbols[pair.left].next = next;
-            symbols[pair.right].end = symbols[pair.right].start;
-            if next != usize::MAX {
-                symbols[next].prev = pair.left;
+            let right = left.next as usize;
+            let next = symbols[right].next;
+            let left = pair.left as usize;
+            symbols[left].end = symbols[right].end;
+            symbols[left].id = pair.id;
+            symbols[left].next = next;
+            symbols[right].end = symbols[right].start;
+            if next != NONE {
+                symbols[next as usize].prev = pair.left;
             }
-            let prev = symbols[pair.left].prev;
-            if prev != usize::MAX {
-                self.push_pair(texts, text, &symbols, prev, pair.left, &mut queue);
+            let prev = symbols[left].prev;
+            if prev != NONE {
+                self.push_pair(texts, text, &symbols, prev, &mut queue);
             }
-            if next != usize::MAX {
-                self.push_pair(texts, text, &symbols, pair.left, next, &mut queue);
+            if next != NONE {
+                self.push_pair(texts, text, &symbols, pair.left, &mut queue);
             }
         }
 
         // Symbol 0 is never merged into another (it is never a right symbol): the chain's head.
         let mut at = 0;
         let mut after_unknown = false;
-        while at != usize::MAX {
-            let symbol = &symbols[at];
+        while at != NONE {
+            let symbol = &symbols[at as usize];
             if symbol.id != NONE {
                 ids.push(symbol.id);
                 after_unknown = false;
             } else {
-                let bytes = text[symbol.start..symbol.end].bytes().map(|b| self.byte_tokens[b as usize]);
+                let bytes =
+                    text[symbol.start as usize..symbol.end as usize].bytes().map(|b| self.byte_tokens[b as usize]);
                 if bytes.clone().all(|id| id != NONE) {
                     ids.extend(bytes);
                     after_unknown = false;
@@ -171,21 +186,14 @@ impl SentencePiece {
         }
     }
 
-    /// Queues the merge of adjacent symbols `left` and `right` if their text is a token.
-    fn push_pair(
-        &self,
-        texts: &TokenTexts,
-        text: &str,
-        symbols: &[Symbol],
-        left: usize,
-        right: usize,
-        queue: &mut BinaryHeap<Pair>,
-    ) {
-        let (start, end) = (symbols[left].start, symbols[right].end);
-        if let Some(id) = self.index.get(texts, &text[start..end]) {
+    /// Queues the merge of symbol `left` with the next one if their text is a token.
+    fn push_pair(&self, texts: &TokenTexts, text: &str, symbols: &[Symbol], left: u32, queue: &mut BinaryHeap<Pair>) {
+        let symbol = &symbols[left as usize];
+        let (start, end) = (symbol.start, symbols[symbol.next as usize].end);
+        if let Some(id) = self.index.get(texts, &text[start as usize..end as usize]) {
             // `+ 0.0` makes -0.0 equal to 0.0, as llama.cpp's `<` comparison has it.
             let score = self.scores[id as usize] + 0.0;
-            queue.push(Pair { score, left, right, len: end - start, id });
+            queue.push(Pair { score, left, len: end - start, id });
         }
     }
 
@@ -253,12 +261,12 @@ fn byte_token_value(text: &str) -> Option<u8> {
 }
 
 /// A run of the text being encoded: `text[start..end]`; empty once merged into its left
-/// neighbour. `prev`/`next` link the live symbols (`usize::MAX` at the ends).
+/// neighbour. `prev`/`next` link the live symbols ([`NONE`] at the ends).
 struct Symbol {
-    start: usize,
-    end: usize,
-    prev: usize,
-    next: usize,
+    start: u32,
+    end: u32,
+    prev: u32,
+    next: u32,
     /// The token this text is, or [`NONE`] (a single character outside the vocabulary).
     id: u32,
 }
@@ -272,10 +280,10 @@ impl Symbol {
 /// A candidate merge: the higher score first, then the leftmost.
 struct Pair {
     score: f32,
-    left: usize,
-    right: usize,
+    /// The left symbol; the right one is the symbol after it.
+    left: u32,
     /// The merged text's length in bytes, to tell a pair whose symbols have changed.
-    len: usize,
+    len: u32,
     id: u32,
 }
 

@@ -3,7 +3,8 @@
 //! A `HashMap<String, u32>` keeps a heap copy of every text next to the table (~17 MB for
 //! Gemma 3's 262,144 tokens); this table holds only the ids (4 bytes a slot, at most half
 //! full: 2 MB there) and compares a probed id's text in [`TokenTexts`], which the tokenizer
-//! keeps anyway.
+//! keeps anyway. The bits of a slot that ids do not need hold a few bits of the text's hash
+//! (14 for Gemma 3), so that a probe rarely compares a text that cannot match.
 
 use super::token_texts::TokenTexts;
 
@@ -13,18 +14,23 @@ const EMPTY: u32 = u32::MAX;
 /// The first id of every distinct token text (a lossy UTF-8 decode of the metadata can
 /// repeat a text; the first id is the one llama.cpp's and Hugging Face's lookups find).
 pub(crate) struct TextIndex {
+    /// An id in the low `id_bits`, a tag from the hash above them; or [`EMPTY`].
     slots: Vec<u32>,
+    id_bits: u32,
 }
 
 impl TextIndex {
     /// Indexes every id of `texts`.
     pub(crate) fn new(texts: &TokenTexts) -> TextIndex {
         // Power of two, at least twice the ids: short probe runs, and `& mask` for `% len`.
-        let mut index = TextIndex { slots: vec![EMPTY; (texts.len() * 2).next_power_of_two().max(2)] };
+        let slots = vec![EMPTY; (texts.len() * 2).next_power_of_two().max(2)];
+        // Enough bits for every id below `len`, so that no tagged id is all ones (`EMPTY`).
+        let id_bits = u32::BITS - u32::try_from(texts.len()).unwrap_or(u32::MAX).leading_zeros();
+        let mut index = TextIndex { slots, id_bits };
         for (id, text) in (0u32..).zip(texts.iter()) {
-            let slot = index.probe(texts, text);
+            let (slot, tag) = index.probe(texts, text);
             if index.slots[slot] == EMPTY {
-                index.slots[slot] = id;
+                index.slots[slot] = id | tag;
             }
         }
         index
@@ -32,18 +38,26 @@ impl TextIndex {
 
     /// The id whose text is `text`, if any.
     pub(crate) fn get(&self, texts: &TokenTexts, text: &str) -> Option<u32> {
-        let id = self.slots[self.probe(texts, text)];
-        (id != EMPTY).then_some(id)
+        let value = self.slots[self.probe(texts, text).0];
+        (value != EMPTY).then(|| value & self.id_mask())
     }
 
-    /// The slot that holds `text`'s id, or the empty slot where it would go.
-    fn probe(&self, texts: &TokenTexts, text: &str) -> usize {
+    fn id_mask(&self) -> u32 {
+        ((1u64 << self.id_bits) - 1) as u32
+    }
+
+    /// The slot that holds `text`'s id, or the empty slot where it would go; and the tag
+    /// (already shifted into place) that `text`'s slot carries.
+    fn probe(&self, texts: &TokenTexts, text: &str) -> (usize, u32) {
+        let hash = hash(text.as_bytes());
+        let id_mask = self.id_mask();
+        let tag = ((hash >> 32) as u32) & !id_mask;
         let mask = self.slots.len() - 1;
-        let mut slot = hash(text.as_bytes()) as usize & mask;
+        let mut slot = hash as usize & mask;
         loop {
-            let id = self.slots[slot];
-            if id == EMPTY || texts.get(id as usize) == Some(text) {
-                return slot;
+            let value = self.slots[slot];
+            if value == EMPTY || (value & !id_mask == tag && texts.get((value & id_mask) as usize) == Some(text)) {
+                return (slot, tag);
             }
             slot = (slot + 1) & mask;
         }

@@ -13,11 +13,11 @@ pub(crate) struct TokenTexts {
 
 impl TokenTexts {
     /// Packs `texts`, the text of id 0 first.
-    pub(crate) fn new<'a>(texts: impl IntoIterator<Item = &'a str>) -> TokenTexts {
+    pub(crate) fn new<S: AsRef<str>>(texts: impl IntoIterator<Item = S>) -> TokenTexts {
         let texts = texts.into_iter();
         let mut packed = TokenTexts { text: String::new(), ends: Vec::with_capacity(texts.size_hint().0) };
         for text in texts {
-            packed.text.push_str(text);
+            packed.text.push_str(text.as_ref());
             packed.ends.push(packed.text.len());
         }
         packed.text.shrink_to_fit();
@@ -58,6 +58,6 @@ mod tests {
         }
         assert_eq!(packed.get(4), None);
         assert_eq!(packed.iter().collect::<Vec<_>>(), texts);
-        assert_eq!(TokenTexts::new([]).get(0), None);
+        assert_eq!(TokenTexts::new::<&str>([]).get(0), None);
     }
 }
