@@ -175,9 +175,20 @@ fn random_texts(tok: &Tokenizer, count: usize) -> Vec<String> {
 
 #[test]
 fn gemma_random_texts_encode_as_the_library_does() {
+    assert_gemma_random_texts_encode_as_the_library_does(400);
+}
+
+/// The same on many more texts (a minute or so). `--lib gemma_many_random -- --ignored`.
+#[test]
+#[ignore]
+fn gemma_many_random_texts_encode_as_the_library_does() {
+    assert_gemma_random_texts_encode_as_the_library_does(20_000);
+}
+
+fn assert_gemma_random_texts_encode_as_the_library_does(count: usize) {
     let (tok, _) = gemma();
     let library = gemma_library();
-    let texts = random_texts(tok, 400);
+    let texts = random_texts(tok, count);
     for text in &texts {
         let expected = library.encode_fast(text.as_str(), false).unwrap().get_ids().to_vec();
         assert_eq!(tok.encode(text, true).unwrap(), expected, "{text:?}");
