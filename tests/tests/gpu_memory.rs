@@ -91,7 +91,17 @@ async fn the_kv_cache_is_sized_from_what_is_left_and_a_model_loaded_on_demand_th
     assert!(weights + workspace + kv <= limit_bytes);
     let spare = 0.9 * (limit_bytes - weights - workspace);
     assert!(kv <= spare && (tokens + 64.0) * per_token > spare, "{tokens} tokens of {per_token} bytes for {spare} spare bytes");
-    assert!(server.logs().contains("device memory"), "the figures are logged:\n{}", server.logs());
+    // The weights' estimate is what the device's allocator holds once they are loaded.
+    let logs = server.logs();
+    let bytes_after = |key: &str| -> f64 {
+        let line = logs.lines().find(|l| l.contains("device memory after loading the weights")).expect("the after-load line");
+        let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len()..];
+        let rest = &rest[rest.find('(').expect("exact count") + 1..];
+        rest[..rest.find(" bytes)").expect("bytes")].parse().expect("a number")
+    };
+    let (estimated, in_use) = (bytes_after("estimated_weights="), bytes_after("in_use="));
+    assert_eq!(estimated, weights);
+    assert!((in_use - estimated).abs() <= 4096.0 + estimated / 100.0, "estimated {estimated} bytes, allocated {in_use}");
 
     // The second model loads on demand and does not fit: an OpenAI-shaped error naming the
     // bytes, and the server serves on.

@@ -208,6 +208,19 @@ pub fn check(
     Ok((kv_tokens, Some(report)))
 }
 
+/// Logs what the device's allocator holds once the weights are loaded, beside the estimate
+/// (before any KV cache or workspace exists), where the backend reports it.
+pub fn log_after_load(report: &MemoryReport, device: &burn::tensor::Device) {
+    if let Some(usage) = device.memory_pool_usage() {
+        tracing::info!(
+            estimated_weights = %Bytes(report.weights),
+            in_use = %Bytes(usage.bytes_in_use),
+            reserved = %Bytes(usage.bytes_reserved),
+            "device memory after loading the weights"
+        );
+    }
+}
+
 fn device_keeps_blocks(spec: DeviceSpec, ggml_type: GgmlType) -> bool {
     #[cfg(feature = "gpu-kernels")]
     {

@@ -214,6 +214,7 @@ impl Engine {
                     let config = EngineConfig { kv_cache_tokens: kv_tokens, ..config };
                     shared.kv_budget.store(kv_tokens, Ordering::Relaxed);
                     if let Some(memory) = memory {
+                        crate::device::memory_budget::log_after_load(&memory, model.device());
                         let _ = shared.memory.set(memory);
                     }
                     // The grammar compiler's token tables take ~0.5 s (more for a 262k
