@@ -24,10 +24,12 @@ use super::layout::{self, QuantKind};
 /// K-quants' 256-element super-blocks.
 const CHUNK_ELEMENTS: usize = 32;
 
-/// One cube of `units` units per output element `y[i, r]`: the units take the row's chunks in
-/// turn (unit u: chunks u, u + units, …, so neighbouring units read neighbouring words), then
-/// add their partial sums in shared memory. Plain barriers, no plane (subgroup) operations,
-/// so it runs wherever cubecl does.
+/// `lanes` units per output element `y[i, r]`, `CUBE_DIM / lanes` outputs per cube (the
+/// outputs `i · rows + r` in order, so a cube's rows share their activations): the lanes take
+/// the row's chunks in turn (lane l: chunks l, l + lanes, …, so neighbouring lanes read
+/// neighbouring words), then add their partial sums in shared memory. With one lane there is
+/// no reduction and no barrier. Plain barriers, no plane (subgroup) operations, so it runs
+/// wherever cubecl does.
 #[cube(launch)]
 fn quant_matvec_kernel<F: Float>(
     x: &Tensor<F>,
@@ -37,60 +39,67 @@ fn quant_matvec_kernel<F: Float>(
     chunks_per_row: usize,
     scales_at: usize,
     #[comptime] kind: u32,
-    #[comptime] units: usize,
+    #[comptime] cube_units: usize,
+    #[comptime] lanes: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let n = x.shape(0);
-    // Whole cubes leave together, so the barriers below stay in uniform control flow.
-    if CUBE_POS >= n * rows {
-        terminate!();
-    }
-    let i = CUBE_POS / rows;
-    let r = CUBE_POS % rows;
-    let x_row = i * x.stride(0);
-    let x_col = x.stride(1);
     let unit = UNIT_POS as usize;
+    let output = CUBE_POS * comptime![cube_units / lanes] + unit / lanes;
+    let lane = unit % lanes;
+    // Units past the last output stay to the end: the barriers below need every unit.
+    let active = output < n * rows;
+    let i = output / rows;
+    let r = output % rows;
     let mut partial = 0.0f32;
-    let mut c = unit;
-    while c < chunks_per_row {
-        let x_at = x_row + c * 32 * x_col;
-        if comptime![kind == KIND_Q4_K || kind == KIND_Q5_K || kind == KIND_Q6_K] {
-            // Chunk c of the row is sub-block c % 8 of its super-block c / 8.
-            let block = r * (chunks_per_row / 8) + c / 8;
-            if comptime![kind == KIND_Q6_K] {
-                partial += q6_k_chunk(x, words, x_at, x_col, block, c % 8, scales_at);
+    if active {
+        let x_row = i * x.stride(0);
+        let x_col = x.stride(1);
+        let mut c = lane;
+        while c < chunks_per_row {
+            let x_at = x_row + c * 32 * x_col;
+            if comptime![kind == KIND_Q4_K || kind == KIND_Q5_K || kind == KIND_Q6_K] {
+                // Chunk c of the row is sub-block c % 8 of its super-block c / 8.
+                let block = r * (chunks_per_row / 8) + c / 8;
+                if comptime![kind == KIND_Q6_K] {
+                    partial += q6_k_chunk(x, words, x_at, x_col, block, c % 8, scales_at);
+                } else {
+                    partial += q45_k_chunk(x, words, x_at, x_col, block, c % 8, comptime![kind == KIND_Q5_K]);
+                }
             } else {
-                partial += q45_k_chunk(x, words, x_at, x_col, block, c % 8, comptime![kind == KIND_Q5_K]);
+                let block = r * chunks_per_row + c;
+                if comptime![kind == KIND_Q4_1] {
+                    partial += q4_1_chunk(x, words, x_at, x_col, block, scales_at);
+                } else if comptime![kind == KIND_Q4_0] {
+                    partial += q4_0_chunk(x, words, x_at, x_col, block, scales_at);
+                } else if comptime![kind == KIND_Q5_0] {
+                    partial += q5_0_chunk(x, words, x_at, x_col, block, scales_at);
+                } else {
+                    partial += q8_0_chunk(x, words, x_at, x_col, block, scales_at);
+                }
             }
-        } else {
-            let block = r * chunks_per_row + c;
-            if comptime![kind == KIND_Q4_1] {
-                partial += q4_1_chunk(x, words, x_at, x_col, block, scales_at);
-            } else if comptime![kind == KIND_Q4_0] {
-                partial += q4_0_chunk(x, words, x_at, x_col, block, scales_at);
-            } else if comptime![kind == KIND_Q5_0] {
-                partial += q5_0_chunk(x, words, x_at, x_col, block, scales_at);
-            } else {
-                partial += q8_0_chunk(x, words, x_at, x_col, block, scales_at);
-            }
+            c += lanes;
         }
-        c += units;
     }
-    let mut sums = Shared::<[f32]>::new_slice(units);
-    sums[unit] = partial;
-    sync_cube();
-    let mut stride = (CUBE_DIM / 2) as usize;
-    while stride > 0 {
-        if unit < stride {
-            let both = sums[unit] + sums[unit + stride];
-            sums[unit] = both;
-        }
+    if comptime![lanes > 1] {
+        let mut sums = Shared::<[f32]>::new_slice(cube_units);
+        sums[unit] = partial;
         sync_cube();
-        stride /= 2;
+        // `lanes / 2`, as a runtime value (a comptime one cannot be halved in a loop).
+        let mut stride = (CUBE_DIM as usize) / comptime![2 * cube_units / lanes];
+        while stride > 0 {
+            if lane < stride {
+                let both = sums[unit] + sums[unit + stride];
+                sums[unit] = both;
+            }
+            sync_cube();
+            stride /= 2;
+        }
+        partial = sums[unit];
     }
-    if unit == 0 {
+    if active && lane == 0 {
         let at = i * out.stride(0) + r * out.stride(1);
-        out[at] = F::cast_from(sums[0]);
+        out[at] = F::cast_from(partial);
     }
 }
 
@@ -103,13 +112,23 @@ const KIND_Q4_K: u32 = 4;
 const KIND_Q5_K: u32 = 5;
 const KIND_Q6_K: u32 = 6;
 
-/// Units per cube (a power of two for the reduction): a row of a 576-wide matrix has 18
-/// blocks, of a 4096-wide one 128.
-const UNITS: usize = 32;
+/// Units per cube.
+const CUBE_UNITS: usize = 32;
+
+/// Units per output element where the caller leaves it to the device ([`quant_matvec`]'s
+/// `lanes` 0): 32 on a GPU (a cube per output, neighbouring units reading neighbouring words;
+/// not yet measured on one), 1 on a device that is no card (Mesa's lavapipe, which cubecl
+/// reports without a physical device). lavapipe runs a cube's units as SIMD lanes of one CPU
+/// thread and pays for every barrier; one unit per output (32 outputs a cube, no reduction)
+/// took SmolLM2's decode from 0.23 to 0.5–0.8 tokens/s there, at the same results.
+fn default_lanes(client: &cubecl::client::Client) -> usize {
+    if client.properties().identity.physical.is_none() { 1 } else { 32 }
+}
 
 /// Launches the kernel for `kind` on `x` (`[n, cols]`, any float dtype the runtime has) and
-/// the packed `words` of a `rows × cols` matrix; returns `[n, rows]` in `x`'s dtype.
-pub(super) fn quant_matvec(x: CubeTensor, words: CubeTensor, kind: QuantKind, rows: usize, cols: usize) -> CubeTensor {
+/// the packed `words` of a `rows × cols` matrix, with `lanes` units per output (a power of two
+/// up to 32; 0: the device's default); returns `[n, rows]` in `x`'s dtype.
+pub(super) fn quant_matvec(x: CubeTensor, words: CubeTensor, kind: QuantKind, rows: usize, cols: usize, lanes: usize) -> CubeTensor {
     // A storage-tiled x (a matmul's output) is readable only as rows once untiled.
     let x = into_contiguous(x);
     let n = x.meta.shape()[0];
@@ -122,8 +141,10 @@ pub(super) fn quant_matvec(x: CubeTensor, words: CubeTensor, kind: QuantKind, ro
     }
     let chunks_per_row = cols / CHUNK_ELEMENTS;
     let scales_at = layout::scales_at(kind, rows * (cols / kind.block_elements()));
-    let cube_dim = CubeDim::new_1d(UNITS as u32);
-    let cube_count = calculate_cube_count_elemwise(&client, total * UNITS, cube_dim);
+    let lanes = if lanes == 0 { default_lanes(&client) } else { lanes };
+    debug_assert!(lanes.is_power_of_two() && lanes <= CUBE_UNITS, "{lanes} lanes");
+    let cube_dim = CubeDim::new_1d(CUBE_UNITS as u32);
+    let cube_count = calculate_cube_count_elemwise(&client, total * lanes, cube_dim);
     let (x, words, out) = (x.into_tensor_arg(), words.into_tensor_arg(), output.clone().into_tensor_arg());
     quant_matvec_kernel::launch(
         &client,
@@ -144,7 +165,8 @@ pub(super) fn quant_matvec(x: CubeTensor, words: CubeTensor, kind: QuantKind, ro
             QuantKind::Q5_K => KIND_Q5_K,
             QuantKind::Q6_K => KIND_Q6_K,
         },
-        UNITS,
+        CUBE_UNITS,
+        lanes,
         dtype_to_storage_type(dtype),
     );
     output

@@ -42,8 +42,10 @@ pub trait QuantLinearOps: Backend {
     /// packed by [`layout::pack`] into `w` (U32); `y` has `x`'s dtype. `w` is taken by value
     /// (a handle clone): burn 0.22.1's generated dispatch has no borrowed accessor for int
     /// tensors (`as_int`), only for floats.
+    /// `lanes`: units per output element, a power of two up to 32, or 0 for the device's
+    /// default (tests set it to run every shape of the kernel on one device).
     #[fusion(dtype = x, shape = matvec_shape(x, rows))]
-    fn quant_matvec(x: FloatTensor<Self>, w: IntTensor<Self>, kind: u32, rows: usize, cols: usize)
+    fn quant_matvec(x: FloatTensor<Self>, w: IntTensor<Self>, kind: u32, rows: usize, cols: usize, lanes: usize)
     -> FloatTensor<Self>;
 }
 
@@ -54,9 +56,16 @@ fn matvec_shape(x: &Shape, rows: &usize) -> Shape {
 }
 
 impl QuantLinearOps for CubeBackend {
-    fn quant_matvec(x: FloatTensor<Self>, w: IntTensor<Self>, kind: u32, rows: usize, cols: usize) -> FloatTensor<Self> {
+    fn quant_matvec(
+        x: FloatTensor<Self>,
+        w: IntTensor<Self>,
+        kind: u32,
+        rows: usize,
+        cols: usize,
+        lanes: usize,
+    ) -> FloatTensor<Self> {
         let kind = QuantKind::from_code(kind).expect("DeviceQuantMatrix passes only the kinds it packed");
-        kernels::quant_matvec(x, w, kind, rows, cols)
+        kernels::quant_matvec(x, w, kind, rows, cols, lanes)
     }
 }
 
@@ -76,6 +85,8 @@ pub struct DeviceQuantMatrix {
     kind: QuantKind,
     rows: usize,
     cols: usize,
+    /// Units per output element; 0 leaves it to the device (see `kernels`).
+    lanes: usize,
 }
 
 impl DeviceQuantMatrix {
@@ -148,7 +159,7 @@ impl DeviceQuantMatrix {
                 (Tensor::<1, Int>::from_data(TensorData::new(words, [len]), (device, DType::U32)), rows)
             })
             .collect();
-        Ok(DeviceQuantMatrix { shards, kind, rows, cols })
+        Ok(DeviceQuantMatrix { shards, kind, rows, cols, lanes: 0 })
     }
 
     pub fn kind(&self) -> QuantKind {
@@ -167,6 +178,15 @@ impl DeviceQuantMatrix {
     pub fn device_bytes(&self) -> usize {
         let row_blocks = self.cols / self.kind.block_elements();
         self.shards.iter().map(|&(_, rows)| layout::device_bytes(self.kind, rows * row_blocks)).sum()
+    }
+
+    /// The same matrix multiplied with `lanes` units per output element (a power of two up to
+    /// 32) whatever the device: the tests run the GPU shape on lavapipe.
+    #[cfg(test)]
+    fn with_lanes(mut self, lanes: usize) -> DeviceQuantMatrix {
+        assert!(lanes.is_power_of_two() && lanes <= 32);
+        self.lanes = lanes;
+        self
     }
 
     /// How many buffers hold the matrix (one unless it is larger than [`MAX_BUFFER_BYTES`]).
@@ -201,6 +221,7 @@ impl DeviceQuantMatrix {
                     code,
                     *rows,
                     self.cols,
+                    self.lanes,
                 );
                 Tensor::from_dispatch(y)
             })

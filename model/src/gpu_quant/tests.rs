@@ -92,14 +92,21 @@ fn check_sizes(kind: QuantKind, sizes: &[(usize, usize)], seed: u64) {
         let bytes = random_blocks(kind, rows, cols, &mut rng);
         let matrix = DeviceQuantMatrix::from_blocks(kind.ggml_type(), rows, cols, &bytes, &device).expect("upload");
         assert_eq!(matrix.device_bytes(), layout::device_bytes(kind, rows * cols / kind.block_elements()));
-        for n in [1, 2, 5] {
+        // lavapipe's shape (one unit per output), a GPU's (32), and one in between.
+        for (n, lanes) in [(1, 0), (2, 0), (5, 0), (1, 32), (5, 32), (2, 4)] {
             let x = random_x(n * cols, &mut rng);
             let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [n, cols]), (&device, DType::F32));
-            let y = matrix.forward(xt).expect("forward");
+            let y = matrix.clone().with_lanes_or_default(lanes).forward(xt).expect("forward");
             assert_eq!(y.dims(), [n, rows], "{kind:?} {rows} × {cols}, n {n}: the shape fusion recorded");
-            let what = format!("{kind:?} {rows} × {cols}, n {n}");
+            let what = format!("{kind:?} {rows} × {cols}, n {n}, {lanes} lanes");
             assert_close(&what, cols, &read(y), &reference(kind, rows, cols, &bytes, &x));
         }
+    }
+}
+
+impl DeviceQuantMatrix {
+    fn with_lanes_or_default(self, lanes: usize) -> DeviceQuantMatrix {
+        if lanes == 0 { self } else { self.with_lanes(lanes) }
     }
 }
 
@@ -190,18 +197,20 @@ fn f16_activations_in_and_out() {
         let cols = 3 * kind.block_elements();
         let bytes = random_blocks(kind, rows, cols, &mut rng);
         let matrix = DeviceQuantMatrix::from_blocks(kind.ggml_type(), rows, cols, &bytes, &device).expect("upload");
-        let x16: Vec<f16> = random_x(n * cols, &mut rng).into_iter().map(f16::from_f32).collect();
-        let x: Vec<f32> = x16.iter().map(|v| v.to_f32()).collect();
-        let xt = Tensor::<2>::from_data(TensorData::new(x16, [n, cols]), (&device, DType::F16));
-        let y = matrix.forward(xt).expect("forward");
-        assert_eq!(y.dtype(), DType::F16);
-        let bound = (cols + 2) as f64 * f64::from(f32::EPSILON) / 2.0;
-        let got = read(y);
-        for (k, (&g, &(v, s))) in got.iter().zip(&reference(kind, rows, cols, &bytes, &x)).enumerate() {
-            // The f32 sum's rounding, then f16's: half an ulp (2⁻¹¹ relative, 2⁻²⁵ absolute
-            // below the normals).
-            let allowed = bound * s + (v.abs() + bound * s) * 2f64.powi(-11) + 2f64.powi(-25);
-            assert!((f64::from(g) - v).abs() <= allowed, "{kind:?} f16 output {k}: {g} vs {v}");
+        for lanes in [0, 32] {
+            let x16: Vec<f16> = random_x(n * cols, &mut rng).into_iter().map(f16::from_f32).collect();
+            let x: Vec<f32> = x16.iter().map(|v| v.to_f32()).collect();
+            let xt = Tensor::<2>::from_data(TensorData::new(x16, [n, cols]), (&device, DType::F16));
+            let y = matrix.clone().with_lanes_or_default(lanes).forward(xt).expect("forward");
+            assert_eq!(y.dtype(), DType::F16);
+            let bound = (cols + 2) as f64 * f64::from(f32::EPSILON) / 2.0;
+            let got = read(y);
+            for (k, (&g, &(v, s))) in got.iter().zip(&reference(kind, rows, cols, &bytes, &x)).enumerate() {
+                // The f32 sum's rounding, then f16's: half an ulp (2⁻¹¹ relative, 2⁻²⁵ absolute
+                // below the normals).
+                let allowed = bound * s + (v.abs() + bound * s) * 2f64.powi(-11) + 2f64.powi(-25);
+                assert!((f64::from(g) - v).abs() <= allowed, "{kind:?} f16, {lanes} lanes, output {k}: {g} vs {v}");
+            }
         }
     }
 }
