@@ -27,6 +27,9 @@ pub struct LayerAttention {
     pub shape: AttentionShape,
     /// Repeat K/V heads before the op (backends whose fused attention lacks GQA).
     pub repeat_kv: bool,
+    /// Chunks of up to `gpu_attention::MAX_KERNEL_ROWS` rows go through our own kernel,
+    /// which reads grouped K/V heads in place (cubecl devices).
+    pub kernel: bool,
 }
 
 /// On the device: `q: [n, heads, d]`, `k, v: [n, kv_heads, d]` → `[n, heads * d]`; each
@@ -37,11 +40,11 @@ pub fn attend_on_device(
     q: Tensor<3>,
     k: Tensor<3>,
     v: Tensor<3>,
-) -> Tensor<2> {
+) -> Result<Tensor<2>> {
     let AttentionShape { heads, kv_heads, head_dim: d, scale, window } = settings.shape;
     let default_scale = 1.0 / (d as f32).sqrt();
     // Passing a scale forces burn's unfused path on cubecl backends: only when it differs.
-    let scale = ((scale - default_scale).abs() > 1e-7 * default_scale).then_some(scale as f64);
+    let burn_scale = ((scale - default_scale).abs() > 1e-7 * default_scale).then_some(scale as f64);
     let mut outputs = Vec::with_capacity(chunks.len());
     let mut row = 0;
     for chunk in chunks.iter_mut() {
@@ -51,6 +54,13 @@ pub fn attend_on_device(
         row += len;
         let seq = |t: Tensor<3>, h: usize| -> Tensor<4> { t.slice([rows.clone(), 0..h, 0..d]).swap_dims(0, 1).unsqueeze_dim(0) };
         let (k_all, v_all) = chunk.cache.append(settings.layer, seq(k.clone(), kv_heads), seq(v.clone(), kv_heads));
+        #[cfg(feature = "gpu-kernels")]
+        if settings.kernel && len <= crate::gpu_attention::MAX_KERNEL_ROWS {
+            let q_rows = q.clone().slice([rows.clone(), 0..heads, 0..d]);
+            let out = crate::gpu_attention::gqa_attention(q_rows, k_all, v_all, window, scale)?;
+            outputs.push(out.reshape([len, heads * d]));
+            continue;
+        }
         let (k_all, v_all) = if settings.repeat_kv {
             (repeat_heads(k_all, heads / kv_heads), repeat_heads(v_all, heads / kv_heads))
         } else {
@@ -61,11 +71,11 @@ pub fn attend_on_device(
         // carries the causal part too); otherwise causal masking is bottom-right aligned,
         // which is what a chunk on top of a cache needs, and one query token needs none.
         let mask = window.and_then(|w| window_mask(start, len, w, heads, &device));
-        let options = AttentionModuleOptions { scale, softcap: None, is_causal: mask.is_none() && len > 1 };
+        let options = AttentionModuleOptions { scale: burn_scale, softcap: None, is_causal: mask.is_none() && len > 1 };
         let out = attention(seq(q.clone(), heads), k_all, v_all, mask, None, options);
         outputs.push(out.squeeze_dim::<3>(0).swap_dims(0, 1).reshape([len, heads * d]));
     }
-    if outputs.len() == 1 { outputs.pop().unwrap_or_else(|| unreachable!()) } else { Tensor::cat(outputs, 0) }
+    Ok(if outputs.len() == 1 { outputs.pop().unwrap_or_else(|| unreachable!()) } else { Tensor::cat(outputs, 0) })
 }
 
 /// `[1, heads, len, start + len]`, true where query `start + i` must not see key `j`: in its

@@ -27,6 +27,9 @@ pub struct ComputePlan {
     pub host_attention: bool,
     /// The backend's fused attention lacks grouped-query heads: repeat K/V heads.
     pub repeat_kv_heads: bool,
+    /// Short chunks (decode steps) attend through our own kernel, which reads grouped K/V
+    /// heads from the cache in place (`gpu_attention`, cubecl devices).
+    pub attention_kernel: bool,
     /// Separate q/k/v (and gate/up) weights that can share one matrix are concatenated at
     /// load and computed as one product (see [`LinearWeight::concat_outputs`]); off only to
     /// compare against the separate products.

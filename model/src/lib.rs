@@ -6,7 +6,8 @@
 //! - [`transformer`]: the decoder every family runs, from the shared [`layers`], with
 //!   [`attention`], [`kv_cache`] and [`rope`]; [`weights`]: how parameters are sourced and stored;
 //!   [`quant_matmul`]: fused dequantize-and-multiply of GGUF blocks for CPU devices;
-//!   `gpu_quant`: the same for GPU devices, our own `#[cube]` kernels (GPU builds only);
+//!   `gpu_quant`: the same for GPU devices, our own `#[cube]` kernels (GPU builds only), and
+//!   `gpu_attention`: grouped-query attention reading the device cache in place;
 //!   `host_attention`: attention over a host KV cache, for CPU devices at f32.
 //! - [`device`]: `--device`/`--dtype` and the burn backends compiled in.
 //! - [`tokenizer`], [`chat_template`]: text in and out, as the model's authors do it.
@@ -32,6 +33,8 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gguf;
+#[cfg(feature = "gpu-kernels")]
+pub mod gpu_attention;
 #[cfg(feature = "gpu-kernels")]
 pub mod gpu_quant;
 pub mod hf;

@@ -20,7 +20,7 @@ use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::hf::{self, HfWeights};
 use crate::layers::ComputePlan;
-use crate::synthetic::{SyntheticPreset, SyntheticWeights};
+use crate::synthetic::{SyntheticPreset, SyntheticQuant, SyntheticWeights};
 use crate::transformer::Transformer;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{ActivationFormat, WeightFormat, WeightSource};
@@ -90,6 +90,7 @@ impl LoadOptions {
             int8_activations,
             host_attention: cpu_f32,
             repeat_kv_heads: !spec.attention_supports_gqa(),
+            attention_kernel: spec.has_quantized_kernels() && !cpu_f32,
             fuse_projections: true,
         })
     }
@@ -118,9 +119,14 @@ pub const SYNTHETIC_SEED: u64 = 42;
 
 impl ModelLoader {
     /// `spec`: a path to a `.gguf` file, a Hugging Face checkpoint directory, or
-    /// `synthetic:<preset>[:<seed>]`.
+    /// `synthetic:<preset>[:<seed>][@<quantization>]` (q4_0, q8_0 or q4_k_m: see
+    /// [`SyntheticQuant`]).
     pub fn open(spec: &str) -> Result<ModelLoader> {
         if let Some(rest) = spec.strip_prefix("synthetic:") {
+            let (rest, quant) = match rest.split_once('@') {
+                Some((rest, quant)) => (rest, Some(quant.parse::<SyntheticQuant>()?)),
+                None => (rest, None),
+            };
             let (preset_name, seed) = match rest.split_once(':') {
                 Some((p, s)) => {
                     let seed = s.parse().map_err(|_| ModelError::InvalidRequest(format!("bad synthetic seed `{s}`")))?;
@@ -136,15 +142,19 @@ impl ModelLoader {
                 tokenizer.bos_token_text().unwrap_or_default(),
                 tokenizer.eos_token_text().unwrap_or_default(),
             )?);
+            let name = match spec.split_once('@') {
+                Some((_, quant)) => format!("synthetic-{preset_name}-{}", quant.to_ascii_lowercase()),
+                None => format!("synthetic-{preset_name}"),
+            };
             let info = ModelInfo {
-                name: format!("synthetic-{preset_name}"),
+                name,
                 tokenizer: Arc::new(tokenizer),
                 chat_template,
                 context_length: config.context_length,
                 config: config.clone(),
                 generation: GenerationDefaults::default(),
             };
-            return Ok(ModelLoader { source: Source::Synthetic(SyntheticWeights::new(config, seed)), info: Arc::new(info) });
+            return Ok(ModelLoader { source: Source::Synthetic(SyntheticWeights::quantized(config, seed, quant)), info: Arc::new(info) });
         }
         let path = Path::new(spec);
         if path.is_dir() {

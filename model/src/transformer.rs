@@ -208,11 +208,12 @@ impl Transformer {
                     window: c.window(layer),
                 },
                 repeat_kv: self.plan.repeat_kv_heads && c.num_kv_heads != c.num_heads,
+                kernel: self.plan.attention_kernel,
             };
             let attended = if self.plan.host_attention {
                 attend_on_host(settings, chunks, q, k, v)?
             } else {
-                attend_on_device(settings, chunks, q, k, v)
+                attend_on_device(settings, chunks, q, k, v)?
             };
             x = x.clone() + block.attention.output(attended)?;
             x = x.clone() + block.ffn.forward(x)?;

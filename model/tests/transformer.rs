@@ -216,3 +216,69 @@ fn fused_projections_give_the_logits_of_separate_ones() {
         }
     }
 }
+
+/// A quantized synthetic model (`synthetic:<preset>@<type>`) computes with one set of
+/// weights: dense loading dequantizes the very blocks the quantized kernels multiply.
+#[test]
+fn quantized_synthetic_models_load_the_same_weights_dense_and_quantized() {
+    use stellarchat_model::synthetic::SyntheticQuant;
+    for quant in [SyntheticQuant::Q4_0, SyntheticQuant::Q8_0, SyntheticQuant::Q4KM] {
+        let config = SyntheticPreset::Tiny.config();
+        let source = SyntheticWeights::quantized(config.clone(), 7, Some(quant));
+        let run = |weights: WeightFormat| {
+            let plan = LoadOptions { weights, ..Default::default() }.plan(DeviceSpec::Flex).expect("plan");
+            let model = Transformer::load(config.clone(), &source, &DeviceSpec::Flex.open().expect("flex"), plan, &mut |_, _| {})
+                .expect("load");
+            let mut cache = model.new_cache();
+            model.forward(&mut [ForwardChunk { cache: &mut cache, tokens: &PROMPT, all_logits: true }]).expect("fwd").chunk(0).to_vec()
+        };
+        let (dense, quantized) = (run(WeightFormat::Dense), run(WeightFormat::Quantized));
+        let f32_logits = load(DeviceSpec::Flex, Precision::F32, WeightFormat::Dense);
+        let mut cache = f32_logits.new_cache();
+        let f32_logits =
+            f32_logits.forward(&mut [ForwardChunk { cache: &mut cache, tokens: &PROMPT, all_logits: true }]).expect("fwd").chunk(0).to_vec();
+        let diff = max_abs_diff(&dense, &quantized);
+        assert!(diff < 1e-4, "{quant:?}: dense and quantized loads differ by {diff}");
+        assert!(max_abs_diff(&dense, &f32_logits) > 1e-3, "{quant:?}: the blocks are not the f32 model's weights");
+    }
+}
+
+/// On a GPU, decode steps attend through `gpu_attention` (grouped heads read in place); the
+/// tiny model (4 query heads over 2 key/value heads) must decode as with burn's attention on
+/// repeated heads, step after step, in a batch of two sequences.
+#[cfg(feature = "wgpu")]
+#[test]
+fn device_attention_kernel_decodes_like_burns_attention() {
+    let spec = DeviceSpec::Wgpu { adapter: stellarchat_model::device::WgpuAdapter::Cpu };
+    let Ok(device) = spec.open() else {
+        assert!(cfg!(feature = "vulkan"), "lavapipe must open in a wgpu-only build");
+        return;
+    };
+    let config = SyntheticPreset::Tiny.config();
+    let source = SyntheticWeights::new(config.clone(), 7);
+    let plan = LoadOptions { device: spec, ..Default::default() }.plan(spec).expect("plan");
+    assert!(plan.attention_kernel && plan.repeat_kv_heads, "{plan:?}");
+    let decode = |plan: ComputePlan| {
+        let model = Transformer::load(config.clone(), &source, &device, plan, &mut |_, _| {}).expect("load");
+        let (mut a, mut b) = (model.new_cache(), model.new_cache());
+        let mut logits = Vec::new();
+        model.forward(&mut [ForwardChunk { cache: &mut a, tokens: &PROMPT, all_logits: false }]).expect("prefill a");
+        model.forward(&mut [ForwardChunk { cache: &mut b, tokens: &PROMPT[..4], all_logits: false }]).expect("prefill b");
+        for step in 0..4u32 {
+            let (ta, tb) = ([10 + step], [100 + step, 7]);
+            let out = model
+                .forward(&mut [
+                    ForwardChunk { cache: &mut a, tokens: &ta, all_logits: false },
+                    ForwardChunk { cache: &mut b, tokens: &tb, all_logits: true },
+                ])
+                .expect("decode");
+            logits.extend_from_slice(out.chunk(0));
+            logits.extend_from_slice(out.chunk(1));
+        }
+        logits
+    };
+    let kernel = decode(plan);
+    let burn = decode(ComputePlan { attention_kernel: false, ..plan });
+    let diff = max_abs_diff(&kernel, &burn);
+    assert!(diff < 1e-4, "kernel and burn attention differ by {diff}");
+}

@@ -6,7 +6,10 @@
 //! Which tensors exist and their shapes come from the family's declaration
 //! ([`crate::arch::Family::tensors`]); this module only draws their values.
 
+mod blocks;
 pub mod cases;
+
+pub use blocks::SyntheticQuant;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -14,7 +17,7 @@ use std::str::FromStr;
 use crate::arch::{FamilyKind, Role};
 use crate::config::{Activation, ModelConfig, RopeLayout};
 use crate::error::{ModelError, Result};
-use crate::gguf::GgmlType;
+use crate::gguf::{GgmlType, dequantize};
 use crate::rng::SplitMix64;
 use crate::weights::{RawTensor, WeightSource};
 
@@ -114,20 +117,51 @@ impl SyntheticPreset {
 /// values do not depend on the order of requests.
 pub struct SyntheticWeights {
     seed: u64,
-    /// The family's declaration: name → (ggml dims, role).
-    tensors: HashMap<String, (Vec<usize>, Role)>,
+    /// The family's declaration: name → (ggml dims, role, type).
+    tensors: HashMap<String, (Vec<usize>, Role, GgmlType)>,
 }
 
 impl SyntheticWeights {
+    /// f32 weights.
     pub fn new(config: ModelConfig, seed: u64) -> Self {
-        let tensors =
-            config.family.family().tensors(&config).into_iter().map(|d| (d.name, (d.dims, d.role))).collect();
+        SyntheticWeights::quantized(config, seed, None)
+    }
+
+    /// Weight matrices in the GGUF types of `quant` (see [`SyntheticQuant`]), f32 without.
+    pub fn quantized(config: ModelConfig, seed: u64, quant: Option<SyntheticQuant>) -> Self {
+        let layers = config.num_layers;
+        let tensors = config
+            .family
+            .family()
+            .tensors(&config)
+            .into_iter()
+            .map(|d| {
+                let ggml_type = quant.map_or(GgmlType::F32, |q| q.tensor_type(d.role, d.layer, layers, &d.dims));
+                (d.name, (d.dims, d.role, ggml_type))
+            })
+            .collect();
         SyntheticWeights { seed, tensors }
+    }
+
+    /// Bytes of the weights as a file of their types would hold them.
+    pub fn tensor_bytes(&self) -> usize {
+        self.tensors.values().map(|(dims, _, t)| t.byte_size(dims.iter().product()).unwrap_or(0)).sum()
+    }
+
+    fn rng(&self, name: &str) -> SplitMix64 {
+        SplitMix64(self.seed ^ fnv1a(name.as_bytes()))
+    }
+
+    /// The spread of a weight matrix's values: like a trained model's, so activations stay
+    /// in a sane range at any size.
+    fn matrix_scale(dims: &[usize]) -> f32 {
+        let fan_in = dims.first().copied().unwrap_or(1).max(1) as f32;
+        1.7 / fan_in.sqrt()
     }
 
     fn values(&self, name: &str, dims: &[usize], role: Role) -> Vec<f32> {
         let n: usize = dims.iter().product();
-        let mut rng = SplitMix64(self.seed ^ fnv1a(name.as_bytes()));
+        let mut rng = self.rng(name);
         match role {
             // Norm gains near 1, as trained models have them.
             _ if role.is_norm() => (0..n).map(|_| 1.0 + 0.1 * uniform(&mut rng)).collect(),
@@ -136,9 +170,7 @@ impl SyntheticWeights {
             Role::AttnQBias | Role::AttnKBias | Role::AttnVBias => (0..n).map(|_| 0.1 * uniform(&mut rng)).collect(),
             Role::TokenEmbedding => (0..n).map(|_| uniform(&mut rng)).collect(),
             _ => {
-                // Scaled like a trained model's so activations stay in a sane range at any size.
-                let fan_in = dims.first().copied().unwrap_or(1).max(1) as f32;
-                let scale = 1.7 / fan_in.sqrt();
+                let scale = Self::matrix_scale(dims);
                 (0..n).map(|_| scale * uniform(&mut rng)).collect()
             }
         }
@@ -147,14 +179,30 @@ impl SyntheticWeights {
 
 impl WeightSource for SyntheticWeights {
     fn f32_tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let (dims, role) = self.tensors.get(name).ok_or_else(|| ModelError::tensor(name, "missing from the synthetic model"))?;
-        Ok((dims.clone(), self.values(name, dims, *role)))
+        let (dims, role, ggml_type) =
+            self.tensors.get(name).ok_or_else(|| ModelError::tensor(name, "missing from the synthetic model"))?;
+        if *ggml_type == GgmlType::F32 {
+            return Ok((dims.clone(), self.values(name, dims, *role)));
+        }
+        let raw = self.raw_tensor(name)?;
+        let mut values = vec![0f32; dims.iter().product()];
+        dequantize(*ggml_type, &raw.bytes, &mut values).map_err(|e| ModelError::tensor(name, e.to_string()))?;
+        Ok((raw.dims, values))
     }
 
     fn raw_tensor(&self, name: &str) -> Result<RawTensor> {
-        let (dims, values) = self.f32_tensor(name)?;
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Ok(RawTensor { dims, ggml_type: GgmlType::F32, bytes })
+        let (dims, role, ggml_type) =
+            self.tensors.get(name).ok_or_else(|| ModelError::tensor(name, "missing from the synthetic model"))?;
+        let bytes = if *ggml_type == GgmlType::F32 {
+            self.values(name, dims, *role).iter().flat_map(|v| v.to_le_bytes()).collect()
+        } else {
+            // The embedding spreads over [-1, 1] like its f32 form; matrices by fan-in.
+            let scale = if *role == Role::TokenEmbedding { 1.0 } else { Self::matrix_scale(dims) };
+            let bytes = blocks::random_blocks(*ggml_type, dims.iter().product(), scale, &mut self.rng(name))
+                .map_err(|e| ModelError::tensor(name, e.to_string()))?;
+            bytes.into()
+        };
+        Ok(RawTensor { dims: dims.clone(), ggml_type: *ggml_type, bytes })
     }
 
     fn contains(&self, name: &str) -> bool {
