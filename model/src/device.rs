@@ -153,8 +153,8 @@ impl DeviceSpec {
         matches!(self, DeviceSpec::Flex | DeviceSpec::NdArray)
     }
 
-    /// Whether linear layers can keep Q8_0/Q4_0/Q4_1 blocks on this device (`gpu_quant`, a
-    /// cubecl backend compiled in).
+    /// Whether linear layers can keep their quantized blocks (`gpu_quant::QuantKind`) on this
+    /// device (`gpu_quant`, a cubecl backend compiled in).
     pub fn has_quantized_kernels(&self) -> bool {
         cfg!(feature = "gpu-kernels") && !self.is_cpu() && *self != DeviceSpec::Auto
     }

@@ -67,8 +67,8 @@ impl LoadOptions {
             WeightFormat::Dense => false,
             WeightFormat::Auto => cpu_f32,
             WeightFormat::Quantized if cpu_f32 => true,
-            // On GPUs the Q8_0, Q4_0 and Q4_1 blocks stay blocks (`gpu_quant`); other types
-            // dequantize at load.
+            // On GPUs the Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K and Q6_K blocks stay blocks
+            // (`gpu_quant`); other types dequantize at load.
             WeightFormat::Quantized if spec.has_quantized_kernels() => true,
             WeightFormat::Quantized => {
                 return Err(ModelError::UnsupportedDtype {
