@@ -85,6 +85,6 @@ gpu-bundle: build
     strip -o .gl/stellarchat-spirv {{target_dir}}/spirv/debug/stellarchat && xz -f -T2 .gl/stellarchat-spirv
     cd .gl && apt-get download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2
 
-# On a machine with a GPU: backend equivalence (wgpu vs flex) and tokens/s on synthetic models.
+# On a machine with a GPU: the golden greedy check with device-quantized weights, backend equivalence (wgpu/vulkan vs flex), and tokens/s and device memory at 1 and 16 sequences (default model, synthetic Llama-3-8B Q4_K_M and Q4_0).
 gpu-check BIN=".gl/stellarchat" SPIRV_BIN=".gl/stellarchat-spirv":
     ./scripts/gpu-check.sh {{BIN}} {{SPIRV_BIN}}

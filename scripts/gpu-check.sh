@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Backend equivalence and speed on a GPU machine: the same synthetic models (the shapes of
-# SmolLM2-135M and Llama-3.2-1B, and Llama-3-8B when memory allows) on wgpu (the real GPU,
-# WGSL shaders), on vulkan (SPIR-V shaders) and on flex (the CPU): top-5 logprobs of the
-# first generated token must agree, and prefill/decode tokens/s are printed per backend and
-# dtype.
+# The GPU check (issue 10): on a machine with a GPU, for wgpu (WGSL shaders) and vulkan (SPIR-V),
+#  1. the golden greedy check of the default model on the GPU with its Q4_1 blocks on the
+#     device (when weights/SmolLM2-135M-Instruct.Q4_1.gguf is there: it is too big to carry
+#     to our GPU machines, which have no network), against tests/golden/;
+#  2. equivalence: top-5 logprobs of the first generated token against flex (the CPU), for
+#     dense synthetic models and for a device-quantized synthetic Q4_K_M one;
+#  3. speed and memory: prefill/decode tokens/s at 1 and 16 sequences, and the model's device
+#     memory (weights, workspace, KV budget, the device's capacity), for the default model and
+#     for synthetic Llama-3-8B in Q4_K_M and Q4_0 (`synthetic:8b@q4_k_m`: random blocks typed as
+#     llama.cpp types such a file) with device-quantized weights; at 1 sequence it prints the
+#     weight bytes read per second (weights × decode tok/s), to set against the GPU's bandwidth.
 #
 #   scripts/gpu-check.sh [BINARY [SPIRV_BINARY]]
 #     BINARY        default .gl/stellarchat: the test build (flex, ndarray, wgpu)
@@ -31,19 +37,30 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 # 64 bytes = 64 tokens with the synthetic byte tokenizer.
 PROMPT=$(printf 'The quick brown fox jumps over the lazy dog while the sun sets. %.0s' 1 | head -c 64)
+DEFAULT_MODEL=weights/SmolLM2-135M-Instruct.Q4_1.gguf
 OUT=${OUT:-/tmp/gpu-check}; mkdir -p "$OUT"
-run() { # name preset device dtype decode-tokens
-  local file="$OUT/$1.json" bin=$BIN
-  if [[ $3 == vulkan* ]]; then
-    [ -x "$SPIRV_BIN" ] || { echo "$1: skipped (no $SPIRV_BIN)"; return; }
-    bin=$SPIRV_BIN
-  fi
-  if timeout 150 "$bin" generate --model "synthetic:$2" --device "$3" --dtype "$4" --weights dense --prompt "$PROMPT" \
-      --max-tokens "$5" --ignore-eos --logprobs 5 --json > "$file" 2> "$OUT/$1.err"; then
+binary_for() { if [[ $1 == vulkan* ]]; then echo "$SPIRV_BIN"; else echo "$BIN"; fi; }
+
+run() { # name model device dtype weights decode-tokens [sequences]
+  local file="$OUT/$1.json" bin model=$2
+  bin=$(binary_for "$3")
+  [ -x "$bin" ] || { echo "$1: skipped (no $bin)"; return; }
+  [[ $model == synthetic:* || -f $model ]] || { echo "$1: skipped (no $model)"; return; }
+  if timeout 400 "$bin" generate --model "$model" --device "$3" --dtype "$4" --weights "$5" --prompt "$PROMPT" \
+      --max-tokens "$6" --parallel "${7:-1}" --ignore-eos --logprobs 5 --json > "$file" 2> "$OUT/$1.err"; then
     python3 - "$file" "$1" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
-print(f"{sys.argv[2]:<28} prefill {d['prefill_tokens_per_s']:9.1f} tok/s   decode {d['decode_tokens_per_s']:8.1f} tok/s")
+line = (f"{sys.argv[2]:<34} x{d['sequences']:<3} prefill {d['prefill_tokens_per_s']:9.1f} tok/s"
+        f"   decode {d['decode_tokens_per_s']:8.1f} tok/s")
+m = d.get("device_memory")
+if m:
+    gib = lambda b: f"{b / 2**30:.2f} GiB" if b is not None else "?"
+    line += (f"   weights {gib(m['weights_bytes'])} workspace {gib(m['workspace_bytes'])}"
+             f" kv {gib(m['kv_cache_bytes'])} ({m['kv_cache_tokens']} tok) of {gib(m['capacity_bytes'])}")
+    if d["sequences"] == 1:
+        line += f"   weights read {m['weights_bytes'] * d['decode_tokens_per_s'] / 1e9:.0f} GB/s"
+print(line)
 PY
   else
     echo "$1: FAILED ($(tail -c 300 "$OUT/$1.err" | tr '\n' ' '))"; rm -f "$file"
@@ -61,23 +78,54 @@ print(f"equivalence {sys.argv[3]} vs {sys.argv[4]}: first token {a['id']} vs {b[
       f"{len(common)}/5 of the top-5 shared, max |logprob diff| {diff:.4f}")
 PY
 }
-run flex-135m-f32 smollm2-135m flex f32 32
-run wgpu-135m-f32 smollm2-135m wgpu f32 128
-run wgpu-135m-f16 smollm2-135m wgpu f16 128
-run vulkan-135m-f32 smollm2-135m vulkan f32 128
-run vulkan-135m-f16 smollm2-135m vulkan f16 128
-compare flex-135m-f32 wgpu-135m-f32
-compare flex-135m-f32 wgpu-135m-f16
-compare flex-135m-f32 vulkan-135m-f32
-compare flex-135m-f32 vulkan-135m-f16
-run flex-1b-f32 llama-3.2-1b flex f32 8
-run wgpu-1b-f32 llama-3.2-1b wgpu f32 128
-run wgpu-1b-f16 llama-3.2-1b wgpu f16 128
-run vulkan-1b-f32 llama-3.2-1b vulkan f32 128
-run vulkan-1b-f16 llama-3.2-1b vulkan f16 128
-compare flex-1b-f32 wgpu-1b-f32
-compare flex-1b-f32 wgpu-1b-f16
-compare flex-1b-f32 vulkan-1b-f32
-compare flex-1b-f32 vulkan-1b-f16
-run wgpu-8b-f16 llama-3-8b wgpu f16 64
-run vulkan-8b-f16 llama-3-8b vulkan f16 64
+golden() { # device dtype weights: greedy ids of every golden chat against the reference
+  local bin; bin=$(binary_for "$1")
+  [ -x "$bin" ] || { echo "golden $1: skipped (no $bin)"; return; }
+  [ -f "$DEFAULT_MODEL" ] || { echo "golden $1 $2 $3: skipped (no $DEFAULT_MODEL)"; return; }
+  python3 - "$bin" "$1" "$2" "$3" "$DEFAULT_MODEL" <<'PY'
+import json, subprocess, sys
+bin, device, dtype, weights, model = sys.argv[1:6]
+chats = json.load(open("tests/golden/smollm2-135m-instruct-q4_1.json"))["chats"]
+for chat in chats:
+    want = chat["reference_greedy"]
+    cmd = [bin, "generate", "--model", model, "--device", device, "--dtype", dtype, "--weights", weights,
+           "--prompt", chat["prompt"], "--max-tokens", str(len(want)), "--ignore-eos", "--json"]
+    try:
+        got = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout)["ids"]
+    except Exception as e:  # a failed run is a failed check, with its reason
+        print(f"golden {device} {dtype} {weights} {chat['name']}: FAILED ({str(e)[-200:]})")
+        continue
+    same = next((i for i, (g, w) in enumerate(zip(got, want)) if g != w), None)
+    verdict = "greedy equal" if same is None and len(got) == len(want) else f"DIFFERS at token {same}"
+    print(f"golden {device} {dtype} {weights} {chat['name']}: {verdict} ({len(got)} tokens)")
+PY
+}
+
+for dev in wgpu vulkan; do
+  golden $dev f32 quantized
+  golden $dev f16 quantized
+done
+
+run flex-135m-f32 synthetic:smollm2-135m flex f32 dense 32
+for dev in wgpu vulkan; do
+  for dt in f32 f16; do run $dev-135m-$dt synthetic:smollm2-135m $dev $dt dense 128; done
+  compare flex-135m-f32 $dev-135m-f32
+  compare flex-135m-f32 $dev-135m-f16
+done
+run flex-1b-q4km synthetic:llama-3.2-1b@q4_k_m flex f32 quantized 8
+run flex-1b-f32 synthetic:llama-3.2-1b flex f32 dense 8
+for dev in wgpu vulkan; do
+  run $dev-1b-q4km-f32 synthetic:llama-3.2-1b@q4_k_m $dev f32 quantized 128
+  run $dev-1b-f16 synthetic:llama-3.2-1b $dev f16 dense 128
+  compare flex-1b-q4km $dev-1b-q4km-f32
+  compare flex-1b-f32 $dev-1b-f16
+done
+
+for dev in wgpu vulkan; do
+  for seqs in 1 16; do
+    run $dev-default-q4_1-f16-x$seqs "$DEFAULT_MODEL" $dev f16 quantized 128 $seqs
+    run $dev-8b-q4km-f16-x$seqs synthetic:llama-3-8b@q4_k_m $dev f16 quantized 64 $seqs
+    run $dev-8b-q4_0-f16-x$seqs synthetic:llama-3-8b@q4_0 $dev f16 quantized 64 $seqs
+  done
+  run $dev-8b-f16-dense synthetic:llama-3-8b $dev f16 dense 64
+done

@@ -200,10 +200,11 @@ impl ModelLoader {
             return Ok((request.tokens, None));
         }
         let plan = options.plan(spec)?;
-        // Only GGUF files hold blocks; checkpoints and synthetic models are floats.
+        // GGUF files and quantized synthetic models hold blocks; checkpoints are floats.
         let stored = |name: &str| match &self.source {
             Source::Gguf(file) => file.tensor_info(name).map(|t| t.ggml_type),
-            Source::Hf(_) | Source::Synthetic(_) => None,
+            Source::Synthetic(weights) => weights.tensor_type(name),
+            Source::Hf(_) => None,
         };
         memory_budget::check(spec, limit, &self.info.config, &plan, &stored, request)
     }

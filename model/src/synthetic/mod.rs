@@ -143,9 +143,9 @@ impl SyntheticWeights {
         SyntheticWeights { seed, tensors }
     }
 
-    /// Bytes of the weights as a file of their types would hold them.
-    pub fn tensor_bytes(&self) -> usize {
-        self.tensors.values().map(|(dims, _, t)| t.byte_size(dims.iter().product()).unwrap_or(0)).sum()
+    /// The GGUF type tensor `name` is drawn in, if the model has it.
+    pub fn tensor_type(&self, name: &str) -> Option<GgmlType> {
+        self.tensors.get(name).map(|(_, _, t)| *t)
     }
 
     fn rng(&self, name: &str) -> SplitMix64 {

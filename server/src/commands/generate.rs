@@ -3,13 +3,16 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::time::Instant;
 
 use clap::Args;
 use serde::Serialize;
 use stellarchat_model::ModelError;
 use stellarchat_model::chat_template::ChatMessage;
 use stellarchat_model::device::{DeviceSpec, Precision};
-use stellarchat_model::engine::{Engine, EngineConfig, FinishReason, GenerateRequest, GenerationEvent};
+use stellarchat_model::engine::{
+    Engine, EngineConfig, EventStream, FinishReason, GenerateRequest, GenerationEvent, Timings, Usage,
+};
 use stellarchat_model::model::{LoadOptions, ModelLoader};
 use stellarchat_model::sampler::SamplingParams;
 use stellarchat_model::weights::{ActivationFormat, WeightFormat};
@@ -66,6 +69,12 @@ pub struct GenerateArgs {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Run this many sequences at once (benchmarks): the prompt, rotated by one token per
+    /// sequence so no two share a prefix; the text shown is the first one's, the speeds are
+    /// the batch's (all prompt tokens over the span of the prefills, all generated tokens over
+    /// the span of the decodes).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    parallel: u32,
 }
 
 #[derive(Serialize)]
@@ -85,6 +94,34 @@ struct JsonOutput {
     decode_tokens_per_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     logprobs: Option<Vec<TokenLogprobJson>>,
+    sequences: u32,
+    /// The load's memory check (GPU devices): what the device has and what the model takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_memory: Option<DeviceMemoryJson>,
+}
+
+#[derive(Serialize)]
+struct DeviceMemoryJson {
+    capacity_bytes: Option<u64>,
+    available_bytes: Option<u64>,
+    weights_bytes: u64,
+    workspace_bytes: u64,
+    kv_cache_bytes: u64,
+    kv_cache_tokens: usize,
+}
+
+/// The span from the earliest `start` to the latest `end` of `timings`, and its rate for
+/// `tokens`.
+fn rate(tokens: usize, spans: impl Iterator<Item = (Instant, Instant)>) -> f64 {
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    for (start, end) in spans {
+        first = Some(first.map_or(start, |f| f.min(start)));
+        last = Some(last.map_or(end, |l| l.max(end)));
+    }
+    match (first, last) {
+        (Some(first), Some(last)) if last > first => tokens as f64 / (last - first).as_secs_f64(),
+        _ => 0.0,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +196,13 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
         logprobs: args.logprobs,
         ..GenerateRequest::greedy(prompt_ids.clone(), args.max_tokens)
     };
+    // The other sequences first, so the batch forms before the first one's prefill ends.
+    let mut others = Vec::new();
+    for i in 1..args.parallel as usize {
+        let mut rotated = prompt_ids.clone();
+        rotated.rotate_left(i % prompt_ids.len().max(1));
+        others.push(engine.submit(GenerateRequest { prompt_ids: rotated, ..request.clone() })?);
+    }
     let mut stream = engine.submit(request)?;
     let mut ids = Vec::new();
     let mut logprobs = Vec::new();
@@ -180,21 +224,35 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
             }
             Some(GenerationEvent::Finished { reason, usage, text: tail, timings }) => {
                 text.push_str(&tail);
-                let prefill_s =
-                    timings.first_token.unwrap_or(timings.finished) - timings.scheduled.unwrap_or(timings.submitted);
-                let decode_s = timings.finished - timings.first_token.unwrap_or(timings.finished);
-                let per_s = |n: usize, d: std::time::Duration| {
-                    if d.as_secs_f64() > 0.0 { n as f64 / d.as_secs_f64() } else { 0.0 }
-                };
+                let mut finished = vec![(usage, timings)];
+                for other in &mut others {
+                    finished.push(drain(other)?);
+                }
+                let prompt_tokens = finished.iter().map(|(u, _)| u.prompt_tokens).sum();
+                let decoded = finished.iter().map(|(u, _)| u.completion_tokens.saturating_sub(1)).sum();
+                let prefills = finished.iter().map(|(_, t)| {
+                    (t.scheduled.unwrap_or(t.submitted), t.first_token.unwrap_or(t.finished))
+                });
+                let decodes = finished.iter().map(|(_, t)| (t.first_token.unwrap_or(t.finished), t.finished));
                 if args.json {
+                    let device_memory = engine.stats().memory.map(|m| DeviceMemoryJson {
+                        capacity_bytes: m.capacity,
+                        available_bytes: m.available,
+                        weights_bytes: m.weights,
+                        workspace_bytes: m.workspace,
+                        kv_cache_bytes: m.kv_cache,
+                        kv_cache_tokens: m.kv_tokens,
+                    });
                     let out = JsonOutput {
                         prompt_ids,
                         ids,
                         text,
                         finish_reason: reason.as_str(),
-                        prefill_tokens_per_s: per_s(usage.prompt_tokens, prefill_s),
-                        decode_tokens_per_s: per_s(usage.completion_tokens.saturating_sub(1), decode_s),
+                        prefill_tokens_per_s: rate(prompt_tokens, prefills),
+                        decode_tokens_per_s: rate(decoded, decodes),
                         logprobs: args.logprobs.map(|_| std::mem::take(&mut logprobs)),
+                        sequences: args.parallel,
+                        device_memory,
                     };
                     println!("{}", serde_json::to_string(&out).unwrap_or_default());
                 } else {
@@ -210,6 +268,18 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
             // The CLI does not ask for prompt logprobs.
             Some(GenerationEvent::PromptLogprobs(_)) => {}
             Some(GenerationEvent::Error(e)) => return Err(e.into()),
+            None => return Err(GenerateError::Interrupted),
+        }
+    }
+}
+
+/// Waits for a batch companion's end: its usage and timings.
+fn drain(stream: &mut EventStream) -> Result<(Usage, Timings), GenerateError> {
+    loop {
+        match stream.blocking_recv() {
+            Some(GenerationEvent::Finished { usage, timings, .. }) => return Ok((usage, timings)),
+            Some(GenerationEvent::Error(e)) => return Err(e.into()),
+            Some(_) => {}
             None => return Err(GenerateError::Interrupted),
         }
     }
