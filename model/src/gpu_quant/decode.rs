@@ -45,7 +45,14 @@ fn byte_at(words: &Tensor<u32>, at: usize, k: usize) -> u32 {
 
 /// Q8_0: 8 words of i8, value = q · d.
 #[cube]
-pub(super) fn q8_0_chunk<F: Float>(x: &Tensor<F>, words: &Tensor<u32>, x_at: usize, x_col: usize, block: usize, scales_at: usize) -> f32 {
+pub(super) fn q8_0_chunk<F: Float>(
+    x: &Tensor<F>,
+    words: &Tensor<u32>,
+    x_at: usize,
+    x_col: usize,
+    block: usize,
+    scales_at: usize,
+) -> f32 {
     let first_word = block * 8;
     let mut dot = 0.0f32;
     for k in 0..8usize {
@@ -62,7 +69,14 @@ pub(super) fn q8_0_chunk<F: Float>(x: &Tensor<F>, words: &Tensor<u32>, x_at: usi
 
 /// Q4_0: 4 words of nibbles (byte j: element j low, element j + 16 high), value = (q − 8) · d.
 #[cube]
-pub(super) fn q4_0_chunk<F: Float>(x: &Tensor<F>, words: &Tensor<u32>, x_at: usize, x_col: usize, block: usize, scales_at: usize) -> f32 {
+pub(super) fn q4_0_chunk<F: Float>(
+    x: &Tensor<F>,
+    words: &Tensor<u32>,
+    x_at: usize,
+    x_col: usize,
+    block: usize,
+    scales_at: usize,
+) -> f32 {
     let first_word = block * 4;
     let mut dot = 0.0f32;
     for k in 0..4usize {
@@ -82,7 +96,14 @@ pub(super) fn q4_0_chunk<F: Float>(x: &Tensor<F>, words: &Tensor<u32>, x_at: usi
 /// Q4_1: d · Σ q·x + m · Σ x (Q4_0's nibble layout; the block's piece word holds `d` low and
 /// `m` high).
 #[cube]
-pub(super) fn q4_1_chunk<F: Float>(x: &Tensor<F>, words: &Tensor<u32>, x_at: usize, x_col: usize, block: usize, scales_at: usize) -> f32 {
+pub(super) fn q4_1_chunk<F: Float>(
+    x: &Tensor<F>,
+    words: &Tensor<u32>,
+    x_at: usize,
+    x_col: usize,
+    block: usize,
+    scales_at: usize,
+) -> f32 {
     let first_word = block * 4;
     let mut dot = 0.0f32;
     let mut sum = 0.0f32;
@@ -103,7 +124,14 @@ pub(super) fn q4_1_chunk<F: Float>(x: &Tensor<F>, words: &Tensor<u32>, x_at: usi
 /// Q5_0: word 0 the fifth bits (bit j for element j), words 1..5 Q4_0's nibbles;
 /// value = (q − 16) · d.
 #[cube]
-pub(super) fn q5_0_chunk<F: Float>(x: &Tensor<F>, words: &Tensor<u32>, x_at: usize, x_col: usize, block: usize, scales_at: usize) -> f32 {
+pub(super) fn q5_0_chunk<F: Float>(
+    x: &Tensor<F>,
+    words: &Tensor<u32>,
+    x_at: usize,
+    x_col: usize,
+    block: usize,
+    scales_at: usize,
+) -> f32 {
     let first_word = block * 5;
     let qh = words[first_word];
     let mut dot = 0.0f32;
@@ -180,7 +208,15 @@ pub(super) fn q45_k_chunk<F: Float>(
 /// its scales the i8 bytes 8·group + 2·quarter (l < 16) and + 1 (l ≥ 16) of words 48..52;
 /// value = (d · sc) · (q − 32).
 #[cube]
-pub(super) fn q6_k_chunk<F: Float>(x: &Tensor<F>, words: &Tensor<u32>, x_at: usize, x_col: usize, block: usize, sub: usize, scales_at: usize) -> f32 {
+pub(super) fn q6_k_chunk<F: Float>(
+    x: &Tensor<F>,
+    words: &Tensor<u32>,
+    x_at: usize,
+    x_col: usize,
+    block: usize,
+    sub: usize,
+    scales_at: usize,
+) -> f32 {
     let first_word = block * 52;
     let (group, quarter) = (sub / 4, sub % 4);
     let low = first_word + group * 16 + (quarter % 2) * 8;

@@ -128,7 +128,14 @@ fn default_lanes(client: &cubecl::client::Client) -> usize {
 /// Launches the kernel for `kind` on `x` (`[n, cols]`, any float dtype the runtime has) and
 /// the packed `words` of a `rows × cols` matrix, with `lanes` units per output (a power of two
 /// up to 32; 0: the device's default); returns `[n, rows]` in `x`'s dtype.
-pub(super) fn quant_matvec(x: CubeTensor, words: CubeTensor, kind: QuantKind, rows: usize, cols: usize, lanes: usize) -> CubeTensor {
+pub(super) fn quant_matvec(
+    x: CubeTensor,
+    words: CubeTensor,
+    kind: QuantKind,
+    rows: usize,
+    cols: usize,
+    lanes: usize,
+) -> CubeTensor {
     // A storage-tiled x (a matmul's output) is readable only as rows once untiled.
     let x = into_contiguous(x);
     let n = x.meta.shape()[0];

@@ -45,8 +45,14 @@ pub trait QuantLinearOps: Backend {
     /// `lanes`: units per output element, a power of two up to 32, or 0 for the device's
     /// default (tests set it to run every shape of the kernel on one device).
     #[fusion(dtype = x, shape = matvec_shape(x, rows))]
-    fn quant_matvec(x: FloatTensor<Self>, w: IntTensor<Self>, kind: u32, rows: usize, cols: usize, lanes: usize)
-    -> FloatTensor<Self>;
+    fn quant_matvec(
+        x: FloatTensor<Self>,
+        w: IntTensor<Self>,
+        kind: u32,
+        rows: usize,
+        cols: usize,
+        lanes: usize,
+    ) -> FloatTensor<Self>;
 }
 
 /// The output shape fusion records before the kernel runs; the kernel writes exactly this
@@ -124,8 +130,10 @@ impl DeviceQuantMatrix {
         device: &Device,
         max_buffer_bytes: usize,
     ) -> Result<DeviceQuantMatrix, ModelError> {
-        let kind = QuantKind::from_ggml(ggml_type)
-            .ok_or_else(|| ModelError::UnsupportedQuantization { tensor: String::new(), ggml_type: ggml_type.to_string() })?;
+        let kind = QuantKind::from_ggml(ggml_type).ok_or_else(|| ModelError::UnsupportedQuantization {
+            tensor: String::new(),
+            ggml_type: ggml_type.to_string(),
+        })?;
         let block_elements = kind.block_elements();
         if rows == 0 || cols == 0 || !cols.is_multiple_of(block_elements) {
             return Err(ModelError::tensor(
@@ -208,7 +216,9 @@ impl DeviceQuantMatrix {
         require_cube(&device)?;
         let weights_device = self.shards[0].0.device();
         if device != weights_device {
-            return Err(ModelError::Internal(format!("activations on {device:?}, quantized weights on {weights_device:?}")));
+            return Err(ModelError::Internal(format!(
+                "activations on {device:?}, quantized weights on {weights_device:?}"
+            )));
         }
         let code = self.kind.code();
         let mut outputs: Vec<Tensor<2>> = self

@@ -153,7 +153,8 @@ fn matrices_larger_than_a_buffer_go_up_in_shards_of_rows() {
     let (kind, rows, cols, n) = (QuantKind::Q6_K, 67, 256, 2);
     let bytes = random_blocks(kind, rows, cols, &mut rng);
     let limit = 5 * kind.block_bytes() + 4;
-    let matrix = DeviceQuantMatrix::from_blocks_in_shards(kind.ggml_type(), rows, cols, &bytes, &device, limit).expect("upload");
+    let matrix =
+        DeviceQuantMatrix::from_blocks_in_shards(kind.ggml_type(), rows, cols, &bytes, &device, limit).expect("upload");
     assert_eq!(matrix.shards(), 14, "13 shards of 5 rows and one of 2");
     assert!(matrix.device_bytes() <= bytes.len() + 2 * 14 && matrix.device_bytes() >= bytes.len());
     let x = random_x(n * cols, &mut rng);
