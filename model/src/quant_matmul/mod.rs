@@ -16,7 +16,7 @@
 //!   up to four activation rows: Q4_0, Q4_1, Q5_0 and Q8_0 (32-element blocks) and Q4_K, Q5_K
 //!   and Q6_K (256-element super-blocks), i.e. every type of the usual `Q4_K_M`/`Q5_K_M`
 //!   files but their F32 norms;
-//! - the K-quant fused kernel with 16-lane AVX-512 vectors, where the CPU has AVX-512F
+//! - the fused kernels with 16-lane AVX-512 vectors (every type above), where the CPU has AVX-512F
 //!   (detected at run time; the AVX2 kernel is the fallback, e.g. on Zen 2/3);
 //! - an AVX2 panel path: a few weight rows dequantized into an f32 panel (AVX2 decoders,
 //!   bit-exact with `gguf::dequant`, for the types above and F16; scalar `dequant` for the

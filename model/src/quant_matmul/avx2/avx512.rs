@@ -11,6 +11,7 @@ use std::arch::x86_64::*;
 use std::array;
 
 use super::kfused::{min_term, row_sums};
+use super::avx512_blocks;
 use super::kquant::{KQuant, Q4_K, Q5_K, Q6_K};
 use super::{FusedArgs, store8};
 use crate::gguf::GgmlType;
@@ -30,9 +31,10 @@ impl Avx512 {
     }
 }
 
-/// Types with an AVX-512 fused kernel.
+/// Types with an AVX-512 fused kernel: the K-quants here, the 32-element block types in
+/// [`super::avx512_blocks`].
 pub(in crate::quant_matmul) fn has_fused(ggml_type: GgmlType) -> bool {
-    matches!(ggml_type, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
+    matches!(ggml_type, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K) || avx512_blocks::has_fused(ggml_type)
 }
 
 /// [`super::fused_rows`] with the AVX-512 kernel; does nothing for types without one.
@@ -43,7 +45,7 @@ pub(super) fn fused_rows(_cpu: Avx512, ggml_type: GgmlType, args: FusedArgs<'_, 
             GgmlType::Q4_K => fused_tile::<144, Q4_K>(args),
             GgmlType::Q5_K => fused_tile::<176, Q5_K>(args),
             GgmlType::Q6_K => fused_tile::<210, Q6_K>(args),
-            _ => {}
+            _ => avx512_blocks::fused_rows(ggml_type, args),
         }
     }
 }

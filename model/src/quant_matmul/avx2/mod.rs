@@ -2,13 +2,15 @@
 //! types (Q4_0, Q4_1, Q5_0, Q8_0); in [`kquant`] and [`kfused`] the K-quant super-blocks
 //! (Q4_K, Q5_K, Q6_K) and their fused kernel; in [`panel`] the row decoders that fill the
 //! panel and the register-tiled f32 dot kernel; in [`avx512`] the K-quant kernel with
-//! 16-lane vectors, for CPUs with AVX-512.
+//! 16-lane vectors, for CPUs with AVX-512, and in [`avx512_blocks`] the same for the
+//! 32-element block types.
 //!
 //! Every `#[target_feature]` function is reached only through safe wrappers that take an
 //! [`Avx2`] token: the token is made only after runtime detection, so holding one proves the
 //! instructions exist.
 
 mod avx512;
+mod avx512_blocks;
 mod kfused;
 mod kquant;
 mod panel;
