@@ -1,14 +1,16 @@
 //! The `#[cube]` kernel: `y[n, rows] = x[n, cols] · Wᵀ` (W of any [`QuantKind`]) in the packed
-//! layout of [`super::layout`], one cube of 32 units per output element.
+//! layout of [`super::layout`], `lanes` units per output element, 32 units a cube.
 //!
-//! Each unit takes 32-element chunks of the weight row in turn (a block, or a sub-block of a
-//! K-quant super-block, so that rows of a few super-blocks still give 32 units work): it
+//! Each lane takes 32-element chunks of the weight row in turn (a block, or a sub-block of a
+//! K-quant super-block, so that rows of a few super-blocks still give 32 lanes work): it
 //! decodes the chunk's quants from `u32` words in registers (`super::decode`), dots them with
-//! the activations in f32 and applies the chunk's scales once; the cube then adds its units'
-//! sums in shared memory. Activations are read in their own dtype and the result is written
-//! in it; everything in between is f32. A first kernel: correct everywhere cubecl runs, not
-//! tuned (x is re-read per weight row and each weight block once per activation row; no plane
-//! reduction, no vectorised loads; see docs/gpu-quantized-plan.md §4).
+//! the activations in f32 and applies the chunk's scales once; an output's lanes then add their
+//! sums in shared memory. GPUs take 32 lanes (a cube per output), lavapipe one (32 outputs a
+//! cube, no barrier): see [`default_lanes`]. Activations are read in their own dtype and the
+//! result is written in it; everything in between is f32. Correct everywhere cubecl runs, not
+//! tuned for GPUs (x is re-read per weight row and each weight block once per activation row,
+//! so prefill pays n times; no plane reduction, no vectorised loads; see
+//! docs/gpu-quantized-plan.md §4).
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn_cubecl::kernel::into_contiguous;

@@ -2,8 +2,8 @@
 //! the device as they are, multiplied by our own `#[cube]` kernel (issue 10).
 //!
 //! - [`layout`]: the lossless host repack of GGUF blocks into `u32` words (WGSL reads no
-//!   8/16-bit storage, and 18/34-byte blocks are not 4-byte aligned).
-//! - `kernels`: the matrix-vector kernel, one cube per output element, f32 accumulation;
+//!   8/16-bit storage, and 18-, 22-, 34- and 210-byte blocks are not 4-byte aligned).
+//! - `kernels`: the matrix-vector kernel, 1 or 32 units per output element, f32 accumulation;
 //!   `decode`: its per-type decoding, mirroring `gguf::dequant`.
 //! - [`QuantLinearOps`]: the burn backend extension that launches them on burn's own tensors.
 //!   With fusion on (every GPU feature turns it on) the call is registered as a custom
