@@ -10,8 +10,8 @@
 use std::arch::x86_64::*;
 use std::array;
 
-use super::kfused::{min_term, row_sums};
 use super::avx512_blocks;
+use super::kfused::{min_term, row_sums};
 use super::kquant::{KQuant, Q4_K, Q5_K, Q6_K};
 use super::{FusedArgs, store8};
 use crate::gguf::GgmlType;

@@ -123,9 +123,8 @@ fn segment_scales16<const B: usize, K: Fused<B>>(seg: &[[u8; B]], d: &mut [f32; 
         let mask = (((1u32 << group.len()) - 1) & 0xFFFF) as __mmask16;
         // SAFETY: the unmasked lanes read the first 4 bytes of the group's blocks (every
         // block is at least 18 bytes); masked lanes read nothing.
-        let words = unsafe {
-            _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, offsets, group.as_ptr().cast())
-        };
+        let words =
+            unsafe { _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, offsets, group.as_ptr().cast()) };
         let low = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words));
         // SAFETY: `d16` is 16 writable floats; `storeu` has no alignment requirement.
         unsafe { _mm512_storeu_ps(d16.as_mut_ptr(), low) };
