@@ -112,8 +112,7 @@ impl ModelConfig {
         let vocab_size = match metadata.opt_usize(&key("vocab_size"))? {
             Some(v) => v,
             None => metadata
-                .opt_array("tokenizer.ggml.tokens")?
-                .map(<[_]>::len)
+                .opt_array_len("tokenizer.ggml.tokens")?
                 .ok_or_else(|| ModelError::metadata(&key("vocab_size"), "missing, and no token list"))?,
         };
         let vocab_size = bounded(&key("vocab_size"), vocab_size, MAX_DIMENSION)?;

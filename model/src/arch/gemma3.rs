@@ -177,7 +177,8 @@ fn hf_text_defaults(rope_bases: bool) -> Vec<(&'static str, Value)> {
 fn sliding_layers(metadata: &Metadata, layers: usize) -> Result<Vec<bool>> {
     const KEY: &str = "gemma3.attention.sliding_window_pattern";
     match metadata.get(KEY) {
-        Some(MetadataValue::Array(flags)) => {
+        Some(value @ (MetadataValue::Array(_) | MetadataValue::Packed(_))) => {
+            let flags = value.as_array().unwrap_or_default();
             if flags.len() != layers {
                 return Err(ModelError::metadata(KEY, format!("{} flags for {layers} layers", flags.len())));
             }

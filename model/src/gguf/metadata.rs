@@ -1,9 +1,11 @@
 //! GGUF metadata values and typed look-ups that turn a missing or mistyped key into a
 //! [`ModelError::Metadata`] naming the key.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use super::packed::PackedArray;
 use crate::error::{ModelError, Result};
 
 /// How a metadata value is encoded: the ids of ggml's `enum gguf_type`.
@@ -99,6 +101,9 @@ pub enum MetadataValue {
     Bool(bool),
     String(String),
     Array(Vec<MetadataValue>),
+    /// A long array of scalars or strings as read from a file, in one buffer (see
+    /// [`PackedArray`]); [`Metadata`]'s array accessors read both kinds.
+    Packed(PackedArray),
 }
 
 impl MetadataValue {
@@ -116,7 +121,7 @@ impl MetadataValue {
             MetadataValue::F64(_) => ValueType::F64,
             MetadataValue::Bool(_) => ValueType::Bool,
             MetadataValue::String(_) => ValueType::String,
-            MetadataValue::Array(_) => ValueType::Array,
+            MetadataValue::Array(_) | MetadataValue::Packed(_) => ValueType::Array,
         }
     }
 
@@ -167,9 +172,22 @@ impl MetadataValue {
         }
     }
 
-    pub fn as_array(&self) -> Option<&[MetadataValue]> {
+    /// The items of an array, borrowed when it is a [`MetadataValue::Array`], made one by
+    /// one from a [`MetadataValue::Packed`] one (prefer [`Metadata::opt_str_list`] and the
+    /// other typed accessors for long arrays).
+    pub fn as_array(&self) -> Option<Cow<'_, [MetadataValue]>> {
         match self {
-            MetadataValue::Array(a) => Some(a),
+            MetadataValue::Array(a) => Some(Cow::Borrowed(a)),
+            MetadataValue::Packed(p) => Some(Cow::Owned(p.values().collect())),
+            _ => None,
+        }
+    }
+
+    /// The number of items of an array of either kind.
+    pub fn array_len(&self) -> Option<usize> {
+        match self {
+            MetadataValue::Array(a) => Some(a.len()),
+            MetadataValue::Packed(p) => Some(p.len()),
             _ => None,
         }
     }
@@ -204,8 +222,13 @@ impl Metadata {
     /// that of its first item; `None` for a missing key, a non-array, or an empty array that
     /// was not read from a file.
     pub fn array_item_type(&self, key: &str) -> Option<ValueType> {
-        let items = self.get(key)?.as_array()?;
-        self.array_types.get(key).copied().or_else(|| items.first().map(MetadataValue::value_type))
+        match self.get(key)? {
+            MetadataValue::Packed(p) => Some(p.item_type()),
+            MetadataValue::Array(items) => {
+                self.array_types.get(key).copied().or_else(|| items.first().map(MetadataValue::value_type))
+            }
+            _ => None,
+        }
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
@@ -246,37 +269,53 @@ impl Metadata {
         self.get(key).map(|v| v.as_bool().ok_or_else(|| ModelError::metadata(key, "expected a boolean"))).transpose()
     }
 
-    pub fn opt_array(&self, key: &str) -> Result<Option<&[MetadataValue]>> {
+    /// An array's items (made one by one if the file's array was packed: see
+    /// [`MetadataValue::as_array`]).
+    pub fn opt_array(&self, key: &str) -> Result<Option<Cow<'_, [MetadataValue]>>> {
         self.get(key).map(|v| v.as_array().ok_or_else(|| ModelError::metadata(key, "expected an array"))).transpose()
     }
 
-    /// An array of strings (token lists, merges).
+    /// The number of items of an array.
+    pub fn opt_array_len(&self, key: &str) -> Result<Option<usize>> {
+        self.get(key).map(|v| v.array_len().ok_or_else(|| ModelError::metadata(key, "expected an array"))).transpose()
+    }
+
+    /// An array of strings, borrowed (token lists).
+    pub fn opt_str_list(&self, key: &str) -> Result<Option<Vec<&str>>> {
+        let not_strings = || ModelError::metadata(key, "expected strings");
+        match self.get(key) {
+            None => Ok(None),
+            Some(MetadataValue::Packed(p)) => p.strs().map(|items| Some(items.collect())).ok_or_else(not_strings),
+            Some(MetadataValue::Array(items)) => {
+                items.iter().map(|v| v.as_str().ok_or_else(not_strings)).collect::<Result<Vec<_>>>().map(Some)
+            }
+            Some(_) => Err(ModelError::metadata(key, "expected an array")),
+        }
+    }
+
+    /// An array of strings (merges).
     pub fn opt_string_array(&self, key: &str) -> Result<Option<Vec<String>>> {
-        let Some(items) = self.opt_array(key)? else { return Ok(None) };
-        items
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| ModelError::metadata(key, "expected strings")))
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        Ok(self.opt_str_list(key)?.map(|items| items.into_iter().map(str::to_owned).collect()))
+    }
+
+    /// Each item of an array through `item`, which says `None` for an item of the wrong type.
+    fn map_items<T>(&self, key: &str, item: impl Fn(&MetadataValue) -> Option<T>, expected: &str) -> Result<Option<Vec<T>>> {
+        let wrong = || ModelError::metadata(key, format!("expected {expected}"));
+        match self.get(key) {
+            None => Ok(None),
+            Some(MetadataValue::Packed(p)) => p.values().map(|v| item(&v).ok_or_else(wrong)).collect::<Result<_>>().map(Some),
+            Some(MetadataValue::Array(items)) => items.iter().map(|v| item(v).ok_or_else(wrong)).collect::<Result<_>>().map(Some),
+            Some(_) => Err(ModelError::metadata(key, "expected an array")),
+        }
     }
 
     /// An array of integers (token types).
     pub fn opt_i64_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
-        let Some(items) = self.opt_array(key)? else { return Ok(None) };
-        items
-            .iter()
-            .map(|v| v.as_i64().ok_or_else(|| ModelError::metadata(key, "expected integers")))
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.map_items(key, MetadataValue::as_i64, "integers")
     }
 
     /// An array of floats (SentencePiece scores).
     pub fn opt_f32_array(&self, key: &str) -> Result<Option<Vec<f32>>> {
-        let Some(items) = self.opt_array(key)? else { return Ok(None) };
-        items
-            .iter()
-            .map(|v| v.as_f64().map(|f| f as f32).ok_or_else(|| ModelError::metadata(key, "expected numbers")))
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.map_items(key, |v| v.as_f64().map(|f| f as f32), "numbers")
     }
 }

@@ -10,6 +10,7 @@
 mod bytes;
 pub mod dequant;
 mod metadata;
+mod packed;
 mod reader;
 mod types;
 mod writer;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 pub use bytes::TensorBytes;
 pub use dequant::dequantize;
 pub use metadata::{Metadata, MetadataValue, ValueType};
+pub use packed::PackedArray;
 pub use types::GgmlType;
 pub use writer::GgufWriter;
 

@@ -3,9 +3,11 @@
 //! anything is allocated for it, so a corrupt field is an error naming the key or tensor,
 //! never a huge allocation.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use super::metadata::{MetadataValue, ValueType};
+use super::packed::{PACK_MIN_ITEMS, PackedArray, fixed_size};
 use crate::error::{ModelError, Result};
 
 /// Upper bounds that keep a corrupt length field from turning into a huge allocation
@@ -87,6 +89,11 @@ impl<'a> Reader<'a> {
     }
 
     pub(super) fn string(&mut self, field: Field<'_>) -> Result<String> {
+        self.str(field).map(Cow::into_owned)
+    }
+
+    /// A string, borrowed from the file when it is valid UTF-8.
+    fn str(&mut self, field: Field<'_>) -> Result<Cow<'a, str>> {
         let len = self.u64(field)?;
         let left = self.remaining();
         if len > MAX_STRING_BYTES || len > left as u64 {
@@ -94,7 +101,7 @@ impl<'a> Reader<'a> {
         }
         let end = self.pos + len as usize;
         // Token lists of real files contain invalid UTF-8 now and then; keep what we can.
-        let s = String::from_utf8_lossy(&self.bytes[self.pos..end]).into_owned();
+        let s = String::from_utf8_lossy(&self.bytes[self.pos..end]);
         self.pos = end;
         Ok(s)
     }
@@ -124,11 +131,13 @@ impl<'a> Reader<'a> {
             ValueType::U64 => MetadataValue::U64(self.u64(field)?),
             ValueType::I64 => MetadataValue::I64(i64::from_le_bytes(self.take::<8>(field)?)),
             ValueType::F64 => MetadataValue::F64(f64::from_le_bytes(self.take::<8>(field)?)),
-            ValueType::Array => MetadataValue::Array(self.array(key, array_type)?),
+            ValueType::Array => self.array(key, array_type)?,
         })
     }
 
-    fn array(&mut self, key: &str, array_type: &mut Option<ValueType>) -> Result<Vec<MetadataValue>> {
+    /// An array: a [`MetadataValue::Packed`] when it is long and of scalars or strings, else
+    /// a [`MetadataValue::Array`].
+    fn array(&mut self, key: &str, array_type: &mut Option<ValueType>) -> Result<MetadataValue> {
         let field = Field::Key(key);
         let item_id = self.u32(field)?;
         let n = self.u64(field)?;
@@ -158,12 +167,41 @@ impl<'a> Reader<'a> {
             *array_type = Some(item_type);
         }
         let n = n as usize; // at most `left`, so it fits
+        if n as u64 >= PACK_MIN_ITEMS
+            && let Some(packed) = PackedArray::with_capacity(item_type, n.min(MAX_INITIAL_CAPACITY))
+        {
+            return self.packed(key, packed, n).map(MetadataValue::Packed);
+        }
         let mut items = Vec::with_capacity(n.min(MAX_INITIAL_CAPACITY));
         self.depth += 1;
         for _ in 0..n {
             items.push(self.value(item_id, key, &mut None)?);
         }
         self.depth -= 1;
-        Ok(items)
+        Ok(MetadataValue::Array(items))
+    }
+
+    /// The `n` items of a long array of scalars or strings, into `packed`.
+    fn packed(&mut self, key: &str, mut packed: PackedArray, n: usize) -> Result<PackedArray> {
+        let field = Field::Key(key);
+        match fixed_size(packed.item_type()) {
+            Some(size) => {
+                // `n × size` bytes were checked to be left before this was called.
+                for item in self.bytes[self.pos..self.pos + n * size].chunks_exact(size) {
+                    packed.push_encoded(item);
+                }
+                self.pos += n * size;
+            }
+            None => {
+                for _ in 0..n {
+                    let text = self.str(field)?;
+                    if !packed.push_str(&text) {
+                        return Err(ModelError::metadata(key, "the array's strings pass 4 GiB"));
+                    }
+                }
+            }
+        }
+        packed.shrink_to_fit();
+        Ok(packed)
     }
 }

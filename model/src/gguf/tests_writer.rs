@@ -221,3 +221,49 @@ fn copies_the_tokenizer_of_the_default_model() {
     }
     assert!(copy.metadata.get("general.name").is_none(), "only the selected keys are copied");
 }
+
+#[test]
+fn long_arrays_read_packed_and_write_back_byte_identical() {
+    const N: usize = 300; // above the reader's packing threshold
+    let texts: Vec<String> =
+        (0..N).map(|i| match i % 3 { 0 => String::new(), 1 => format!("▁tok{i}"), _ => format!("日本{i}") }).collect();
+    let mut w = GgufWriter::new();
+    // In key order, as `copy_metadata` writes them below.
+    w.add_array("long.bools", (0..N).map(|i| V::Bool(i % 2 == 0)).collect()).unwrap();
+    w.add_array("long.f32s", (0..N).map(|i| V::F32(i as f32 * -0.25)).collect()).unwrap();
+    w.add_array("long.i32s", (0..N).map(|i| V::I32(i as i32 - 150)).collect()).unwrap();
+    w.add_string_array("long.strings", texts.clone()).unwrap();
+    w.add_array("long.u64s", (0..N).map(|i| V::U64(u64::MAX - i as u64)).collect()).unwrap();
+    w.add_array("short.i32s", vec![V::I32(1), V::I32(2)]).unwrap();
+    let bytes = w.to_bytes();
+    let file = GgufFile::from_bytes(bytes.clone()).expect("opens");
+    let md = &file.metadata;
+
+    for key in ["long.strings", "long.i32s", "long.f32s", "long.bools", "long.u64s"] {
+        assert!(matches!(md.get(key), Some(V::Packed(p)) if p.len() == N), "{key} is packed");
+        assert_eq!(md.opt_array_len(key).unwrap(), Some(N), "{key}");
+    }
+    assert!(matches!(md.get("short.i32s"), Some(V::Array(_))), "short arrays stay values");
+    assert_eq!(md.array_item_type("long.strings"), Some(ValueType::String));
+    assert_eq!(md.array_item_type("long.bools"), Some(ValueType::Bool));
+
+    let strs = md.opt_str_list("long.strings").unwrap().expect("strings");
+    assert_eq!(strs, texts.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(md.opt_string_array("long.strings").unwrap(), Some(texts));
+    let ids = md.opt_i64_array("long.i32s").unwrap().expect("ints");
+    assert_eq!(ids, (0..N as i64).map(|i| i - 150).collect::<Vec<_>>());
+    let scores = md.opt_f32_array("long.f32s").unwrap().expect("floats");
+    assert_eq!(scores, (0..N).map(|i| i as f32 * -0.25).collect::<Vec<_>>());
+    let flags = md.opt_array("long.bools").unwrap().expect("bools");
+    assert_eq!(flags[3], V::Bool(false));
+    assert_eq!(md.get("long.u64s").and_then(|v| v.as_array()).map(|a| a[N - 1].clone()), Some(V::U64(u64::MAX - 299)));
+    // Typed accessors refuse the wrong item type by key.
+    let err = md.opt_str_list("long.i32s").unwrap_err().to_string();
+    assert!(err.contains("long.i32s") && err.contains("strings"), "{err}");
+    assert!(md.opt_i64_array("long.strings").is_err());
+
+    // Copied into a new file, packed arrays are written exactly as they were read.
+    let mut copy = GgufWriter::new();
+    copy.copy_metadata(md, |_| true).unwrap();
+    assert_eq!(copy.to_bytes(), bytes);
+}

@@ -64,6 +64,7 @@ impl GgufWriter {
                 Some(first) => Some(first.value_type()),
                 None => return Err(ModelError::metadata(&key, "an empty array needs an explicit item type")),
             },
+            MetadataValue::Packed(packed) => Some(packed.item_type()),
             _ => None,
         };
         self.insert(key, value, item_type)
@@ -139,11 +140,9 @@ impl GgufWriter {
     pub fn copy_metadata(&mut self, from: &Metadata, mut keep: impl FnMut(&str) -> bool) -> Result<&mut Self> {
         for key in from.keys().filter(|k| keep(k)) {
             let Some(value) = from.get(key) else { continue };
-            match from.array_item_type(key) {
-                Some(item_type) => {
-                    self.add_typed_array(key, item_type, value.as_array().unwrap_or_default().to_vec())?
-                }
-                None => self.add(key, value.clone())?,
+            match (value, from.array_item_type(key)) {
+                (MetadataValue::Array(items), Some(item_type)) => self.add_typed_array(key, item_type, items.clone())?,
+                _ => self.add(key, value.clone())?,
             };
         }
         Ok(self)
@@ -220,6 +219,7 @@ impl GgufWriter {
             out.extend_from_slice(&entry.value.value_type().id().to_le_bytes());
             match (&entry.value, entry.item_type) {
                 (MetadataValue::Array(items), Some(item_type)) => put_array(&mut out, item_type, items),
+                (MetadataValue::Packed(packed), _) => packed.write(&mut out),
                 (value, _) => put_value(&mut out, value),
             }
         }
@@ -345,6 +345,7 @@ fn put_value(out: &mut Vec<u8>, value: &MetadataValue) {
         MetadataValue::Array(items) => {
             put_array(out, items.first().map_or(ValueType::U8, MetadataValue::value_type), items)
         }
+        MetadataValue::Packed(packed) => packed.write(out),
     }
 }
 

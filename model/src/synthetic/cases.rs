@@ -101,9 +101,9 @@ impl FamilyCase {
     /// F32 weights drawn from `seed`.
     pub fn gguf(&self, vocabulary: &Metadata, seed: u64) -> Result<Vec<u8>> {
         let tokens = vocabulary
-            .opt_array("tokenizer.ggml.tokens")?
+            .opt_array_len("tokenizer.ggml.tokens")?
             .ok_or_else(|| ModelError::metadata("tokenizer.ggml.tokens", "missing: the case needs a vocabulary"))?;
-        let config = self.config(tokens.len());
+        let config = self.config(tokens);
         config.validate()?;
         let family = config.family.family();
         let mut writer = GgufWriter::new();

@@ -93,12 +93,8 @@ pub(crate) fn build(metadata: &Metadata) -> Result<Built> {
     // Borrowed from the metadata: a `Vec<String>` copy would cost ~15 MB for Gemma 3's
     // 262,144 tokens at the moment the weights load too.
     let tokens = metadata
-        .opt_array(TOKENS)?
+        .opt_str_list(TOKENS)?
         .ok_or_else(|| ModelError::Tokenizer("the GGUF file has no tokenizer.ggml.tokens".into()))?;
-    let tokens: Vec<&str> = tokens
-        .iter()
-        .map(|t| t.as_str().ok_or_else(|| ModelError::metadata(TOKENS, "expected strings")))
-        .collect::<Result<_>>()?;
     if tokens.is_empty() || u32::try_from(tokens.len()).is_err() {
         return Err(ModelError::Tokenizer(format!("unusable vocabulary of {} tokens", tokens.len())));
     }
