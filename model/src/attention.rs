@@ -47,20 +47,31 @@ pub fn attend_on_device(
     let burn_scale = ((scale - default_scale).abs() > 1e-7 * default_scale).then_some(scale as f64);
     let mut outputs = Vec::with_capacity(chunks.len());
     let mut row = 0;
+    let Some(pool) = chunks.first().map(|c| c.cache.pool().clone()) else {
+        return Err(ModelError::Internal("attention of an empty batch".into()));
+    };
+    let mut state = pool.lock();
     for chunk in chunks.iter_mut() {
+        debug_assert!(std::sync::Arc::ptr_eq(chunk.cache.pool(), &pool), "one pool per model");
         let len = chunk.tokens.len();
         let start = chunk.cache.len();
         let rows = row..row + len;
         row += len;
         let seq = |t: Tensor<3>, h: usize| -> Tensor<4> { t.slice([rows.clone(), 0..h, 0..d]).swap_dims(0, 1).unsqueeze_dim(0) };
-        let (k_all, v_all) = chunk.cache.append(settings.layer, seq(k.clone(), kv_heads), seq(v.clone(), kv_heads));
+        chunk.cache.write_device(&mut state, settings.layer, seq(k.clone(), kv_heads), seq(v.clone(), kv_heads));
+        // Our kernel reads the layer's block pool through the sequence's block table: no copy.
         #[cfg(feature = "gpu-kernels")]
         if settings.kernel && len <= crate::gpu_attention::MAX_KERNEL_ROWS {
             let q_rows = q.clone().slice([rows.clone(), 0..heads, 0..d]);
-            let out = crate::gpu_attention::gqa_attention(q_rows, k_all, v_all, window, scale)?;
+            let (k_pool, v_pool) = SequenceCache::device_pool(&state, settings.layer);
+            let table = chunk.cache.table_tensor();
+            let out = crate::gpu_attention::gqa_attention(q_rows, k_pool, v_pool, table, start + len, window, scale)?;
             outputs.push(out.reshape([len, heads * d]));
             continue;
         }
+        // Longer chunks go through burn's attention, which takes contiguous sequences: the
+        // sequence's blocks are gathered into `[1, kv_heads, start + len, d]` for this layer.
+        let (k_all, v_all) = chunk.cache.gather_device(&state, settings.layer, start + len);
         let (k_all, v_all) = if settings.repeat_kv {
             (repeat_heads(k_all, heads / kv_heads), repeat_heads(v_all, heads / kv_heads))
         } else {
@@ -110,14 +121,24 @@ pub fn attend_on_host(
     };
     let (queries, keys, values) = (read(q)?, read(k)?, read(v)?);
     let row_width = shape.kv_heads * shape.head_dim;
+    let Some(pool) = chunks.first().map(|c| c.cache.pool().clone()) else {
+        return Err(ModelError::Internal("attention of an empty batch".into()));
+    };
+    let mut state = pool.lock();
+    // Every chunk's rows are written first: the views below borrow the pool's blocks.
+    let mut first_row = 0;
+    for chunk in chunks.iter() {
+        debug_assert!(std::sync::Arc::ptr_eq(chunk.cache.pool(), &pool), "one pool per model");
+        let rows = first_row * row_width..(first_row + chunk.tokens.len()) * row_width;
+        chunk.cache.write_host(&mut state, settings.layer, &keys[rows.clone()], &values[rows]);
+        first_row += chunk.tokens.len();
+    }
     let mut first_row = 0;
     let mut views = Vec::with_capacity(chunks.len());
-    for chunk in chunks.iter_mut() {
+    for chunk in chunks.iter() {
         let len = chunk.tokens.len();
-        let start = chunk.cache.len();
-        let rows = first_row * row_width..(first_row + len) * row_width;
-        let (k_all, v_all, capacity) = chunk.cache.append_host(settings.layer, &keys[rows.clone()], &values[rows]);
-        views.push(ChunkAttention { first_row, len, start, keys: k_all, values: v_all, capacity });
+        let (keys, values) = chunk.cache.host_blocks(&state, settings.layer);
+        views.push(ChunkAttention { first_row, len, start: chunk.cache.len(), keys, values });
         first_row += len;
     }
     let out = host_attention::attend(&queries, &views, shape);

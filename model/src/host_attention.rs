@@ -3,11 +3,14 @@
 //! On flex and ndarray the per-sequence attention through burn ops (slice the cache, run
 //! the attention op, swap and concatenate) cost more than the projections once many
 //! sequences decode together: a few dozen small tensor operations per sequence and layer,
-//! each with its own allocation. Here the keys and values live in plain host buffers (see
-//! [`crate::kv_cache`]) and every (sequence, head) pair is one rayon task over contiguous
-//! memory, as llama.cpp does.
+//! each with its own allocation. Here the keys and values live in plain host blocks (see
+//! [`crate::kv_cache`]) read through each sequence's block table, and every (sequence,
+//! head) pair is one rayon task, as llama.cpp does; within a block a head's positions are
+//! contiguous rows.
 
 use rayon::prelude::*;
+
+use crate::kv_cache::KV_BLOCK_TOKENS;
 
 /// One sequence's share of a layer's attention.
 pub struct ChunkAttention<'a> {
@@ -17,11 +20,20 @@ pub struct ChunkAttention<'a> {
     pub len: usize,
     /// Positions cached before the chunk: query `i` sees keys `0..=start + i`.
     pub start: usize,
-    /// The layer's keys and values, `[kv_heads, capacity, head_dim]` each, holding at least
-    /// `start + len` positions.
-    pub keys: &'a [f32],
-    pub values: &'a [f32],
-    pub capacity: usize,
+    /// The layer's keys and values per block of the sequence's table, `[kv_heads,
+    /// KV_BLOCK_TOKENS, head_dim]` each, covering at least `start + len` positions.
+    pub keys: Vec<&'a [f32]>,
+    pub values: Vec<&'a [f32]>,
+}
+
+/// Rows `first..end` of head `g` in `blocks`: within a block they are contiguous, so each
+/// block's part is one slice cut into rows.
+fn rows<'b>(blocks: &'b [&'b [f32]], g: usize, first: usize, end: usize, d: usize) -> impl Iterator<Item = &'b [f32]> + 'b {
+    const B: usize = KV_BLOCK_TOKENS;
+    (first / B..end.div_ceil(B)).flat_map(move |b| {
+        let (lo, hi) = (first.max(b * B) - b * B, end.min((b + 1) * B) - b * B);
+        blocks[b][(g * B + lo) * d..(g * B + hi) * d].chunks_exact(d)
+    })
 }
 
 /// Shapes and settings shared by every chunk of one layer.
@@ -49,9 +61,7 @@ pub fn attend(queries: &[f32], chunks: &[ChunkAttention<'_>], shape: AttentionSh
         .par_iter()
         .map(|&(c, h)| {
             let chunk = &chunks[c];
-            let kv_base = (h / group) * chunk.capacity * d;
-            let keys = &chunk.keys[kv_base..kv_base + (chunk.start + chunk.len) * d];
-            let values = &chunk.values[kv_base..kv_base + (chunk.start + chunk.len) * d];
+            let g = h / group;
             let mut out = vec![0f32; chunk.len * d];
             let mut scores = Vec::with_capacity(chunk.start + chunk.len);
             for i in 0..chunk.len {
@@ -61,7 +71,7 @@ pub fn attend(queries: &[f32], chunks: &[ChunkAttention<'_>], shape: AttentionSh
                 // Query at position p sees keys p - window < j <= p.
                 let first = window.map_or(0, |w| visible.saturating_sub(w));
                 scores.clear();
-                scores.extend(keys[first * d..visible * d].chunks_exact(d).map(|k| dot(q, k) * scale));
+                scores.extend(rows(&chunk.keys, g, first, visible, d).map(|k| dot(q, k) * scale));
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f32;
                 for s in scores.iter_mut() {
@@ -69,7 +79,7 @@ pub fn attend(queries: &[f32], chunks: &[ChunkAttention<'_>], shape: AttentionSh
                     sum += *s;
                 }
                 let o = &mut out[i * d..(i + 1) * d];
-                for (w, v) in scores.iter().zip(values[first * d..visible * d].chunks_exact(d)) {
+                for (w, v) in scores.iter().zip(rows(&chunk.values, g, first, visible, d)) {
                     o.iter_mut().zip(v).for_each(|(acc, x)| *acc += w * x);
                 }
                 let inv = 1.0 / sum;
@@ -128,7 +138,7 @@ mod tests {
 
     #[test]
     fn sliding_window_masks_keys_that_far_behind() {
-        // Window 3: position p sees p-2..=p; chunk 0's queries (positions 5..8) lose keys 0..5.
+        // Window 3: position p sees p-2..=p; chunk 0's queries (positions 70..73) lose keys 0..68.
         check(AttentionShape { heads: 4, kv_heads: 2, head_dim: 12, scale: 0.0625, window: Some(3) });
         // A window wider than every sequence changes nothing.
         check(AttentionShape { heads: 4, kv_heads: 1, head_dim: 8, scale: 0.25, window: Some(64) });
@@ -136,14 +146,17 @@ mod tests {
 
     fn check(shape: AttentionShape) {
         let (heads, kv_heads, d) = (shape.heads, shape.kv_heads, shape.head_dim);
-        // Chunk 0: 3 new tokens on 5 cached; chunk 1: one decode token on 2 cached.
-        let specs = [(5usize, 3usize, 10usize), (2, 1, 4)];
-        let caches: Vec<(Vec<f32>, Vec<f32>)> = specs
+        // Chunk 0: 3 new tokens on 70 cached (two blocks); chunk 1: one decode token on 2
+        // cached. Each chunk's blocks are separate buffers, as the pool holds them.
+        let specs = [(70usize, 3usize), (2, 1)];
+        let block = kv_heads * KV_BLOCK_TOKENS * d;
+        let caches: Vec<(Vec<Vec<f32>>, Vec<Vec<f32>>)> = specs
             .iter()
             .enumerate()
-            .map(|(c, &(_, _, cap))| {
-                let k = (0..kv_heads * cap * d).map(|i| value(i + 7919 * c)).collect();
-                let v = (0..kv_heads * cap * d).map(|i| value(i * 3 + 104729 * c + 1)).collect();
+            .map(|(c, &(start, len))| {
+                let blocks = (start + len).div_ceil(KV_BLOCK_TOKENS);
+                let k = (0..blocks).map(|b| (0..block).map(|i| value(i + 7919 * c + 31 * b)).collect()).collect();
+                let v = (0..blocks).map(|b| (0..block).map(|i| value(i * 3 + 104729 * c + 17 * b + 1)).collect()).collect();
                 (k, v)
             })
             .collect();
@@ -153,8 +166,9 @@ mod tests {
         let chunks: Vec<ChunkAttention<'_>> = specs
             .iter()
             .zip(&caches)
-            .map(|(&(start, len, capacity), (k, v))| {
-                let chunk = ChunkAttention { first_row, len, start, keys: k, values: v, capacity };
+            .map(|(&(start, len), (k, v))| {
+                let (keys, values) = (k.iter().map(Vec::as_slice).collect(), v.iter().map(Vec::as_slice).collect());
+                let chunk = ChunkAttention { first_row, len, start, keys, values };
                 first_row += len;
                 chunk
             })
@@ -167,11 +181,13 @@ mod tests {
                     let g = h / (heads / kv_heads);
                     let pos = chunk.start + i;
                     let seen = |j: usize| shape.window.is_none_or(|w| pos - j < w);
-                    let rows = |buf: &[f32]| -> Vec<Vec<f32>> {
-                        (0..=pos).filter(|&j| seen(j)).map(|j| buf[(g * chunk.capacity + j) * d..][..d].to_vec()).collect()
+                    // Straight from the block buffers, not through `rows`.
+                    let rows = |blocks: &[&[f32]]| -> Vec<Vec<f32>> {
+                        let at = |j: usize| (g * KV_BLOCK_TOKENS + j % KV_BLOCK_TOKENS) * d;
+                        (0..=pos).filter(|&j| seen(j)).map(|j| blocks[j / KV_BLOCK_TOKENS][at(j)..][..d].to_vec()).collect()
                     };
                     let q = &queries[(row * heads + h) * d..][..d];
-                    let want = reference(q, &rows(chunk.keys), &rows(chunk.values), shape.scale as f64);
+                    let want = reference(q, &rows(&chunk.keys), &rows(&chunk.values), shape.scale as f64);
                     let out = &got[(row * heads + h) * d..][..d];
                     for (a, b) in out.iter().zip(&want) {
                         assert!((*a as f64 - b).abs() < 1e-5, "row {row} head {h}: {a} vs {b}");

@@ -7,6 +7,8 @@
 //! lengths: their tokens are flattened into one `[tokens, hidden]` matrix for every
 //! projection, and only attention is done per sequence, against its own cache.
 
+use std::sync::Arc;
+
 use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::arch::{Role, TensorDecl};
@@ -14,7 +16,7 @@ use crate::attention::{LayerAttention, attend_on_device, attend_on_host};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::host_attention::AttentionShape;
-use crate::kv_cache::SequenceCache;
+use crate::kv_cache::{KvPool, KvShape, SequenceCache};
 use crate::layers::{AttentionWeights, BlockDecls, ComputePlan, FeedForward, LoadContext, RmsNorm};
 use crate::rope::Rope;
 use crate::weights::{EmbeddingTable, LinearWeight, WeightSource, expect_dims, transpose, upload};
@@ -65,6 +67,8 @@ pub struct Transformer {
     output: LinearWeight,
     /// The full-attention rotation, then the sliding layers' own if the family has one.
     ropes: Vec<Rope>,
+    /// The KV blocks every cache of this model draws from.
+    kv_pool: Arc<KvPool>,
 }
 
 impl Transformer {
@@ -121,7 +125,9 @@ impl Transformer {
             progress(i + 2, total);
         }
         progress(total, total);
-        Ok(Transformer { config, device: device.clone(), plan, embeddings, blocks, final_norm, output, ropes })
+        let kv_shape = KvShape { layers: c.num_layers, kv_heads: c.num_kv_heads, head_dim: c.head_dim };
+        let kv_pool = Arc::new(KvPool::new(kv_shape, device, plan.dtype, plan.host_attention, None));
+        Ok(Transformer { config, device: device.clone(), plan, embeddings, blocks, final_norm, output, ropes, kv_pool })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -145,7 +151,12 @@ impl Transformer {
 
     /// An empty cache for a new sequence on this model's device.
     pub fn new_cache(&self) -> SequenceCache {
-        SequenceCache::new(&self.config, &self.device, self.plan.dtype, self.plan.host_attention)
+        SequenceCache::new(self.kv_pool.clone(), self.config.context_length)
+    }
+
+    /// The pool of KV blocks this model's caches share.
+    pub fn kv_pool(&self) -> &Arc<KvPool> {
+        &self.kv_pool
     }
 
     /// One step for a batch of sequences: appends each chunk's tokens to its cache and
@@ -183,7 +194,7 @@ impl Transformer {
                 output_rows.push(first_row + len - 1);
             }
             chunk_starts.push(output_rows.len());
-            chunk.cache.reserve(len, c.num_layers);
+            chunk.cache.reserve(len)?;
         }
         let n = ids.len();
         let mut embedded = self.embeddings.lookup(&ids)?;

@@ -300,7 +300,7 @@ fn a_prefix_cache_hit_gives_the_output_of_a_full_prefill() {
     assert_eq!(fresh.stats().kv_cache_usage, 0.0, "nothing is retained with the prefix cache off");
 }
 
-/// At f16 the cache is device tensors (the path GPUs take): a hit copies them by slice.
+/// At f16 the cache is device tensors (the path GPUs take): a hit shares their blocks.
 #[test]
 fn a_prefix_cache_hit_on_device_tensors_gives_the_output_of_a_full_prefill() {
     let chat = Chat::open();
@@ -324,8 +324,9 @@ fn a_prefix_cache_hit_on_device_tensors_gives_the_output_of_a_full_prefill() {
 #[test]
 fn eviction_under_a_small_budget_keeps_the_output_right() {
     let chat = Chat::open();
-    // Room for about two retained conversations beside one running.
-    let engine = start(&real_model(), EngineConfig { kv_cache_tokens: 512, ..EngineConfig::default() });
+    // Room for two retained conversations (two whole blocks each: a kept cache holds whole
+    // blocks only) beside one running (three blocks).
+    let engine = start(&real_model(), EngineConfig { kv_cache_tokens: 384, ..EngineConfig::default() });
     // No two share their first block: each can only hit its own cache.
     let shops = ["Lyon", "Paris", "Nantes"];
     let prompts: Vec<Vec<u32>> = shops
@@ -339,7 +340,7 @@ fn eviction_under_a_small_budget_keeps_the_output_right() {
         let usage = engine.stats().kv_cache_usage;
         assert!(usage <= 1.0, "the budget holds: {usage}");
     }
-    // Three retained caches do not fit in 512 positions: the least recently used (the first)
+    // Three retained caches do not fit in 384 positions: the least recently used (the first)
     // went, the last is still there.
     let first_again = greedy(&engine, &prompts[0]);
     let last_again = greedy(&engine, &prompts[2]);
@@ -353,15 +354,15 @@ fn eviction_under_a_small_budget_keeps_the_output_right() {
 }
 
 #[test]
-fn concurrent_sequences_share_a_cached_prefix_by_copy() {
+fn concurrent_sequences_share_a_cached_prefix_by_reference() {
     let chat = Chat::open();
     let engine = start(&real_model(), EngineConfig { max_prefill_tokens: 48, ..EngineConfig::default() });
     let fresh = start(&real_model(), EngineConfig { prefix_cache: false, ..EngineConfig::default() });
     greedy(&engine, &chat.prompt(&["Hello!"]));
     let questions = ["Do you sell rye bread?", "Who owns the shop?", "Can I pay by card?", "What is a brioche?"];
     let prompts: Vec<Vec<u32>> = questions.iter().map(|q| chat.prompt(&[q])).collect();
-    // All at once: each copies the system prompt's blocks and writes its own question after
-    // them; none may see another's keys and values.
+    // All at once: each shares the system prompt's blocks and writes its own question after
+    // them in blocks of its own; none may see another's keys and values.
     let streams: Vec<EventStream> =
         prompts.iter().map(|p| engine.submit(GenerateRequest::greedy(p.clone(), 24)).expect("submit")).collect();
     let outs: Vec<Outcome> = streams.into_iter().map(collect).collect();

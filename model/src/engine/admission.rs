@@ -1,27 +1,40 @@
 //! The engine loop's admission and its use of the prefix cache: which waiting request starts
-//! next and with how much of its prompt copied from a retained cache, what is evicted to make
-//! room, and which caches of departed sequences are retained.
+//! next and with how much of its prompt shared from a retained cache (its blocks, not a
+//! copy), what is evicted to make room, and which caches of departed sequences are retained.
 //!
 //! The order in which waiting requests are tried is the scheduler's ([`admit_in_order`], a
 //! pure function); this module supplies what it needs (each prompt's uncached length, found
 //! in the prefix cache) and does the starting.
 //!
-//! Budget: running sequences count what they may grow to (`reserved_tokens`), retained caches
-//! what they hold (`capacity`); together they stay within `kv_cache_tokens`, retained caches
+//! Budget, in blocks of the model's pool: the blocks held (by running sequences or retained
+//! caches, a shared block once) plus the blocks running sequences may still take to reach
+//! what they may grow to (`reserved_tokens`) stay within `kv_cache_tokens`, retained caches
 //! giving way first, least recently used first.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
 use super::EngineLoop;
-use super::prefix_cache::EntryId;
+use super::prefix_cache::Hit;
 use super::scheduler::{SchedulerPolicy, WaitingView, admit_in_order};
 use super::sequence::{Pending, Sequence};
 use crate::kv_cache::{KV_BLOCK_TOKENS, SequenceCache};
 
 impl EngineLoop {
-    /// KV positions the running sequences may grow to.
-    fn reserved(&self) -> usize {
-        self.running.iter().map(|s| s.reserved_tokens).sum()
+    /// KV positions in the blocks running sequences hold, a shared block once.
+    pub(super) fn running_held(&self) -> usize {
+        let blocks: HashSet<_> = self.running.iter().flat_map(|s| s.cache.blocks().iter().copied()).collect();
+        blocks.len() * KV_BLOCK_TOKENS
+    }
+
+    /// KV positions in the pool's blocks held by anyone (running or retained).
+    pub(super) fn pool_used(&self) -> usize {
+        self.model.kv_pool().used_blocks() * KV_BLOCK_TOKENS
+    }
+
+    /// KV positions the running sequences may still take to reach what they may grow to.
+    fn future_growth(&self) -> usize {
+        self.running.iter().map(|s| s.reserved_tokens.saturating_sub(s.cache.capacity())).sum()
     }
 
     /// Starts waiting requests while the sequence limit and the budget allow, in the order
@@ -69,7 +82,7 @@ impl EngineLoop {
         self.config.prefix_cache && pending.request.prompt_logprobs.is_none()
     }
 
-    /// Starts `self.waiting[at]` if the KV budget has room for what it may grow to, copying
+    /// Starts `self.waiting[at]` if the KV budget has room for what it may grow to, sharing
     /// the longest cached prefix of its prompt. False (and nothing changed) if there is no room.
     fn try_start(&mut self, at: usize) -> bool {
         let context = self.model.config().context_length;
@@ -79,7 +92,7 @@ impl EngineLoop {
         let want = (SequenceCache::blocks_for(want) * KV_BLOCK_TOKENS).min(self.config.kv_cache_tokens);
         let lookup = self.uses_prefix_cache(pending);
         let hit = if lookup { self.retained.lookup(prompt) } else { None };
-        if !self.make_room(want, hit.map(|h| h.entry)) {
+        if !self.make_room(want, hit) {
             return false;
         }
         let Some(pending) = self.waiting.remove(at) else { return false };
@@ -90,8 +103,7 @@ impl EngineLoop {
         if let Some(hit) = hit
             && let Some(source) = self.retained.get(hit.entry)
         {
-            // Room for the whole prompt at once: its prefill then needs no regrowth.
-            cache.copy_prefix(source, hit.tokens, prompt_len);
+            cache.share_prefix(source, hit.tokens);
             self.retained.touch(hit.entry);
             cached = cache.len();
         }
@@ -100,29 +112,30 @@ impl EngineLoop {
             self.shared.prefix_hits_tokens.fetch_add(cached as u64, Ordering::Relaxed);
         }
         self.running.push(Sequence::start(pending, cache, &self.tokenizer, want));
-        // The hit's own entry may have had to go for the room: its rows are copied now.
+        // The hit's own entry may have had to go for the room: its blocks are shared now.
         self.trim_retained();
         true
     }
 
-    /// Evicts retained caches, least recently used first and sparing `keep` (the hit about to
-    /// be copied), until `want` more positions fit. False when they cannot fit beside the
-    /// running sequences even with nothing retained; an empty engine always admits, so one
-    /// request larger than the budget still runs.
-    fn make_room(&mut self, want: usize, keep: Option<EntryId>) -> bool {
+    /// Evicts retained caches, least recently used first and sparing `hit`'s entry (about to
+    /// be shared), until `want` more positions fit (`hit`'s blocks are held already). False
+    /// when they cannot fit beside the running sequences even with nothing retained; an empty
+    /// engine always admits, so one request larger than the budget still runs.
+    fn make_room(&mut self, want: usize, hit: Option<Hit>) -> bool {
         let budget = self.config.kv_cache_tokens;
-        let reserved = self.reserved();
-        if !self.running.is_empty() && reserved + want > budget {
+        let future = self.future_growth();
+        if !self.running.is_empty() && self.running_held() + future + want > budget {
             return false;
         }
-        while reserved + want + self.retained.cost() > budget && self.retained.evict_lru(keep).is_some() {}
+        let (keep, fresh) = (hit.map(|h| h.entry), want - hit.map_or(0, |h| h.tokens).min(want));
+        while self.pool_used() + future + fresh > budget && self.retained.evict_lru(keep).is_some() {}
         true
     }
 
     /// Evicts least recently used retained caches while the budget is exceeded.
     fn trim_retained(&mut self) {
-        let (budget, reserved) = (self.config.kv_cache_tokens, self.reserved());
-        while reserved + self.retained.cost() > budget && self.retained.evict_lru(None).is_some() {}
+        let (budget, future) = (self.config.kv_cache_tokens, self.future_growth());
+        while self.pool_used() + future > budget && self.retained.evict_lru(None).is_some() {}
     }
 
     /// Keeps what `seq`, which has left the engine, cached (the tokens it fed to the model),
@@ -132,7 +145,9 @@ impl EngineLoop {
         if !self.config.prefix_cache || seq.failed() {
             return;
         }
-        let cache = std::mem::replace(&mut seq.cache, self.model.new_cache());
+        let mut cache = std::mem::replace(&mut seq.cache, self.model.new_cache());
+        // Only whole blocks are ever reused: the partial tail block goes back now.
+        cache.truncate(cache.len() / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS);
         let (len, cost) = (cache.len(), cache.capacity());
         if self.retained.insert(&seq.tokens[..len], cache, cost) {
             self.trim_retained();

@@ -38,6 +38,8 @@ impl EngineLoop {
         shared: Arc<Shared>,
         commands: std_mpsc::Receiver<Command>,
     ) -> Self {
+        // The device pool then grows in steps no larger than the budget.
+        model.kv_pool().set_growth_limit(config.kv_cache_tokens.div_ceil(crate::kv_cache::KV_BLOCK_TOKENS));
         EngineLoop {
             model,
             tokenizer,
@@ -275,9 +277,11 @@ impl EngineLoop {
 
     fn publish(&self) {
         self.shared.running.store(self.running.len(), Ordering::Relaxed);
-        let running: usize = self.running.iter().map(|s| s.cache.capacity()).sum();
-        self.shared.kv_allocated.store(running + self.retained.cost(), Ordering::Relaxed);
-        self.shared.kv_retained.store(self.retained.cost(), Ordering::Relaxed);
+        // Blocks held, a shared block once; the prefix cache's part is what evicting every
+        // retained entry would free.
+        let (used, running) = (self.pool_used(), self.running_held());
+        self.shared.kv_allocated.store(used, Ordering::Relaxed);
+        self.shared.kv_retained.store(used.saturating_sub(running), Ordering::Relaxed);
     }
 }
 

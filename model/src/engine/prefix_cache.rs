@@ -4,10 +4,10 @@
 //! Entries are keyed in whole [`KV_BLOCK_TOKENS`] blocks by a hash chain (block `i`'s key is
 //! the hash of block `i - 1`'s key and block `i`'s tokens, as vLLM keys its blocks), so one
 //! key names a whole prefix. A hash only finds candidates: a hit is always verified against
-//! the entry's tokens. Entries are never shared with running sequences (the engine copies a
-//! hit's rows into a fresh cache), so evicting one never touches a running sequence; eviction
-//! is least recently used first. The payload is generic so that this index is tested without
-//! a model; the engine stores [`crate::kv_cache::SequenceCache`]s.
+//! the entry's tokens. A hit's blocks are shared with the new sequence by reference count
+//! (see [`crate::kv_cache`]), so evicting an entry frees only the blocks no running sequence
+//! holds; eviction is least recently used first. The payload is generic so that this index
+//! is tested without a model; the engine stores [`crate::kv_cache::SequenceCache`]s.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -79,7 +79,9 @@ impl<T> PrefixCache<T> {
         self.entries.len()
     }
 
-    /// Sum of the entries' costs: KV positions held by cached payloads.
+    /// Sum of the entries' costs: KV positions held by cached payloads (blocks shared with
+    /// running sequences included; the engine counts blocks in its pool instead).
+    #[cfg(test)]
     pub fn cost(&self) -> usize {
         self.cost
     }

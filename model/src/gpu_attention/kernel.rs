@@ -1,5 +1,6 @@
 //! The `#[cube]` kernel of [`super::gqa_attention`]: one cube per (query row, query head),
-//! reading its key/value head straight from the cache.
+//! reading its key/value head straight from the block pool through the sequence's block
+//! table (position `p` is row `p % block` of block `table[p / block]`).
 //!
 //! The cube walks the visible positions in tiles of [`TILE`]: its units score the tile's
 //! positions against the query (staged once in shared memory, scale folded in), every unit
@@ -26,18 +27,19 @@ const TILE: usize = 128;
 pub(super) const MAX_HEAD_DIM: usize = UNITS * MAX_DIMS_PER_UNIT;
 const MAX_DIMS_PER_UNIT: usize = 8;
 
-
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn gqa_attention_kernel<F: Float>(
+fn gqa_attention_kernel<F: Float, I: Numeric>(
     q: &Tensor<F>,
     k: &Tensor<F>,
     v: &Tensor<F>,
+    table: &Tensor<I>,
     out: &mut Tensor<F>,
+    total: usize,
     window: usize,
     scale: f32,
     #[comptime] head_dim: usize,
-    #[define(F)] _dtype: ElemType,
+    #[define(F, I)] _dtypes: [ElemType; 2],
 ) {
     let rows = q.shape(0);
     let heads = q.shape(1);
@@ -48,7 +50,7 @@ fn gqa_attention_kernel<F: Float>(
     let i = CUBE_POS / heads;
     let h = CUBE_POS % heads;
     let kv_head = h / (heads / k.shape(1));
-    let total = k.shape(2);
+    let block = k.shape(2);
     // Rows are the last `rows` positions of the cache (bottom-right aligned causality).
     let position = total - rows + i;
     let end = position + 1;
@@ -88,7 +90,8 @@ fn gqa_attention_kernel<F: Float>(
         }
         let mut p = unit;
         while p < len {
-            let k_at = k_head + (tile_start + p) * k.stride(2);
+            let pos = tile_start + p;
+            let k_at = k_head + usize::cast_from(table[pos / block]) * k.stride(0) + (pos % block) * k.stride(2);
             let mut dot = 0.0f32;
             for jj in 0..head_dim {
                 dot += query[jj] * f32::cast_from(k[k_at + jj * k.stride(3)]);
@@ -118,7 +121,8 @@ fn gqa_attention_kernel<F: Float>(
         for t in 0..len {
             let w = weights[t];
             sum += w;
-            let v_at = v_head + (tile_start + t) * v.stride(2);
+            let pos = tile_start + t;
+            let v_at = v_head + usize::cast_from(table[pos / block]) * v.stride(0) + (pos % block) * v.stride(2);
             #[unroll]
             for d in 0..MAX_DIMS_PER_UNIT {
                 let dim = unit + d * UNITS;
@@ -143,10 +147,19 @@ fn gqa_attention_kernel<F: Float>(
     }
 }
 
-/// Launches the kernel: `q: [rows, heads, d]`, `k`, `v`: `[1, kv_heads, total, d]` (views
-/// into the cache are fine: strides are honoured), `window` 0 for none. Returns
-/// `[rows, heads, d]` in `q`'s dtype.
-pub(super) fn gqa_attention(q: CubeTensor, k: CubeTensor, v: CubeTensor, window: usize, scale: f32) -> CubeTensor {
+/// Launches the kernel: `q: [rows, heads, d]`, `k`, `v`: block pools `[blocks, kv_heads,
+/// block, d]` (strides are honoured), `table`: the sequence's block ids covering `total`
+/// positions, `window` 0 for none. Returns `[rows, heads, d]` in `q`'s dtype.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gqa_attention(
+    q: CubeTensor,
+    k: CubeTensor,
+    v: CubeTensor,
+    table: CubeTensor,
+    total: usize,
+    window: usize,
+    scale: f32,
+) -> CubeTensor {
     // A storage-tiled q (a matmul's output) is readable only as rows once untiled.
     let q = into_contiguous(q);
     let shape = q.meta.shape().clone();
@@ -159,6 +172,7 @@ pub(super) fn gqa_attention(q: CubeTensor, k: CubeTensor, v: CubeTensor, window:
     }
     let cube_dim = CubeDim::new_1d(UNITS as u32);
     let cube_count = calculate_cube_count_elemwise(&client, rows * heads * UNITS, cube_dim);
+    let table_dtype = table.dtype;
     let (q, k, v, out) = (q.into_tensor_arg(), k.into_tensor_arg(), v.into_tensor_arg(), output.clone().into_tensor_arg());
     gqa_attention_kernel::launch(
         &client,
@@ -167,11 +181,13 @@ pub(super) fn gqa_attention(q: CubeTensor, k: CubeTensor, v: CubeTensor, window:
         q,
         k,
         v,
+        table.into_tensor_arg(),
         out,
+        total,
         window,
         scale,
         head_dim,
-        dtype_to_storage_type(dtype),
+        [dtype_to_storage_type(dtype), dtype_to_storage_type(table_dtype)],
     );
     output
 }

@@ -1,8 +1,9 @@
 //! The kernel on Mesa's lavapipe (wgpu's CPU adapter, the WGSL a GPU runs) against a float64
 //! reference: grouped heads, several tiles, windows, several query rows, f32 and f16, and
-//! keys and values read through a view of a larger cache (as the cache hands them out).
+//! keys and values read from a block pool through a block table whose blocks are out of
+//! order, among blocks of other sequences (as the paged cache hands them out).
 
-use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use super::*;
 use crate::device::{DeviceSpec, WgpuAdapter};
@@ -60,8 +61,9 @@ fn reference(c: &Case, q: &[f32], k: &[f32], v: &[f32], scale: f32) -> Vec<f64> 
     out
 }
 
-/// Runs one case; `k`/`v` are written into a cache of `total + 37` positions and viewed
-/// back at `0..total`, as `SequenceCache::append` returns them.
+/// Runs one case; `k`/`v` are written into a pool of blocks of [`BLOCK`] positions, the
+/// sequence's blocks in reverse order at odd ids, other sequences' blocks (large values that
+/// would show in any output) in between, as the paged cache holds them.
 fn check(device: &Device, c: &Case, dtype: FloatDType, rng: &mut SplitMix64) {
     let draw = |n: usize, rng: &mut SplitMix64| -> Vec<f32> { (0..n).map(|_| rng.next_unit_f32() * 2.0 - 1.0).collect() };
     let q = draw(c.rows * c.heads * c.d, rng);
@@ -73,14 +75,24 @@ fn check(device: &Device, c: &Case, dtype: FloatDType, rng: &mut SplitMix64) {
     };
     let want = reference(c, &round(&q), &round(&k), &round(&v), scale);
 
-    let upload4 = |data: &[f32]| {
-        let t = Tensor::<4>::from_data(TensorData::new(data.to_vec(), [1, c.kv_heads, c.total, c.d]), (device, DType::F32)).cast(dtype);
-        let cache = Tensor::<4>::zeros([1, c.kv_heads, c.total + 37, c.d], (device, dtype.into()));
-        let live = [0..1, 0..c.kv_heads, 0..c.total, 0..c.d];
-        cache.slice_assign(live.clone(), t).slice(live)
+    let blocks = c.total.div_ceil(BLOCK);
+    let table: Vec<usize> = (0..blocks).map(|b| 2 * (blocks - 1 - b) + 1).collect();
+    let pool_blocks = 2 * blocks + 1;
+    let upload_pool = |data: &[f32]| {
+        let mut pool = vec![40f32; pool_blocks * c.kv_heads * BLOCK * c.d];
+        for g in 0..c.kv_heads {
+            for p in 0..c.total {
+                let at = ((table[p / BLOCK] * c.kv_heads + g) * BLOCK + p % BLOCK) * c.d;
+                pool[at..at + c.d].copy_from_slice(&data[(g * c.total + p) * c.d..][..c.d]);
+            }
+        }
+        let shape = [pool_blocks, c.kv_heads, BLOCK, c.d];
+        Tensor::<4>::from_data(TensorData::new(pool, shape), (device, DType::F32)).cast(dtype)
     };
+    let ids: Vec<i64> = table.iter().map(|&b| b as i64).collect();
+    let table = Tensor::<1, Int>::from_data(TensorData::new(ids, [blocks]), device);
     let q_t = Tensor::<3>::from_data(TensorData::new(q, [c.rows, c.heads, c.d]), (device, DType::F32)).cast(dtype);
-    let got = gqa_attention(q_t, upload4(&k), upload4(&v), c.window, scale).expect("kernel runs");
+    let got = gqa_attention(q_t, upload_pool(&k), upload_pool(&v), table, c.total, c.window, scale).expect("kernel runs");
     assert_eq!(got.dims(), [c.rows, c.heads, c.d]);
     let got = got.cast(FloatDType::F32).into_data().try_into_vec::<f32>().expect("f32 output");
     // Outputs are convex combinations of values in [-1, 1]; f32 sums and exps stay well
@@ -99,6 +111,9 @@ fn check(device: &Device, c: &Case, dtype: FloatDType, rng: &mut SplitMix64) {
         );
     }
 }
+
+/// Positions per block, as the paged cache has them.
+const BLOCK: usize = crate::kv_cache::KV_BLOCK_TOKENS;
 
 #[test]
 fn grouped_attention_matches_float64_reference() {
@@ -121,15 +136,21 @@ fn grouped_attention_matches_float64_reference() {
 
 #[test]
 fn refuses_shapes_it_does_not_take_and_cpu_devices() {
+    let table = |device: &Device| Tensor::<1, Int>::zeros([1], device);
     let flex = Device::flex();
     let q = Tensor::<3>::zeros([1, 4, 64], &flex);
-    let kv = Tensor::<4>::zeros([1, 2, 3, 64], &flex);
-    assert!(matches!(gqa_attention(q, kv.clone(), kv.clone(), None, 1.0), Err(ModelError::DeviceUnavailable { .. })));
+    let kv = Tensor::<4>::zeros([1, 2, BLOCK, 64], &flex);
+    let refused = gqa_attention(q, kv.clone(), kv.clone(), table(&flex), 3, None, 1.0);
+    assert!(matches!(refused, Err(ModelError::DeviceUnavailable { .. })));
     let Some(device) = lavapipe() else { return };
-    let kv = Tensor::<4>::zeros([1, 3, 3, 64], &device);
+    let kv = Tensor::<4>::zeros([1, 3, BLOCK, 64], &device);
     let q = Tensor::<3>::zeros([1, 4, 64], &device);
-    assert!(matches!(gqa_attention(q, kv.clone(), kv, None, 1.0), Err(ModelError::Internal(_))), "4 heads over 3 kv heads");
-    let kv = Tensor::<4>::zeros([1, 1, 2, 64], &device);
+    let refused = gqa_attention(q, kv.clone(), kv, table(&device), 3, None, 1.0);
+    assert!(matches!(refused, Err(ModelError::Internal(_))), "4 heads over 3 kv heads");
+    let kv = Tensor::<4>::zeros([1, 1, BLOCK, 64], &device);
     let q = Tensor::<3>::zeros([3, 1, 64], &device);
-    assert!(matches!(gqa_attention(q, kv.clone(), kv, None, 1.0), Err(ModelError::Internal(_))), "more rows than keys");
+    let refused = gqa_attention(q.clone(), kv.clone(), kv.clone(), table(&device), 2, None, 1.0);
+    assert!(matches!(refused, Err(ModelError::Internal(_))), "more rows than keys");
+    let refused = gqa_attention(q, kv.clone(), kv, table(&device), BLOCK + 1, None, 1.0);
+    assert!(matches!(refused, Err(ModelError::Internal(_))), "a table too short for the positions");
 }
