@@ -31,7 +31,7 @@ pub(super) fn f16_bits_to_f32(bits: u32) -> f32 {
 
 /// Block `block`'s 2-byte scale piece (`d`) as an f32: two f16 per word after the quants.
 #[cube]
-fn block_scale(words: &Tensor<u32>, scales_at: usize, block: usize) -> f32 {
+pub(super) fn block_scale(words: &Tensor<u32>, scales_at: usize, block: usize) -> f32 {
     let word = words[scales_at + block / 2];
     let shift = ((block % 2) * 16) as u32;
     f16_bits_to_f32((word >> shift) & 0xFFFF)
@@ -39,7 +39,7 @@ fn block_scale(words: &Tensor<u32>, scales_at: usize, block: usize) -> f32 {
 
 /// Byte `k` of the bytes from word `at` on (little-endian words).
 #[cube]
-fn byte_at(words: &Tensor<u32>, at: usize, k: usize) -> u32 {
+pub(super) fn byte_at(words: &Tensor<u32>, at: usize, k: usize) -> u32 {
     (words[at + k / 4] >> (((k % 4) * 8) as u32)) & 0xFF
 }
 

@@ -9,8 +9,8 @@
 //! cube, no barrier): see [`default_lanes`]. Activations are read in their own dtype and the
 //! result is written in it; everything in between is f32. Correct everywhere cubecl runs, not
 //! tuned for GPUs (x is re-read per weight row and each weight block once per activation row,
-//! so prefill pays n times; no plane reduction, no vectorised loads; see
-//! docs/gpu-quantized-plan.md §4).
+//! so it runs only below a few activation rows, `super::tiled` from there on; no plane
+//! reduction, no vectorised loads; see docs/gpu-quantized-plan.md §4).
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn_cubecl::kernel::into_contiguous;
@@ -106,13 +106,26 @@ fn quant_matvec_kernel<F: Float>(
 }
 
 /// The kernel's compile-time kind codes.
-const KIND_Q8_0: u32 = 0;
-const KIND_Q4_0: u32 = 1;
-const KIND_Q4_1: u32 = 2;
-const KIND_Q5_0: u32 = 3;
-const KIND_Q4_K: u32 = 4;
-const KIND_Q5_K: u32 = 5;
-const KIND_Q6_K: u32 = 6;
+pub(super) const KIND_Q8_0: u32 = 0;
+pub(super) const KIND_Q4_0: u32 = 1;
+pub(super) const KIND_Q4_1: u32 = 2;
+pub(super) const KIND_Q5_0: u32 = 3;
+pub(super) const KIND_Q4_K: u32 = 4;
+pub(super) const KIND_Q5_K: u32 = 5;
+pub(super) const KIND_Q6_K: u32 = 6;
+
+/// The kernels' compile-time code for `kind`.
+pub(super) fn kind_code(kind: QuantKind) -> u32 {
+    match kind {
+        QuantKind::Q8_0 => KIND_Q8_0,
+        QuantKind::Q4_0 => KIND_Q4_0,
+        QuantKind::Q4_1 => KIND_Q4_1,
+        QuantKind::Q5_0 => KIND_Q5_0,
+        QuantKind::Q4_K => KIND_Q4_K,
+        QuantKind::Q5_K => KIND_Q5_K,
+        QuantKind::Q6_K => KIND_Q6_K,
+    }
+}
 
 /// Units per cube.
 const CUBE_UNITS: usize = 32;
@@ -165,15 +178,7 @@ pub(super) fn quant_matvec(
         rows,
         chunks_per_row,
         scales_at,
-        match kind {
-            QuantKind::Q8_0 => KIND_Q8_0,
-            QuantKind::Q4_0 => KIND_Q4_0,
-            QuantKind::Q4_1 => KIND_Q4_1,
-            QuantKind::Q5_0 => KIND_Q5_0,
-            QuantKind::Q4_K => KIND_Q4_K,
-            QuantKind::Q5_K => KIND_Q5_K,
-            QuantKind::Q6_K => KIND_Q6_K,
-        },
+        kind_code(kind),
         CUBE_UNITS,
         lanes,
         dtype_to_storage_type(dtype),

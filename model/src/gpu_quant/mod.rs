@@ -5,6 +5,8 @@
 //!   8/16-bit storage, and 18-, 22-, 34- and 210-byte blocks are not 4-byte aligned).
 //! - `kernels`: the matrix-vector kernel, 1 or 32 units per output element, f32 accumulation;
 //!   `decode`: its per-type decoding, mirroring `gguf::dequant`.
+//! - `tiled`: the tiled kernel for prefill and batches (from a few activation rows on), which
+//!   decodes each weight once per tile of activation rows into shared memory (`unpack`).
 //! - [`QuantLinearOps`]: the burn backend extension that launches them on burn's own tensors.
 //!   With fusion on (every GPU feature turns it on) the call is registered as a custom
 //!   operation in the fusion stream and runs in order with its neighbours, with no flush and
@@ -19,6 +21,10 @@ mod kernels;
 pub mod layout;
 #[cfg(all(test, feature = "wgpu"))]
 mod tests;
+#[cfg(all(test, feature = "wgpu"))]
+mod tests_tiled;
+mod tiled;
+mod unpack;
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
@@ -42,16 +48,23 @@ pub trait QuantLinearOps: Backend {
     /// packed by [`layout::pack`] into `w` (U32); `y` has `x`'s dtype. `w` is taken by value
     /// (a handle clone): burn 0.22.1's generated dispatch has no borrowed accessor for int
     /// tensors (`as_int`), only for floats.
-    /// `lanes`: units per output element, a power of two up to 32, or 0 for the device's
-    /// default (tests set it to run every shape of the kernel on one device).
+    /// The matrix-vector kernel runs below `tiled_from` activation rows, the tiled one from
+    /// there on; 0 leaves the threshold to the device. Tests set these to run every kernel and
+    /// every shape of it on one device:
+    /// `lanes`: the matrix-vector kernel's units per output element, a power of two up to 32,
+    /// or 0 for the device's default; `tile`: the tiled kernel's shape, 0 for the device's
+    /// default or 1 + an index into [`tiled::TILES`].
     #[fusion(dtype = x, shape = matvec_shape(x, rows))]
-    fn quant_matvec(
+    #[allow(clippy::too_many_arguments)] // the macro takes plain arguments
+    fn quant_linear(
         x: FloatTensor<Self>,
         w: IntTensor<Self>,
         kind: u32,
         rows: usize,
         cols: usize,
         lanes: usize,
+        tiled_from: usize,
+        tile: usize,
     ) -> FloatTensor<Self>;
 }
 
@@ -62,16 +75,24 @@ fn matvec_shape(x: &Shape, rows: &usize) -> Shape {
 }
 
 impl QuantLinearOps for CubeBackend {
-    fn quant_matvec(
+    fn quant_linear(
         x: FloatTensor<Self>,
         w: IntTensor<Self>,
         kind: u32,
         rows: usize,
         cols: usize,
         lanes: usize,
+        tiled_from: usize,
+        tile: usize,
     ) -> FloatTensor<Self> {
         let kind = QuantKind::from_code(kind).expect("DeviceQuantMatrix passes only the kinds it packed");
-        kernels::quant_matvec(x, w, kind, rows, cols, lanes)
+        let tiled_from = if tiled_from == 0 { tiled::default_tiled_from(&x.client) } else { tiled_from };
+        if x.meta.shape()[0] >= tiled_from {
+            let tile = tile.checked_sub(1).map(|index| tiled::TILES[index]);
+            tiled::quant_tiled(x, w, kind, rows, cols, tile)
+        } else {
+            kernels::quant_matvec(x, w, kind, rows, cols, lanes)
+        }
     }
 }
 
@@ -93,6 +114,10 @@ pub struct DeviceQuantMatrix {
     cols: usize,
     /// Units per output element; 0 leaves it to the device (see `kernels`).
     lanes: usize,
+    /// Activation rows from which the tiled kernel runs; 0 leaves it to the device.
+    tiled_from: usize,
+    /// The tiled kernel's shape: 0 for the device's, 1 + an index into `tiled::TILES`.
+    tile: usize,
 }
 
 impl DeviceQuantMatrix {
@@ -167,7 +192,7 @@ impl DeviceQuantMatrix {
                 (Tensor::<1, Int>::from_data(TensorData::new(words, [len]), (device, DType::U32)), rows)
             })
             .collect();
-        Ok(DeviceQuantMatrix { shards, kind, rows, cols, lanes: 0 })
+        Ok(DeviceQuantMatrix { shards, kind, rows, cols, lanes: 0, tiled_from: 0, tile: 0 })
     }
 
     pub fn kind(&self) -> QuantKind {
@@ -194,6 +219,16 @@ impl DeviceQuantMatrix {
     fn with_lanes(mut self, lanes: usize) -> DeviceQuantMatrix {
         assert!(lanes.is_power_of_two() && lanes <= 32);
         self.lanes = lanes;
+        self
+    }
+
+    /// The same matrix multiplied by the tiled kernel from `tiled_from` activation rows on
+    /// (`usize::MAX`: never), with `tiled::TILES[tile]`'s shape, whatever the device.
+    #[cfg(test)]
+    fn with_tiled(mut self, tiled_from: usize, tile: usize) -> DeviceQuantMatrix {
+        assert!(tiled_from > 0 && tile < tiled::TILES.len());
+        self.tiled_from = tiled_from;
+        self.tile = tile + 1;
         self
     }
 
@@ -225,13 +260,15 @@ impl DeviceQuantMatrix {
             .shards
             .iter()
             .map(|(words, rows)| {
-                let y = <Dispatch as QuantLinearOps>::quant_matvec(
+                let y = <Dispatch as QuantLinearOps>::quant_linear(
                     x.clone().into_dispatch(),
                     words.clone().into_dispatch(),
                     code,
                     *rows,
                     self.cols,
                     self.lanes,
+                    self.tiled_from,
+                    self.tile,
                 );
                 Tensor::from_dispatch(y)
             })

@@ -11,7 +11,7 @@ use crate::rng::SplitMix64;
 
 /// wgpu on the software adapter, or `None` where a `vulkan` build's SPIR-V is refused by
 /// this driver (see tests/golden.rs; a `wgpu`-only build uses WGSL and must open it).
-fn lavapipe() -> Option<Device> {
+pub(super) fn lavapipe() -> Option<Device> {
     match (DeviceSpec::Wgpu { adapter: WgpuAdapter::Cpu }).open() {
         Ok(device) => Some(device),
         Err(e) if cfg!(feature = "vulkan") => {
@@ -26,7 +26,7 @@ fn lavapipe() -> Option<Device> {
 /// integer decoding must get right in the first blocks (zero, subnormals, a negative scale).
 /// Every f16 scale is set (random bytes there could be NaN); the K-quants' 6- and 8-bit
 /// scales stay random bytes.
-fn random_blocks(kind: QuantKind, rows: usize, cols: usize, rng: &mut SplitMix64) -> Vec<u8> {
+pub(super) fn random_blocks(kind: QuantKind, rows: usize, cols: usize, rng: &mut SplitMix64) -> Vec<u8> {
     let blocks = rows * cols / kind.block_elements();
     let mut bytes: Vec<u8> = (0..blocks * kind.block_bytes()).map(|_| rng.next_u64() as u8).collect();
     let special = [f16::from_bits(0x0001), f16::from_bits(0x83FF), f16::ZERO, f16::from_f32(-0.03125)];
@@ -47,12 +47,12 @@ fn random_blocks(kind: QuantKind, rows: usize, cols: usize, rng: &mut SplitMix64
     bytes
 }
 
-fn random_x(len: usize, rng: &mut SplitMix64) -> Vec<f32> {
+pub(super) fn random_x(len: usize, rng: &mut SplitMix64) -> Vec<f32> {
     (0..len).map(|_| rng.next_unit_f32() * 2.0 - 1.0).collect()
 }
 
 /// `(value, Σ|terms|)` per output, in float64 from the dequantized matrix.
-fn reference(kind: QuantKind, rows: usize, cols: usize, bytes: &[u8], x: &[f32]) -> Vec<(f64, f64)> {
+pub(super) fn reference(kind: QuantKind, rows: usize, cols: usize, bytes: &[u8], x: &[f32]) -> Vec<(f64, f64)> {
     let mut w = vec![0f32; rows * cols];
     dequantize(kind.ggml_type(), bytes, &mut w).expect("valid blocks");
     x.chunks_exact(cols)
@@ -67,7 +67,7 @@ fn reference(kind: QuantKind, rows: usize, cols: usize, bytes: &[u8], x: &[f32])
 
 /// Rounding only: f32 sums of `cols` products and one scaling per block stay within
 /// `(cols + 2) · 2⁻²⁴ · Σ|terms|` of the exact value.
-fn assert_close(what: &str, cols: usize, y: &[f32], expected: &[(f64, f64)]) {
+pub(super) fn assert_close(what: &str, cols: usize, y: &[f32], expected: &[(f64, f64)]) {
     assert_eq!(y.len(), expected.len(), "{what}: length");
     let bound = (cols + 2) as f64 * f64::from(f32::EPSILON) / 2.0;
     for (k, (&got, &(value, scale))) in y.iter().zip(expected).enumerate() {
@@ -79,7 +79,7 @@ fn assert_close(what: &str, cols: usize, y: &[f32], expected: &[(f64, f64)]) {
     }
 }
 
-fn read(y: Tensor<2>) -> Vec<f32> {
+pub(super) fn read(y: Tensor<2>) -> Vec<f32> {
     y.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data")
 }
 
@@ -96,7 +96,7 @@ fn check_sizes(kind: QuantKind, sizes: &[(usize, usize)], seed: u64) {
         for (n, lanes) in [(1, 0), (2, 0), (5, 0), (1, 32), (5, 32), (2, 4)] {
             let x = random_x(n * cols, &mut rng);
             let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [n, cols]), (&device, DType::F32));
-            let y = matrix.clone().with_lanes_or_default(lanes).forward(xt).expect("forward");
+            let y = matrix.clone().with_lanes_or_default(lanes).matvec_only().forward(xt).expect("forward");
             assert_eq!(y.dims(), [n, rows], "{kind:?} {rows} × {cols}, n {n}: the shape fusion recorded");
             let what = format!("{kind:?} {rows} × {cols}, n {n}, {lanes} lanes");
             assert_close(&what, cols, &read(y), &reference(kind, rows, cols, &bytes, &x));
@@ -107,6 +107,13 @@ fn check_sizes(kind: QuantKind, sizes: &[(usize, usize)], seed: u64) {
 impl DeviceQuantMatrix {
     fn with_lanes_or_default(self, lanes: usize) -> DeviceQuantMatrix {
         if lanes == 0 { self } else { self.with_lanes(lanes) }
+    }
+
+    /// The matrix-vector kernel whatever the number of activation rows (the tiled one has
+    /// its own tests, tests_tiled.rs).
+    fn matvec_only(mut self) -> DeviceQuantMatrix {
+        self.tiled_from = usize::MAX;
+        self
     }
 }
 
@@ -202,17 +209,23 @@ fn f16_activations_in_and_out() {
             let x16: Vec<f16> = random_x(n * cols, &mut rng).into_iter().map(f16::from_f32).collect();
             let x: Vec<f32> = x16.iter().map(|v| v.to_f32()).collect();
             let xt = Tensor::<2>::from_data(TensorData::new(x16, [n, cols]), (&device, DType::F16));
-            let y = matrix.clone().with_lanes_or_default(lanes).forward(xt).expect("forward");
+            let y = matrix.clone().with_lanes_or_default(lanes).matvec_only().forward(xt).expect("forward");
             assert_eq!(y.dtype(), DType::F16);
-            let bound = (cols + 2) as f64 * f64::from(f32::EPSILON) / 2.0;
-            let got = read(y);
-            for (k, (&g, &(v, s))) in got.iter().zip(&reference(kind, rows, cols, &bytes, &x)).enumerate() {
-                // The f32 sum's rounding, then f16's: half an ulp (2⁻¹¹ relative, 2⁻²⁵ absolute
-                // below the normals).
-                let allowed = bound * s + (v.abs() + bound * s) * 2f64.powi(-11) + 2f64.powi(-25);
-                assert!((f64::from(g) - v).abs() <= allowed, "{kind:?} f16, {lanes} lanes, output {k}: {g} vs {v}");
-            }
+            let what = format!("{kind:?} f16, {lanes} lanes");
+            assert_close_f16(&what, cols, &read(y), &reference(kind, rows, cols, &bytes, &x));
         }
+    }
+}
+
+/// [`assert_close`] for a result rounded to f16 once at the end.
+pub(super) fn assert_close_f16(what: &str, cols: usize, y: &[f32], expected: &[(f64, f64)]) {
+    assert_eq!(y.len(), expected.len(), "{what}: length");
+    let bound = (cols + 2) as f64 * f64::from(f32::EPSILON) / 2.0;
+    for (k, (&g, &(v, s))) in y.iter().zip(expected).enumerate() {
+        // The f32 sum's rounding, then f16's: half an ulp (2⁻¹¹ relative, 2⁻²⁵ absolute below
+        // the normals).
+        let allowed = bound * s + (v.abs() + bound * s) * 2f64.powi(-11) + 2f64.powi(-25);
+        assert!((f64::from(g) - v).abs() <= allowed, "{what}, output {k}: {g} vs {v}");
     }
 }
 
