@@ -5,8 +5,8 @@
 //! [kv_heads][64][head_dim]` f32, dropped when the block is freed, so memory (and peak RSS)
 //! follows what the sequences hold. Device storage is, per layer, a K and a V tensor
 //! `[blocks, kv_heads, 64, head_dim]` in the model's dtype, grown in large steps (doubling, up
-//! to the engine's KV budget once it is known): growth copies the pool once, and block ids
-//! stay valid across it.
+//! to the engine's KV budget once it is known): growth copies the pool once (old and new
+//! pools are both alive during the copy), and block ids stay valid across it.
 
 use std::sync::{Mutex, MutexGuard};
 
