@@ -18,6 +18,21 @@ thread_local! {
 }
 
 #[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// The calling thread's transposed activations (the AVX-512 panel kernel's), reused
+    /// across calls.
+    static TRANSPOSED_X: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) fn with_transposed_x<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    TRANSPOSED_X.with(|x_t| match x_t.try_borrow_mut() {
+        Ok(mut x_t) => f(&mut x_t),
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
 pub(super) fn with_q8_activations<R>(f: impl FnOnce(&mut int8::Q8Activations) -> R) -> R {
     Q8_ACTIVATIONS.with(|acts| match acts.try_borrow_mut() {
         Ok(mut acts) => f(&mut acts),

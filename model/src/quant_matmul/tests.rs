@@ -134,6 +134,9 @@ fn strategies(t: GgmlType) -> Vec<Strategy> {
         if avx2::Avx512::detect().is_some() && avx2::has_fused_avx512(t) {
             all.push(Strategy::Avx512Fused);
         }
+        if avx2::Avx512::detect().is_some() {
+            all.push(Strategy::Avx512Panel);
+        }
     }
     let _ = (t, &mut all); // used only on x86_64
     all

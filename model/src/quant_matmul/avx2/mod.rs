@@ -14,12 +14,14 @@ mod avx512_blocks;
 mod kfused;
 mod kquant;
 mod panel;
+mod panel512;
 
 use std::arch::x86_64::*;
 use std::array;
 
 pub(super) use avx512::Avx512;
 pub(super) use panel::{decode_rows, dot_tile};
+pub(super) use panel512::{W_ROWS, panel_rows as panel512_rows, transpose_blocks};
 
 use super::{OutColumns, Tile};
 use crate::gguf::GgmlType;
