@@ -51,14 +51,24 @@ pub fn attend_on_device(
         return Err(ModelError::Internal("attention of an empty batch".into()));
     };
     let mut state = pool.lock();
-    for chunk in chunks.iter_mut() {
+    let seq = |t: Tensor<3>, rows: std::ops::Range<usize>, h: usize| -> Tensor<4> {
+        t.slice([rows, 0..h, 0..d]).swap_dims(0, 1).unsqueeze_dim(0)
+    };
+    // Every chunk's keys and values are written before any attention reads the pool: a read
+    // holds the layer's pool tensors, and a write while one is held would copy them whole.
+    for chunk in chunks.iter() {
         debug_assert!(std::sync::Arc::ptr_eq(chunk.cache.pool(), &pool), "one pool per model");
+        let rows = row..row + chunk.tokens.len();
+        row = rows.end;
+        let (k_rows, v_rows) = (seq(k.clone(), rows.clone(), kv_heads), seq(v.clone(), rows, kv_heads));
+        chunk.cache.write_device(&mut state, settings.layer, k_rows, v_rows);
+    }
+    row = 0;
+    for chunk in chunks.iter_mut() {
         let len = chunk.tokens.len();
         let start = chunk.cache.len();
         let rows = row..row + len;
         row += len;
-        let seq = |t: Tensor<3>, h: usize| -> Tensor<4> { t.slice([rows.clone(), 0..h, 0..d]).swap_dims(0, 1).unsqueeze_dim(0) };
-        chunk.cache.write_device(&mut state, settings.layer, seq(k.clone(), kv_heads), seq(v.clone(), kv_heads));
         // Our kernel reads the layer's block pool through the sequence's block table: no copy.
         #[cfg(feature = "gpu-kernels")]
         if settings.kernel && len <= crate::gpu_attention::MAX_KERNEL_ROWS {
@@ -83,7 +93,7 @@ pub fn attend_on_device(
         // which is what a chunk on top of a cache needs, and one query token needs none.
         let mask = window.and_then(|w| window_mask(start, len, w, heads, &device));
         let options = AttentionModuleOptions { scale: burn_scale, softcap: None, is_causal: mask.is_none() && len > 1 };
-        let out = attention(seq(q.clone(), heads), k_all, v_all, mask, None, options);
+        let out = attention(seq(q.clone(), rows, heads), k_all, v_all, mask, None, options);
         outputs.push(out.squeeze_dim::<3>(0).swap_dims(0, 1).reshape([len, heads * d]));
     }
     Ok(if outputs.len() == 1 { outputs.pop().unwrap_or_else(|| unreachable!()) } else { Tensor::cat(outputs, 0) })
