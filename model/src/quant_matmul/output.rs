@@ -67,4 +67,17 @@ impl OutColumns<'_> {
         // column `r` belongs to this `OutColumns` alone (the contract of `SharedOut::columns`).
         unsafe { self.ptr.add(i * self.rows + r).write(v) }
     }
+
+    /// `put(i, r0 + k, values[k])` for every `k`, checked once.
+    #[inline]
+    pub fn put_run(&mut self, i: usize, r0: usize, values: &[f32]) {
+        let end = r0 + values.len();
+        assert!(
+            i < self.n && self.range.start <= r0 && end <= self.range.end,
+            "output ({i}, {r0}..{end}) outside this task's columns"
+        );
+        // SAFETY: in bounds (checked above), and columns `r0..end` belong to this
+        // `OutColumns` alone (the contract of `SharedOut::columns`).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.rows + r0), values.len()) }.copy_from_slice(values);
+    }
 }

@@ -76,6 +76,7 @@ impl QuantMatrix {
     ) -> Result<(), ModelError> {
         let cols = self.cols;
         let panel_rows = (PANEL_BYTES / (cols * 4 * avx2::W_ROWS)).clamp(1, 16) * avx2::W_ROWS;
+        debug_assert!(panel_rows <= avx2::MAX_PANEL_ROWS);
         panel.resize(panel_rows * cols, 0.0);
         let mut sums = Vec::new();
         for (p, rows) in weights.chunks(panel_rows * self.row_bytes).enumerate() {

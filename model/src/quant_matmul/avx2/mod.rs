@@ -21,7 +21,7 @@ use std::array;
 
 pub(super) use avx512::Avx512;
 pub(super) use panel::{decode_rows, dot_tile};
-pub(super) use panel512::{W_ROWS, panel_rows as panel512_rows, transpose_blocks};
+pub(super) use panel512::{MAX_PANEL_ROWS, W_ROWS, panel_rows as panel512_rows, transpose_blocks};
 
 use super::{OutColumns, Tile};
 use crate::gguf::GgmlType;

@@ -71,6 +71,7 @@ pub(in crate::quant_matmul) fn panel_rows(
 ) {
     let blocks = n.div_ceil(X_BLOCK);
     let groups = rows.div_ceil(W_ROWS);
+    assert!(rows <= MAX_PANEL_ROWS, "a panel of at most {MAX_PANEL_ROWS} rows");
     assert_eq!(x_t.len(), blocks * X_BLOCK * cols, "transposed activations of n rows");
     assert_eq!(w.len(), groups * W_ROWS * cols, "a zero-padded panel");
     // Sums of group `g`, block `b`, weight row `j` (of the group), lane `l`, at
@@ -106,17 +107,22 @@ pub(in crate::quant_matmul) fn panel_rows(
             }
         }
     }
-    for (g, group) in sums.chunks_exact(blocks * W_ROWS * X_BLOCK).enumerate() {
-        for (b, block) in group.chunks_exact(W_ROWS * X_BLOCK).enumerate() {
-            for (j, lanes) in block.chunks_exact(X_BLOCK).enumerate().take(rows.saturating_sub(g * W_ROWS)) {
-                let first = b * X_BLOCK;
-                for (l, &v) in lanes.iter().enumerate().take(n.saturating_sub(first)) {
-                    out.put(first + l, first_row + g * W_ROWS + j, v);
-                }
-            }
+    // Row by row, so each activation row's results are one contiguous run of the output
+    // (element by element, down the columns, every write touched another cache line).
+    let mut run = [0f32; MAX_PANEL_ROWS];
+    let run = &mut run[..rows];
+    for i in 0..n {
+        let (b, l) = (i / X_BLOCK, i % X_BLOCK);
+        for (r, v) in run.iter_mut().enumerate() {
+            let (g, j) = (r / W_ROWS, r % W_ROWS);
+            *v = sums[((g * blocks + b) * W_ROWS + j) * X_BLOCK + l];
         }
+        out.put_run(i, first_row, run);
     }
 }
+
+/// Most weight rows one panel may have (see [`panel_rows`]'s caller).
+pub(in crate::quant_matmul) const MAX_PANEL_ROWS: usize = 16 * W_ROWS;
 
 /// Input elements per piece (see [`panel_rows`]).
 const K_STEP: usize = 64;
