@@ -176,9 +176,10 @@ fn golden_logits_and_greedy_on_wgpu_software_adapter() {
 
 /// The Q4_1 and Q8_0 blocks kept on the device and multiplied by our own kernels
 /// (`gpu_quant`) at f32: the same function as the dense path, so the same strict tolerance.
-/// One chat (37 prompt tokens, 8 greedy): prefill re-reads the weights per prompt row (no
-/// tiled kernel yet), which makes all four chats take minutes on lavapipe's two cores; the
-/// ignored test below runs them all (max logit error 0.0001, greedy equal, on 2026-12-02).
+/// One chat (37 prompt tokens, 8 greedy): its prefill goes through the tiled kernel (12 rows
+/// and more on lavapipe), its decode through the matrix-vector one. All four chats take
+/// minutes on lavapipe's two cores, so the ignored test below runs them (max logit error
+/// 0.0001, greedy equal, on 2026-12-02, also with the tiled kernel from 2 rows).
 #[cfg(feature = "wgpu")]
 #[test]
 fn golden_logits_and_greedy_on_wgpu_software_adapter_with_quantized_weights() {
