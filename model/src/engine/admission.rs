@@ -142,10 +142,12 @@ impl EngineLoop {
     /// for prompts that start the same way. Caches of failed sequences are dropped: a failed
     /// forward may have left them half written.
     pub(super) fn retain(&mut self, seq: &mut Sequence) {
+        // The sequence's blocks leave it now, not when it drops after its final event: the
+        // usage published right after this must not count them as held.
+        let mut cache = std::mem::replace(&mut seq.cache, self.model.new_cache());
         if !self.config.prefix_cache || seq.failed() {
             return;
         }
-        let mut cache = std::mem::replace(&mut seq.cache, self.model.new_cache());
         // Only whole blocks are ever reused: the partial tail block goes back now.
         cache.truncate(cache.len() / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS);
         let (len, cost) = (cache.len(), cache.capacity());
