@@ -8,12 +8,18 @@
 //! would take more than a small GPU holds for one sequence alone, and refusing them would
 //! make those models unusable there, while the engine admits requests only as their KV fits
 //! the budget. A budget below the context length is logged as a warning.
+//!
+//! The KV cache is counted at its growth peak, not at the budget: the device pool grows by
+//! copying, old and new alive together, and a pool of `L` blocks may briefly hold
+//! [`growth_peak_blocks`]`(L) = L + ceil(L/2)` of them (see [`crate::kv_cache`]'s pool). So a
+//! budget sized by the device is the largest whose peak fits in the share of the free memory
+//! it may take, and a given budget is refused unless its peak fits.
 
 use crate::arch::{Role, TensorDecl};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgmlType;
-use crate::kv_cache::KV_BLOCK_TOKENS;
+use crate::kv_cache::{KV_BLOCK_TOKENS, growth_peak_blocks};
 use crate::layers::ComputePlan;
 
 use super::DeviceSpec;
@@ -52,6 +58,9 @@ pub struct MemoryReport {
     pub workspace: u64,
     /// Bytes of the whole KV budget.
     pub kv_cache: u64,
+    /// Bytes the KV pool holds at most while it grows (old and new pool alive during the
+    /// copy): what the check counted for the KV cache.
+    pub kv_growth_peak: u64,
     pub kv_tokens: usize,
 }
 
@@ -61,6 +70,23 @@ pub struct Shortfall {
     pub needed: u64,
     pub available: u64,
     pub kv_tokens: usize,
+    /// The KV part of `needed`: the pool's growth peak for `kv_tokens`.
+    pub kv_peak: u64,
+}
+
+/// Tokens a pool grown to hold `tokens` may hold at its growth peak ([`growth_peak_blocks`]).
+pub fn kv_peak_tokens(tokens: usize) -> usize {
+    growth_peak_blocks(tokens.div_ceil(KV_BLOCK_TOKENS)) * KV_BLOCK_TOKENS
+}
+
+/// The most blocks a budget may have whose growth peak stays within `blocks`.
+fn largest_budget_blocks(blocks: usize) -> usize {
+    // L + ceil(L/2) <= F for L <= 2F/3; budgets of 4 blocks or fewer do not grow.
+    let mut budget = (blocks.saturating_mul(2) / 3).max(blocks.min(4));
+    while growth_peak_blocks(budget + 1) <= blocks {
+        budget += 1;
+    }
+    budget
 }
 
 fn float_bytes(plan: &ComputePlan) -> u64 {
@@ -136,24 +162,26 @@ impl MemoryEstimate {
 }
 
 /// The KV budget in tokens that fits in `available` beside the weights and the workspace,
-/// or what is missing. Unknown memory refuses nothing. A budget sized by the device takes
-/// [`KV_FREE_FRACTION`] of what is left, in whole blocks, between one block and the
-/// requested ceiling; a given budget must fit whole.
+/// or what is missing. Unknown memory refuses nothing. The KV cache counts at its growth
+/// peak ([`kv_peak_tokens`]). A budget sized by the device is the largest, in whole blocks,
+/// whose peak takes at most [`KV_FREE_FRACTION`] of what is left, between one block and the
+/// requested ceiling; a given budget's peak must fit whole.
 pub fn fit(estimate: &MemoryEstimate, available: Option<u64>, request: &KvRequest) -> Result<usize, Shortfall> {
     let Some(available) = available else { return Ok(request.tokens) };
     let fixed = estimate.weights + estimate.workspace;
-    let kv = |tokens: usize| tokens as u64 * estimate.kv_bytes_per_token;
+    let kv_peak = |tokens: usize| kv_peak_tokens(tokens) as u64 * estimate.kv_bytes_per_token;
     let least = if request.sized_by_device { KV_BLOCK_TOKENS.min(request.tokens) } else { request.tokens };
-    let needed = fixed + kv(least);
+    let needed = fixed + kv_peak(least);
     if needed > available {
-        return Err(Shortfall { needed, available, kv_tokens: least });
+        return Err(Shortfall { needed, available, kv_tokens: least, kv_peak: kv_peak(least) });
     }
     if !request.sized_by_device {
         return Ok(request.tokens);
     }
     let spare = ((available - fixed) as f64 * KV_FREE_FRACTION) as u64;
     let fits = usize::try_from(spare / estimate.kv_bytes_per_token.max(1)).unwrap_or(usize::MAX);
-    Ok((fits / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS).clamp(least, request.tokens))
+    let blocks = largest_budget_blocks(fits / KV_BLOCK_TOKENS);
+    Ok(blocks.saturating_mul(KV_BLOCK_TOKENS).clamp(least, request.tokens))
 }
 
 /// The memory check of a model about to load on `spec` (a resolved device): probes the
@@ -181,6 +209,7 @@ pub fn check(
         weights: estimate.weights,
         workspace: estimate.workspace,
         kv_cache: kv_tokens as u64 * estimate.kv_bytes_per_token,
+        kv_growth_peak: kv_peak_tokens(kv_tokens) as u64 * estimate.kv_bytes_per_token,
         kv_tokens,
     };
     let show = |b: Option<u64>| b.map_or_else(|| "unknown".to_string(), |b| Bytes(b).to_string());
@@ -195,6 +224,7 @@ pub fn check(
         workspace = %Bytes(report.workspace),
         kv_cache_tokens = kv_tokens,
         kv_cache = %Bytes(report.kv_cache),
+        kv_growth_peak = %Bytes(report.kv_growth_peak),
         kv_sized_by_device = request.sized_by_device && memory.available.is_some(),
         "device memory"
     );
@@ -247,10 +277,11 @@ fn refusal(spec: DeviceSpec, memory: &DeviceMemory, e: &MemoryEstimate, request:
         capacity: memory.capacity.unwrap_or(s.available),
         weights: e.weights,
         workspace: e.workspace,
-        kv_cache: s.kv_tokens as u64 * e.kv_bytes_per_token,
+        // The peak, so that the message's parts add up to what is needed.
+        kv_cache: s.kv_peak,
         kv_tokens: s.kv_tokens,
         figures_from: memory.source.as_str().to_string(),
-        advice: advice.to_string(),
+        advice: format!("the KV figure is its growth peak, old and new pool alive while it grows; {advice}"),
     }
 }
 
@@ -330,10 +361,11 @@ mod tests {
     }
 
     #[test]
-    fn a_budget_sized_by_the_device_takes_nine_tenths_of_what_is_left_in_whole_blocks() {
+    fn a_budget_sized_by_the_device_has_its_growth_peak_in_nine_tenths_of_what_is_left() {
         let e = estimate(600 * MIB, 100 * MIB, 64 * 1024);
-        // 1000 MiB free: 300 MiB left, 270 MiB of it at 64 KiB a token = 4320 tokens → 4288.
-        assert_eq!(fit(&e, Some(1000 * MIB), &request(65_536, true)), Ok(4288));
+        // 1000 MiB free: 300 MiB left, 270 MiB of it at 64 KiB a token = 4320 tokens = 67
+        // blocks at the peak; 44 blocks peak at 44 + 22 = 66, 45 at 68.
+        assert_eq!(fit(&e, Some(1000 * MIB), &request(65_536, true)), Ok(44 * 64));
         // The ceiling (the CPU default) still holds on a large device.
         assert_eq!(fit(&e, Some(1 << 40), &request(65_536, true)), Ok(65_536));
         // Room for one block but not for the headroom: one block.
@@ -344,15 +376,70 @@ mod tests {
     fn weights_and_workspace_beyond_the_memory_are_refused_with_the_numbers() {
         let e = estimate(600 * MIB, 100 * MIB, 64 * 1024);
         let s = fit(&e, Some(700 * MIB), &request(65_536, true)).expect_err("no room for one block");
-        assert_eq!(s, Shortfall { needed: 700 * MIB + 64 * 64 * 1024, available: 700 * MIB, kv_tokens: 64 });
+        let one_block = 64 * 64 * 1024;
+        assert_eq!(s, Shortfall { needed: 700 * MIB + one_block, available: 700 * MIB, kv_tokens: 64, kv_peak: one_block });
     }
 
     #[test]
-    fn a_given_budget_must_fit_whole() {
+    fn a_given_budget_must_fit_whole_at_its_growth_peak() {
         let e = estimate(600 * MIB, 100 * MIB, 64 * 1024);
-        assert_eq!(fit(&e, Some(1000 * MIB), &request(4800, false)), Ok(4800));
-        let s = fit(&e, Some(1000 * MIB), &request(4801, false)).expect_err("one token too many");
-        assert_eq!((s.needed, s.kv_tokens), (700 * MIB + 4801 * 64 * 1024, 4801));
+        // 300 MiB left = 4800 tokens = 75 blocks: a 50-block budget peaks at 75.
+        assert_eq!(fit(&e, Some(1000 * MIB), &request(3200, false)), Ok(3200));
+        // One token more is a 51st block, peaking at 51 + 26 = 77 blocks.
+        let s = fit(&e, Some(1000 * MIB), &request(3201, false)).expect_err("one token too many");
+        assert_eq!((s.needed, s.kv_tokens, s.kv_peak), (700 * MIB + 77 * 64 * 64 * 1024, 3201, 77 * 64 * 64 * 1024));
+    }
+
+    /// Replays the device pool's growth (old and new pool alive during each copy) for a
+    /// budget of `tokens` asked for one block at a time and returns its largest footprint.
+    fn replayed_peak_bytes(e: &MemoryEstimate, tokens: usize) -> u64 {
+        let device = burn::tensor::Device::flex();
+        let shape = crate::kv_cache::KvShape { layers: 1, kv_heads: 1, head_dim: 1 };
+        let pool = std::sync::Arc::new(crate::kv_cache::KvPool::new(shape, &device, FloatDType::F32, false, None));
+        let blocks = tokens / KV_BLOCK_TOKENS;
+        pool.set_growth_limit(blocks);
+        let mut cache = crate::kv_cache::SequenceCache::new(pool.clone(), tokens);
+        let mut peak = 0;
+        for _ in 0..blocks {
+            let before = pool.storage_blocks();
+            cache.reserve(KV_BLOCK_TOKENS).expect("room");
+            cache.advance(KV_BLOCK_TOKENS);
+            let after = pool.storage_blocks();
+            if after != before {
+                peak = peak.max(before + after);
+            }
+        }
+        (peak * KV_BLOCK_TOKENS) as u64 * e.kv_bytes_per_token
+    }
+
+    #[test]
+    fn the_sized_budget_grows_within_the_memory_the_check_saw() {
+        // A fake device limit: 1000 MiB with 700 MiB of weights and workspace.
+        let e = estimate(600 * MIB, 100 * MIB, 64 * 1024);
+        let available = 1000 * MIB;
+        let room = ((available - 700 * MIB) as f64 * KV_FREE_FRACTION) as u64;
+        // What the check before counting the peak admitted: 67 blocks, which double-capped
+        // growth reaches from 64 (4 → … → 64 → 67): 131 blocks alive, ~524 MiB > 300 MiB left.
+        let unpeaked = 67 * 64;
+        let doubling_peak = (64 + 67) * 64 * e.kv_bytes_per_token;
+        assert!(doubling_peak > available - 700 * MIB, "the old budget overshoots the device");
+        // Now: the budget's real growth, replayed on a pool, stays within the room counted.
+        let budget = fit(&e, Some(available), &request(65_536, true)).expect("fits");
+        assert!(budget < unpeaked);
+        let replayed = replayed_peak_bytes(&e, budget);
+        assert!(replayed <= room, "growth peaks at {replayed} bytes, {room} were counted");
+        assert_eq!(replayed, kv_peak_tokens(budget) as u64 * e.kv_bytes_per_token, "the bound is reached");
+        // Across device sizes.
+        for extra_mib in [5, 17, 64, 100, 300, 1000, 4000] {
+            let available = 700 * MIB + extra_mib * MIB;
+            let budget = fit(&e, Some(available), &request(1 << 20, true)).expect("fits");
+            let room = ((available - 700 * MIB) as f64 * KV_FREE_FRACTION) as u64;
+            if budget > 64 {
+                assert!(replayed_peak_bytes(&e, budget) <= room, "{extra_mib} MiB: budget {budget}");
+                // Not needlessly small: one block more would not fit its peak.
+                assert!(kv_peak_tokens(budget + 64) as u64 * e.kv_bytes_per_token > room, "{extra_mib} MiB");
+            }
+        }
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! Budget, in blocks of the model's pool: the blocks held (by running sequences or retained
 //! caches, a shared block once) plus the blocks running sequences may still take to reach
 //! what they may grow to (`reserved_tokens`) stay within `kv_cache_tokens`, retained caches
-//! giving way first, least recently used first.
+//! giving way first, least recently used first (passing over those whose blocks running
+//! sequences hold: evicting them frees nothing). A hit on blocks a running sequence holds (its
+//! published prompt, [`super::running_prefix`]) adds nothing to what is held; a request that
+//! would rather share blocks a running sequence is still prefilling waits for them.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -92,6 +95,9 @@ impl EngineLoop {
         let want = (SequenceCache::blocks_for(want) * KV_BLOCK_TOKENS).min(self.config.kv_cache_tokens);
         let lookup = self.uses_prefix_cache(pending);
         let hit = if lookup { self.retained.lookup(prompt) } else { None };
+        if lookup && self.waits_for_running_prefix(prompt, hit.map_or(0, |h| h.tokens)) {
+            return false;
+        }
         if !self.make_room(want, hit) {
             return false;
         }
@@ -124,18 +130,33 @@ impl EngineLoop {
     fn make_room(&mut self, want: usize, hit: Option<Hit>) -> bool {
         let budget = self.config.kv_cache_tokens;
         let future = self.future_growth();
-        if !self.running.is_empty() && self.running_held() + future + want > budget {
+        let (keep, fresh) = (hit.map(|h| h.entry), want - hit.map_or(0, |h| h.tokens).min(want));
+        // After the start: the running sequences' blocks and the hit's (a block both hold
+        // once), what the running ones may still take, and what the new one may take.
+        if !self.running.is_empty() && self.running_held_with(hit) + future + fresh > budget {
             return false;
         }
-        let (keep, fresh) = (hit.map(|h| h.entry), want - hit.map_or(0, |h| h.tokens).min(want));
-        while self.pool_used() + future + fresh > budget && self.retained.evict_lru(keep).is_some() {}
+        let pool = self.model.kv_pool().clone();
+        let frees = |cache: &SequenceCache| cache.blocks().iter().any(|&id| pool.holders(id) == 1);
+        while self.pool_used() + future + fresh > budget && self.retained.evict_lru_where(keep, frees).is_some() {}
         true
     }
 
+    /// KV positions in the blocks running sequences hold together with `hit`'s, a shared
+    /// block once.
+    fn running_held_with(&self, hit: Option<Hit>) -> usize {
+        let hit_blocks = hit.and_then(|h| Some(&self.retained.get(h.entry)?.blocks()[..h.tokens / KV_BLOCK_TOKENS]));
+        let running = self.running.iter().flat_map(|s| s.cache.blocks().iter());
+        let blocks: HashSet<_> = running.chain(hit_blocks.into_iter().flatten()).copied().collect();
+        blocks.len() * KV_BLOCK_TOKENS
+    }
+
     /// Evicts least recently used retained caches while the budget is exceeded.
-    fn trim_retained(&mut self) {
+    pub(super) fn trim_retained(&mut self) {
         let (budget, future) = (self.config.kv_cache_tokens, self.future_growth());
-        while self.pool_used() + future > budget && self.retained.evict_lru(None).is_some() {}
+        let pool = self.model.kv_pool().clone();
+        let frees = |cache: &SequenceCache| cache.blocks().iter().any(|&id| pool.holders(id) == 1);
+        while self.pool_used() + future > budget && self.retained.evict_lru_where(None, frees).is_some() {}
     }
 
     /// Keeps what `seq`, which has left the engine, cached (the tokens it fed to the model),
@@ -145,6 +166,10 @@ impl EngineLoop {
         // The sequence's blocks leave it now, not when it drops after its final event: the
         // usage published right after this must not count them as held.
         let mut cache = std::mem::replace(&mut seq.cache, self.model.new_cache());
+        if seq.failed() {
+            // Nothing of a failed sequence stays findable, its published prompt blocks neither.
+            self.withdraw(seq);
+        }
         if !self.config.prefix_cache || seq.failed() {
             return;
         }

@@ -26,7 +26,8 @@ pub(super) struct EngineLoop {
     pub(super) commands: std_mpsc::Receiver<Command>,
     pub(super) waiting: VecDeque<Pending>,
     pub(super) running: Vec<Sequence>,
-    /// Caches of finished sequences, by the tokens they hold.
+    /// Caches of finished sequences, and the written prompt blocks of running ones, by the
+    /// tokens they hold.
     pub(super) retained: PrefixCache<SequenceCache>,
 }
 
@@ -123,7 +124,7 @@ impl EngineLoop {
     /// `StepFailed` (any of them may have been half-way through a cache write, so none is
     /// kept for the prefix cache), its slot and cache are freed, and the supervisor decides
     /// whether to serve on. Waiting requests are untouched.
-    fn recover(&mut self, message: &str, supervisor: &mut Supervisor) -> Verdict {
+    pub(super) fn recover(&mut self, message: &str, supervisor: &mut Supervisor) -> Verdict {
         self.shared.step_failures.fetch_add(1, Ordering::Relaxed);
         let verdict = supervisor.failed();
         tracing::error!(
@@ -132,7 +133,10 @@ impl EngineLoop {
             consecutive = supervisor.consecutive(),
             "an engine step panicked; its sequences fail"
         );
-        let failed: Vec<Sequence> = self.running.drain(..).collect();
+        let mut failed: Vec<Sequence> = self.running.drain(..).collect();
+        for seq in &mut failed {
+            self.withdraw(seq);
+        }
         self.ended(failed.len());
         self.publish();
         for mut seq in failed {
@@ -154,7 +158,7 @@ impl EngineLoop {
         }
     }
 
-    fn drop_cancelled(&mut self) {
+    pub(super) fn drop_cancelled(&mut self) {
         let before = self.waiting.len() + self.running.len();
         self.waiting.retain(|p| !p.is_cancelled());
         let mut cancelled = Vec::new();
@@ -170,7 +174,7 @@ impl EngineLoop {
         self.ended(before - self.waiting.len() - self.running.len());
     }
 
-    fn step(&mut self) {
+    pub(super) fn step(&mut self) {
         let step = self.shared.steps.fetch_add(1, Ordering::Relaxed);
         if self.config.fault_injection.is_some_and(|fault| fault.panics_at(step)) {
             panic!("fault injection: step {step} panics");
@@ -258,6 +262,8 @@ impl EngineLoop {
                 done.push(self.running.remove(i));
             }
         }
+        // Whole prompt blocks written in this step become findable for waiting requests.
+        self.publish_prompt_blocks();
         self.ended(done.len());
         for seq in &mut done {
             self.retain(seq);

@@ -7,8 +7,9 @@
 //! forward (decode tokens plus prefill chunks, see [`scheduler`]) and samples one token for
 //! every sequence whose prompt is fully cached. Finished sequences leave at once; their
 //! caches stay in the prefix cache ([`prefix_cache`], [`admission`]) until the KV budget needs
-//! the room, and a new prompt that starts with the same tokens copies them instead of
-//! prefilling. The thread never blocks the async runtime: events go out over unbounded
+//! the room, and a new prompt that starts with the same tokens shares them instead of
+//! prefilling. Running sequences publish their written prompt blocks there too, so requests
+//! that arrive together with one long prefix prefill it once ([`running_prefix`]). The thread never blocks the async runtime: events go out over unbounded
 //! channels and the thread sleeps on its command channel when idle.
 //!
 //! Constrained sequences ([`crate::constraint`]) are compiled at submission; in a step, their
@@ -23,6 +24,7 @@ mod admission;
 pub mod api;
 mod engine_loop;
 mod prefix_cache;
+mod running_prefix;
 mod scheduler;
 mod sequence;
 pub mod supervisor;

@@ -6,7 +6,9 @@
 //! key names a whole prefix. A hash only finds candidates: a hit is always verified against
 //! the entry's tokens. A hit's blocks are shared with the new sequence by reference count
 //! (see [`crate::kv_cache`]), so evicting an entry frees only the blocks no running sequence
-//! holds; eviction is least recently used first. The payload is generic so that this index
+//! holds; eviction is least recently used first, among the entries whose eviction would free
+//! something. Running sequences publish their written prompt blocks here too
+//! ([`super::running_prefix`]). The payload is generic so that this index
 //! is tested without a model; the engine stores [`crate::kv_cache::SequenceCache`]s.
 
 use std::collections::HashMap;
@@ -86,6 +88,11 @@ impl<T> PrefixCache<T> {
         self.cost
     }
 
+    #[cfg(test)]
+    pub fn payloads(&self) -> impl Iterator<Item = &T> {
+        self.entries.values().map(|e| &e.payload)
+    }
+
     pub fn get(&self, id: EntryId) -> Option<&T> {
         self.entries.get(&id).map(|e| &e.payload)
     }
@@ -123,14 +130,19 @@ impl<T> PrefixCache<T> {
     /// already holds all its blocks (that entry is refreshed instead). Entries whose tokens
     /// are a prefix of the new ones are redundant and dropped.
     pub fn insert(&mut self, tokens: &[u32], payload: T, cost: usize) -> bool {
+        self.insert_entry(tokens, payload, cost).is_some()
+    }
+
+    /// [`PrefixCache::insert`], naming the new entry.
+    pub fn insert_entry(&mut self, tokens: &[u32], payload: T, cost: usize) -> Option<EntryId> {
         let tokens = &tokens[..tokens.len() / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS];
         if tokens.is_empty() {
-            return false;
+            return None;
         }
         let keys = block_keys(tokens);
         if let Some(hit) = self.longest(tokens, &keys).filter(|hit| hit.tokens == tokens.len()) {
             self.touch(hit.entry);
-            return false;
+            return None;
         }
         let entries = &self.entries;
         let redundant: Vec<EntryId> = keys
@@ -153,21 +165,29 @@ impl<T> PrefixCache<T> {
         }
         self.cost += cost;
         self.entries.insert(id, Entry { tokens: tokens.to_vec(), keys, payload, cost, last_used: self.clock });
-        true
+        Some(id)
     }
 
     /// Removes the least recently used entry other than `keep` and returns its payload.
+    #[cfg(test)]
     pub fn evict_lru(&mut self, keep: Option<EntryId>) -> Option<T> {
+        self.evict_lru_where(keep, |_| true)
+    }
+
+    /// Removes the least recently used entry other than `keep` among those whose payload
+    /// `frees` (evicting the others would gain nothing) and returns its payload.
+    pub fn evict_lru_where(&mut self, keep: Option<EntryId>, frees: impl Fn(&T) -> bool) -> Option<T> {
         let victim = self
             .entries
             .iter()
-            .filter(|(id, _)| Some(**id) != keep)
+            .filter(|(id, e)| Some(**id) != keep && frees(&e.payload))
             .min_by_key(|(_, e)| e.last_used)
             .map(|(id, _)| *id)?;
         self.remove(victim)
     }
 
-    fn remove(&mut self, id: EntryId) -> Option<T> {
+    /// Removes entry `id` if it is still cached and returns its payload.
+    pub fn remove(&mut self, id: EntryId) -> Option<T> {
         let entry = self.entries.remove(&id)?;
         for key in &entry.keys {
             if let Some(ids) = self.by_block.get_mut(key) {
@@ -257,6 +277,24 @@ mod tests {
         assert_eq!(cache.evict_lru(Some(keep)), None);
         assert_eq!(cache.evict_lru(None), Some(3));
         assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn eviction_passes_over_entries_that_would_free_nothing() {
+        let mut cache = PrefixCache::default();
+        for seed in 1..=3 {
+            cache.insert(&tokens(seed, 1, 0), seed, 64);
+        }
+        // Entry 1 is the oldest, but (say) a running sequence holds all its blocks.
+        let frees = |payload: &u32| *payload != 1;
+        assert_eq!(cache.evict_lru_where(None, frees), Some(2));
+        assert_eq!(cache.evict_lru_where(None, frees), Some(3));
+        assert_eq!(cache.evict_lru_where(None, frees), None, "evicting entry 1 would free nothing");
+        assert_eq!(cache.len(), 1);
+        // An entry removed by id is gone once.
+        let id = cache.insert_entry(&tokens(4, 2, 0), 4, 128).expect("new entry");
+        assert_eq!(cache.remove(id), Some(4));
+        assert_eq!(cache.remove(id), None);
     }
 
     #[test]

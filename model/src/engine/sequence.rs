@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::prefix_cache::EntryId;
 use super::api::{FinishReason, GenerateRequest, GenerationEvent, Timings, TokenLogprob, Usage};
 use crate::constraint::{Committed, ConstraintState};
 use crate::error::ModelError;
@@ -44,6 +45,10 @@ pub(crate) struct Sequence {
     pub arrived_step: u64,
     /// Prompt tokens whose keys and values were copied from the prefix cache at the start.
     cached_prompt_tokens: usize,
+    /// Whole prompt blocks findable in the prefix index through this sequence or the hit it
+    /// started from ([`super::running_prefix`]), and the entry it published last, if any.
+    pub published_blocks: usize,
+    pub published: Option<EntryId>,
     /// The grammar the output must follow, if any.
     pub constraint: Option<ConstraintState>,
     /// `(n, entries so far)` while prompt logprobs with `n` alternatives are being gathered;
@@ -89,6 +94,8 @@ impl Sequence {
             reserved_tokens,
             arrived_step,
             cached_prompt_tokens: cache.len(),
+            published_blocks: cache.len() / crate::kv_cache::KV_BLOCK_TOKENS,
+            published: None,
             constraint,
             prompt_scores,
             cache,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use burn::tensor::{Int, Tensor};
 
-pub use pool::{BlockId, KvPool, KvShape};
+pub use pool::{BlockId, KvPool, KvShape, growth_peak_blocks};
 pub(crate) use pool::{PoolState, Storage};
 
 use crate::error::Result;

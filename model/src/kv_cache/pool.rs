@@ -4,9 +4,21 @@
 //! Host storage (CPU devices at f32) is one allocation per live block, `[layers][K, V]
 //! [kv_heads][64][head_dim]` f32, dropped when the block is freed, so memory (and peak RSS)
 //! follows what the sequences hold. Device storage is, per layer, a K and a V tensor
-//! `[blocks, kv_heads, 64, head_dim]` in the model's dtype, grown in large steps (doubling, up
-//! to the engine's KV budget once it is known): growth copies the pool once (old and new
-//! pools are both alive during the copy), and block ids stay valid across it.
+//! `[blocks, kv_heads, 64, head_dim]` in the model's dtype, grown in large steps: growth
+//! copies the pool once (old and new pools are both alive during the copy), and block ids
+//! stay valid across it.
+//!
+//! ## The growth peak
+//!
+//! Because old and new are alive together, a device pool that grows to `L` blocks briefly
+//! holds more than `L`. Once the engine's KV budget `L` is known ([`KvPool::set_growth_limit`])
+//! the pool only takes the sizes `ceil(L / 2^k)` (…, `L/4`, `L/2`, `L`; each about double the
+//! one before), growing to the first of them that holds what is needed ([`device_growth`]):
+//! a step to `n` then comes from at most `ceil(n/2)`, and no growth step holds more than
+//! [`growth_peak_blocks`]`(L) = L + ceil(L/2)` blocks. Plain doubling capped at `L` could come
+//! to `L` from just under `L` (`L = 1000`: 512 → 1000 is 1512, but `L = 1025`: 1024 → 1025 is
+//! 2049). The memory check before a GPU load ([`crate::device::memory_budget`]) counts this
+//! peak, not `L`, against the free memory. A pool without a limit doubles.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -89,13 +101,20 @@ impl KvPool {
         self.lock().used
     }
 
+    /// Blocks the storage has room for, free ones included (device pools: the tensors' rows).
+    pub fn storage_blocks(&self) -> usize {
+        self.lock().refcounts.len()
+    }
+
     /// Holders of `id` (0 when free).
     pub fn holders(&self, id: BlockId) -> u32 {
         self.lock().refcounts.get(id as usize).copied().unwrap_or(0)
     }
 
     /// Caps each growth step of a device pool at `blocks` (the engine's KV budget), so the
-    /// pool does not double past what the engine lets its sequences hold.
+    /// pool does not double past what the engine lets its sequences hold, and steps through
+    /// the sizes that keep the growth peak at [`growth_peak_blocks`]. Set it once, before the
+    /// first block is allocated: a pool grown to other sizes may peak higher.
     pub fn set_growth_limit(&self, blocks: usize) {
         self.lock().growth_limit = Some(blocks.max(1));
     }
@@ -140,10 +159,7 @@ impl KvPool {
         let old = state.refcounts.len();
         let new = match &state.storage {
             Storage::Host(_) => old + missing,
-            Storage::Device(_) => {
-                let doubled = (old * 2).min(state.growth_limit.unwrap_or(usize::MAX));
-                doubled.max(old + missing).max(4)
-            }
+            Storage::Device(_) => device_growth(old, missing, state.growth_limit),
         };
         state.refcounts.resize(new, 0);
         // Lowest ids first out of the free list (it pops from the end).
@@ -198,6 +214,32 @@ impl KvPool {
         let data: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
         Tensor::<1, Int>::from_data(TensorData::new(data, [ids.len()]), &self.device)
     }
+}
+
+/// The size a device pool of `old` blocks grows to when it needs `missing` more. Without a
+/// limit: doubling (4 blocks at least). With a limit `L`: the smallest of `ceil(L / 2^k)` that
+/// holds `old + missing` and 4 blocks (or `L`); past `L` (one sequence larger than the budget,
+/// which an empty engine admits), just `old + missing`.
+pub(crate) fn device_growth(old: usize, missing: usize, limit: Option<usize>) -> usize {
+    let need = old + missing;
+    let Some(limit) = limit else { return (old * 2).max(need).max(4) };
+    if need >= limit {
+        return need;
+    }
+    let target = need.max(limit.min(4));
+    // ceil(L / 2^(k+1)) = ceil(ceil(L / 2^k) / 2): halve from L while the half still holds target.
+    let mut size = limit;
+    while size.div_ceil(2) >= target && size.div_ceil(2) < size {
+        size = size.div_ceil(2);
+    }
+    size
+}
+
+/// At most how many blocks a device pool with growth limit `limit` holds during one growth
+/// step (old and new pool alive together) while it stays within the limit: `limit +
+/// ceil(limit / 2)`, or `limit` when the pool is allocated whole at once (4 blocks or fewer).
+pub fn growth_peak_blocks(limit: usize) -> usize {
+    if limit <= 4 { limit } else { limit + limit.div_ceil(2) }
 }
 
 impl PoolState {

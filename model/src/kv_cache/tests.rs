@@ -166,3 +166,79 @@ fn device_writes_and_gathers_go_through_the_block_table() {
     assert_eq!(keys.into_data().try_to_vec::<f32>().expect("f32"), want(false));
     assert_eq!(values.into_data().try_to_vec::<f32>().expect("f32"), want(true));
 }
+
+/// Walks `device_growth` from an empty pool, asking for `asks` blocks in turn, and returns
+/// the largest old + new pool of any growth step.
+fn growth_peak(limit: Option<usize>, asks: impl IntoIterator<Item = usize>) -> usize {
+    let (mut size, mut used, mut peak) = (0, 0, 0);
+    for ask in asks {
+        if used + ask > size {
+            let new = pool::device_growth(size, used + ask - size, limit);
+            assert!(new >= used + ask, "growth to {new} does not hold {}", used + ask);
+            if let Some(limit) = limit.filter(|&l| used + ask <= l) {
+                assert!(new <= limit, "growth past the limit {limit}: {new}");
+            }
+            peak = peak.max(size + new);
+            size = new;
+        }
+        used += ask;
+    }
+    peak
+}
+
+#[test]
+fn growth_within_the_limit_never_holds_more_than_its_counted_peak() {
+    // The old schedule (doubling capped at the limit) for a 1025-block budget: 1024 → 1025.
+    let doubling_peak = {
+        let (mut size, mut peak) = (4usize, 0);
+        while size < 1025 {
+            let new = (size * 2).min(1025);
+            peak = peak.max(size + new);
+            size = new;
+        }
+        peak
+    };
+    assert_eq!(doubling_peak, 2049);
+    assert!(doubling_peak > growth_peak_blocks(1025), "the memory check would be exceeded");
+    let mut rng = crate::rng::SplitMix64(7);
+    for limit in 1..=600 {
+        let bound = growth_peak_blocks(limit);
+        // One block at a time, then random asks, then one ask for the whole budget.
+        assert!(growth_peak(Some(limit), std::iter::repeat_n(1, limit)) <= bound, "limit {limit}");
+        for _ in 0..20 {
+            let mut left = limit;
+            let asks: Vec<usize> = std::iter::from_fn(|| {
+                (left > 0).then(|| {
+                    let ask = 1 + (rng.next_u64() as usize) % left.min(1 + limit / 3);
+                    left -= ask;
+                    ask
+                })
+            })
+            .collect();
+            assert!(growth_peak(Some(limit), asks.clone()) <= bound, "limit {limit}, asks {asks:?}");
+        }
+        assert_eq!(growth_peak(Some(limit), [limit]), limit);
+    }
+    // The bound is reached: the step to the limit comes from half of it.
+    assert_eq!(growth_peak(Some(1000), [500, 1]), 1500);
+    assert_eq!(growth_peak_blocks(1000), 1500);
+    // Without a limit, doubling as before.
+    assert_eq!(growth_peak(None, std::iter::repeat_n(1, 9)), 8 + 16);
+}
+
+#[test]
+fn a_device_pool_grows_through_halvings_of_its_limit() {
+    let pool = Arc::new(KvPool::new(SHAPE, &Device::flex(), FloatDType::F32, false, None));
+    pool.set_growth_limit(100);
+    let mut cache = SequenceCache::new(pool.clone(), 100 * B);
+    let mut sizes = Vec::new();
+    for _ in 0..100 {
+        cache.reserve(B).expect("room");
+        cache.advance(B);
+        if sizes.last() != Some(&pool.storage_blocks()) {
+            sizes.push(pool.storage_blocks());
+        }
+    }
+    // ceil(100 / 2^k): 100, 50, 25, 13, 7, 4.
+    assert_eq!(sizes, vec![4, 7, 13, 25, 50, 100]);
+}
