@@ -93,10 +93,10 @@ fn requests_submitted_together_prefill_their_common_system_prompt_once() {
     let prompts = prompts(&["When do you open?", "Who owns the shop?", "Can I pay by card?", "Do you sell rye bread?"]);
     let common = prompts[0].iter().zip(&prompts[1]).take_while(|(a, b)| a == b).count() / BLOCK * BLOCK;
     assert!(common >= 2 * BLOCK, "the system prompt spans {common} whole-block tokens");
-    let expected = reference(&prompts, 16);
+    let expected = reference(&prompts, 8);
     let engine = start(EngineConfig::default());
     let outs: Vec<(Vec<u32>, usize)> =
-        submit_all(&engine, &prompts, 16).into_iter().map(|s| collect(s).expect("no error")).collect();
+        submit_all(&engine, &prompts, 8).into_iter().map(|s| collect(s).expect("no error")).collect();
     for (i, ((ids, _), want)) in outs.iter().zip(&expected).enumerate() {
         assert_eq!(ids, want, "request {i} differs from its unshared run");
     }
@@ -115,9 +115,9 @@ fn requests_submitted_together_prefill_their_common_system_prompt_once() {
 #[test]
 fn a_cancelled_sharer_leaves_the_others_right() {
     let prompts = prompts(&["When do you open?", "Who owns the shop?", "Can I pay by card?"]);
-    let expected = reference(&prompts, 16);
+    let expected = reference(&prompts, 8);
     let engine = start(EngineConfig::default());
-    let mut streams = submit_all(&engine, &prompts, 16);
+    let mut streams = submit_all(&engine, &prompts, 8);
     // The last sharer leaves after its first token; the first (the one that prefilled) stays.
     let mut last = streams.pop().expect("three");
     assert!(matches!(last.blocking_recv(), Some(GenerationEvent::Token { .. })));
@@ -133,22 +133,59 @@ fn a_cancelled_sharer_leaves_the_others_right() {
 #[test]
 fn a_failed_step_leaves_nothing_of_its_sharers_findable() {
     let prompts = prompts(&["When do you open?", "Who owns the shop?"]);
-    let expected = reference(&prompts, 16);
+    let expected = reference(&prompts, 8);
     // Step 0 prefills the first prompt; step 1 starts the second on the shared blocks; step 2
     // fails them both.
     let config = EngineConfig { fault_injection: Some(FaultInjection::PanicAtStep(2)), ..EngineConfig::default() };
     let engine = start(config);
-    for (i, stream) in submit_all(&engine, &prompts, 16).into_iter().enumerate() {
+    for (i, stream) in submit_all(&engine, &prompts, 8).into_iter().enumerate() {
         assert_eq!(collect(stream), Err("engine_fault".to_string()), "request {i}");
     }
     wait_idle(&engine);
     let stats = engine.stats();
     assert_eq!(stats.kv_cache_usage, 0.0, "a failed sequence leaves no blocks behind: {stats:?}");
     // Again, after the fault: from scratch, the same output as alone.
-    for (i, stream) in submit_all(&engine, &prompts, 16).into_iter().enumerate() {
+    for (i, stream) in submit_all(&engine, &prompts, 8).into_iter().enumerate() {
         let (ids, cached) = collect(stream).expect("served after the fault");
         assert_eq!(ids, expected[i], "request {i}");
         assert_eq!(cached > 0, i > 0, "request {i}: {cached} cached");
     }
     wait_idle(&engine);
+}
+
+/// Prints the wall time for eight requests submitted together after the same ~300-token
+/// system prompt to get their first token, and the prompt tokens prefilled, with the prefix
+/// cache off and on: `cargo test ... --test engine_sharing -- --ignored --nocapture together`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn together_eight_requests_with_and_without_running_prefix_sharing() {
+    let questions = [
+        "When do you open?", "Who owns the shop?", "Can I pay by card?", "Do you sell rye bread?",
+        "Are you open on Monday?", "What is a brioche?", "Can I order forty croissants?", "Do you have fruit tarts?",
+    ];
+    let info = ModelLoader::open(&real_model()).expect("open model").info();
+    let template = info.chat_template.as_ref().expect("chat template");
+    let system = format!("{SYSTEM} {SYSTEM}");
+    let prompts: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| {
+            let messages = [ChatMessage::new("system", system.as_str()), ChatMessage::new("user", *q)];
+            info.tokenizer.encode_prompt(&template.render(&messages, true).expect("render")).expect("encode")
+        })
+        .collect();
+    for prefix_cache in [false, true] {
+        let engine = start(EngineConfig { prefix_cache, ..EngineConfig::default() });
+        let started = Instant::now();
+        let outs: Vec<(Vec<u32>, usize)> =
+            submit_all(&engine, &prompts, 1).into_iter().map(|s| collect(s).expect("no error")).collect();
+        let elapsed = started.elapsed();
+        let total: usize = prompts.iter().map(Vec::len).sum();
+        let cached: usize = outs.iter().map(|(_, c)| c).sum();
+        println!(
+            "prefix_cache={prefix_cache}: 8 prompts of ~{} tokens, {} prefilled, {cached} shared, all first tokens in {elapsed:?}",
+            prompts[0].len(),
+            total - cached
+        );
+        wait_idle(&engine);
+    }
 }

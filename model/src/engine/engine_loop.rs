@@ -135,12 +135,14 @@ impl EngineLoop {
         );
         let mut failed: Vec<Sequence> = self.running.drain(..).collect();
         for seq in &mut failed {
-            self.withdraw(seq);
+            seq.fail(ModelError::StepFailed(message.to_string()));
+            // Its blocks go back (and what it published is withdrawn) before usage is
+            // published: a client that sees the error must not see them still held.
+            self.retain(seq);
         }
         self.ended(failed.len());
         self.publish();
         for mut seq in failed {
-            seq.fail(ModelError::StepFailed(message.to_string()));
             seq.send_final_event();
         }
         verdict
