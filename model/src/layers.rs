@@ -307,36 +307,11 @@ fn gate_host(joined: &[f32], ff: usize, activation: Activation) -> Vec<f32> {
     if ff == 0 {
         return gated;
     }
-    let act: fn(f32) -> f32 = match activation {
-        Activation::Silu => silu_f32,
-        Activation::GeluTanh => gelu_tanh_f32,
-    };
     gated.par_chunks_mut(ff).zip(joined.par_chunks(2 * ff)).for_each(|(out, row)| {
         let (gate, up) = row.split_at(ff);
-        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-            *o = act(g) * u;
-        }
+        crate::host_ops::gated(activation, gate, up, out);
     });
     gated
-}
-
-/// `x · sigmoid(x)`, with the sigmoid burn's CPU backend uses (no overflow of `exp` for
-/// large |x|), so host and backend results agree to rounding.
-fn silu_f32(x: f32) -> f32 {
-    let sigmoid = if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    };
-    x * sigmoid
-}
-
-/// [`gelu_tanh`] on one value, in the same order of operations.
-fn gelu_tanh_f32(x: f32) -> f32 {
-    let sqrt_2_over_pi = (2.0 / std::f64::consts::PI).sqrt() as f32;
-    let inner = (x + x * x * x * 0.044715) * sqrt_2_over_pi;
-    x * (inner.tanh() + 1.0) * 0.5
 }
 
 /// `0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 x³)))`, with `x³` as products: a float power

@@ -8,7 +8,8 @@
 //!   [`quant_matmul`]: fused dequantize-and-multiply of GGUF blocks for CPU devices;
 //!   `gpu_quant`: the same for GPU devices, our own `#[cube]` kernels (GPU builds only), and
 //!   `gpu_attention`: grouped-query attention reading the device cache in place;
-//!   `host_attention`: attention over a host KV cache, for CPU devices at f32.
+//!   `host_attention`: attention over a host KV cache, for CPU devices at f32;
+//!   [`host_ops`]: vectorised elementwise kernels (gated activations, RMSNorm) on host rows.
 //! - [`device`]: `--device`/`--dtype` and the burn backends compiled in.
 //! - [`tokenizer`], [`chat_template`]: text in and out, as the model's authors do it.
 //! - [`sampler`], [`stop`]: choosing the next token and stopping; [`constraint`]: masks that
@@ -40,6 +41,7 @@ pub mod gpu_quant;
 pub mod hf;
 pub mod kv_cache;
 pub mod host_attention;
+pub mod host_ops;
 pub mod layers;
 pub mod model;
 pub mod quant_matmul;
