@@ -38,7 +38,8 @@ pub struct Metrics {
     pub kv_cache_usage_perc: GaugeVec,
     pub prefix_cache_usage_perc: GaugeVec,
     /// The load's memory check on a GPU device, by `kind`: capacity, available, weights,
-    /// workspace, kv_cache (the whole KV budget).
+    /// workspace, kv_cache (the whole KV budget; the check itself counts the KV pool at its
+    /// growth peak, up to 1.5 × this, `MemoryReport::kv_growth_peak`).
     pub device_memory_bytes: IntGaugeVec,
     /// The KV budget in tokens once loaded (on GPU devices sized from the free memory).
     pub kv_cache_budget_tokens: IntGaugeVec,
