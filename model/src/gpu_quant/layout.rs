@@ -14,7 +14,11 @@
 //!   word per block. Q4_K and Q5_K blocks (144 and 176 bytes, `d, dmin` at the head) are
 //!   aligned: they have no piece, their words are the whole block.
 //!
-//! Nothing is widened: the device holds the GGUF bytes plus at most 2 bytes of padding
+//! - the whole padded with zero words to a multiple of 4 words, so that the kernels can read
+//!   it as `vec4<u32>` (a quad-aligned 16-byte load; every kind's quants but Q5_0's start on a
+//!   4-word boundary).
+//!
+//! Nothing is widened: the device holds the GGUF bytes plus at most 14 bytes of padding
 //! (see [`device_bytes`]).
 
 use crate::gguf::GgmlType;
@@ -138,9 +142,9 @@ pub fn scales_at(kind: QuantKind, blocks: usize) -> usize {
     blocks * kind.words_per_block()
 }
 
-/// Length in words of the packed form of `blocks` blocks.
+/// Length in words of the packed form of `blocks` blocks (a multiple of 4).
 pub fn packed_words(kind: QuantKind, blocks: usize) -> usize {
-    scales_at(kind, blocks) + (blocks * kind.piece_bytes()).div_ceil(4)
+    (scales_at(kind, blocks) + (blocks * kind.piece_bytes()).div_ceil(4)).next_multiple_of(4)
 }
 
 /// Bytes the packed form of `blocks` blocks takes on the device.
@@ -169,6 +173,7 @@ pub fn pack(kind: QuantKind, bytes: &[u8]) -> Vec<u32> {
     // Two 2-byte pieces a word, low half first; Q4_1's 4-byte pieces are a word each.
     pieces.resize(pieces.len().next_multiple_of(4), 0);
     words.extend(pieces.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])));
+    words.resize(words.len().next_multiple_of(4), 0);
     debug_assert_eq!(words.len(), packed_words(kind, blocks));
     words
 }
@@ -195,13 +200,14 @@ mod tests {
     }
 
     #[test]
-    fn pack_is_lossless_and_adds_at_most_two_bytes() {
+    fn pack_is_lossless_whole_quads_and_adds_at_most_fourteen_bytes() {
         for kind in QuantKind::ALL {
             for blocks in [1usize, 2, 3, 8] {
                 let bytes: Vec<u8> = (0..blocks * kind.block_bytes()).map(|i| (i * 37 + 11) as u8).collect();
                 let words = pack(kind, &bytes);
                 assert_eq!(words.len() * 4, device_bytes(kind, blocks));
-                assert!(device_bytes(kind, blocks) <= bytes.len() + 2, "{kind:?} × {blocks}");
+                assert!(device_bytes(kind, blocks) <= bytes.len() + 14, "{kind:?} × {blocks}");
+                assert_eq!(words.len() % 4, 0, "{kind:?} × {blocks}: whole quads");
                 let back: Vec<u8> = (0..blocks).flat_map(|s| unpack_block(kind, &words, blocks, s)).collect();
                 assert_eq!(back, bytes, "{kind:?} × {blocks}");
             }

@@ -3,10 +3,12 @@
 //!
 //! - [`layout`]: the lossless host repack of GGUF blocks into `u32` words (WGSL reads no
 //!   8/16-bit storage, and 18-, 22-, 34- and 210-byte blocks are not 4-byte aligned).
-//! - `kernels`: the matrix-vector kernel, 1 or 32 units per output element, f32 accumulation;
-//!   `decode`: its per-type decoding, mirroring `gguf::dequant`.
+//! - `decode`: the per-type decoding both kernels share (32 dequantized weights of a chunk,
+//!   mirroring `gguf::dequant`).
+//! - `kernels`: the matrix-vector kernel, f32 accumulation: on GPUs 32 units per output, on
+//!   lavapipe one unit per 8 outputs.
 //! - `tiled`: the tiled kernel for prefill and batches (from a few activation rows on), which
-//!   decodes each weight once per tile of activation rows into shared memory (`unpack`).
+//!   decodes each weight once per tile of activation rows into shared memory.
 //! - [`QuantLinearOps`]: the burn backend extension that launches them on burn's own tensors.
 //!   With fusion on (every GPU feature turns it on) the call is registered as a custom
 //!   operation in the fusion stream and runs in order with its neighbours, with no flush and
@@ -22,9 +24,10 @@ pub mod layout;
 #[cfg(all(test, feature = "wgpu"))]
 mod tests;
 #[cfg(all(test, feature = "wgpu"))]
+mod tests_bench;
+#[cfg(all(test, feature = "wgpu"))]
 mod tests_tiled;
 mod tiled;
-mod unpack;
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
@@ -50,10 +53,9 @@ pub trait QuantLinearOps: Backend {
     /// tensors (`as_int`), only for floats.
     /// The matrix-vector kernel runs below `tiled_from` activation rows, the tiled one from
     /// there on; 0 leaves the threshold to the device. Tests set these to run every kernel and
-    /// every shape of it on one device:
-    /// `lanes`: the matrix-vector kernel's units per output element, a power of two up to 32,
-    /// or 0 for the device's default; `tile`: the tiled kernel's shape, 0 for the device's
-    /// default or 1 + an index into [`tiled::TILES`].
+    /// every shape of it on one device: `matvec` is the matrix-vector kernel's shape and
+    /// `tile` the tiled kernel's, each 0 for the device's default or 1 + an index into
+    /// [`kernels::SHAPES`] or [`tiled::TILES`].
     #[fusion(dtype = x, shape = matvec_shape(x, rows))]
     #[allow(clippy::too_many_arguments)] // the macro takes plain arguments
     fn quant_linear(
@@ -62,7 +64,7 @@ pub trait QuantLinearOps: Backend {
         kind: u32,
         rows: usize,
         cols: usize,
-        lanes: usize,
+        matvec: usize,
         tiled_from: usize,
         tile: usize,
     ) -> FloatTensor<Self>;
@@ -81,7 +83,7 @@ impl QuantLinearOps for CubeBackend {
         kind: u32,
         rows: usize,
         cols: usize,
-        lanes: usize,
+        matvec: usize,
         tiled_from: usize,
         tile: usize,
     ) -> FloatTensor<Self> {
@@ -91,7 +93,8 @@ impl QuantLinearOps for CubeBackend {
             let tile = tile.checked_sub(1).map(|index| tiled::TILES[index]);
             tiled::quant_tiled(x, w, kind, rows, cols, tile)
         } else {
-            kernels::quant_matvec(x, w, kind, rows, cols, lanes)
+            let shape = matvec.checked_sub(1).map(|index| kernels::SHAPES[index]);
+            kernels::quant_matvec(x, w, kind, rows, cols, shape)
         }
     }
 }
@@ -104,7 +107,7 @@ impl QuantLinearOps for CubeBackend {
 pub const MAX_BUFFER_BYTES: usize = 128 << 20;
 
 /// A quantized `rows × cols` weight matrix on a cubecl device, in the packed layout of
-/// [`layout`] (the GGUF bytes plus at most 2 bytes per shard).
+/// [`layout`] (the GGUF bytes plus at most 14 bytes per shard).
 #[derive(Debug, Clone)]
 pub struct DeviceQuantMatrix {
     /// Consecutive row ranges, each packed and uploaded on its own, with its row count.
@@ -112,8 +115,9 @@ pub struct DeviceQuantMatrix {
     kind: QuantKind,
     rows: usize,
     cols: usize,
-    /// Units per output element; 0 leaves it to the device (see `kernels`).
-    lanes: usize,
+    /// The matrix-vector kernel's shape: 0 for the device's, 1 + an index into
+    /// `kernels::SHAPES`.
+    matvec: usize,
     /// Activation rows from which the tiled kernel runs; 0 leaves it to the device.
     tiled_from: usize,
     /// The tiled kernel's shape: 0 for the device's, 1 + an index into `tiled::TILES`.
@@ -181,8 +185,8 @@ impl DeviceQuantMatrix {
         }
         require_cube(device)?;
         let row_blocks = cols / block_elements;
-        // Whole rows per shard; the packed form adds at most 2 bytes (+ 2 for rounding).
-        let shard_rows = ((max_buffer_bytes.saturating_sub(4)) / (row_blocks * kind.block_bytes())).max(1);
+        // Whole rows per shard; the packed form adds at most 14 bytes (+ 2 for rounding).
+        let shard_rows = ((max_buffer_bytes.saturating_sub(16)) / (row_blocks * kind.block_bytes())).max(1);
         let shards = bytes
             .chunks(shard_rows * row_blocks * kind.block_bytes())
             .map(|shard| {
@@ -192,7 +196,7 @@ impl DeviceQuantMatrix {
                 (Tensor::<1, Int>::from_data(TensorData::new(words, [len]), (device, DType::U32)), rows)
             })
             .collect();
-        Ok(DeviceQuantMatrix { shards, kind, rows, cols, lanes: 0, tiled_from: 0, tile: 0 })
+        Ok(DeviceQuantMatrix { shards, kind, rows, cols, matvec: 0, tiled_from: 0, tile: 0 })
     }
 
     pub fn kind(&self) -> QuantKind {
@@ -213,12 +217,12 @@ impl DeviceQuantMatrix {
         self.shards.iter().map(|&(_, rows)| layout::device_bytes(self.kind, rows * row_blocks)).sum()
     }
 
-    /// The same matrix multiplied with `lanes` units per output element (a power of two up to
-    /// 32) whatever the device: the tests run the GPU shape on lavapipe.
+    /// The same matrix multiplied by the matrix-vector kernel in `kernels::SHAPES[shape]`'s
+    /// shape whatever the device: the tests run the GPU shape on lavapipe.
     #[cfg(test)]
-    fn with_lanes(mut self, lanes: usize) -> DeviceQuantMatrix {
-        assert!(lanes.is_power_of_two() && lanes <= 32);
-        self.lanes = lanes;
+    fn with_matvec(mut self, shape: usize) -> DeviceQuantMatrix {
+        assert!(shape < kernels::SHAPES.len());
+        self.matvec = shape + 1;
         self
     }
 
@@ -266,7 +270,7 @@ impl DeviceQuantMatrix {
                     code,
                     *rows,
                     self.cols,
-                    self.lanes,
+                    self.matvec,
                     self.tiled_from,
                     self.tile,
                 );

@@ -92,21 +92,27 @@ fn check_sizes(kind: QuantKind, sizes: &[(usize, usize)], seed: u64) {
         let bytes = random_blocks(kind, rows, cols, &mut rng);
         let matrix = DeviceQuantMatrix::from_blocks(kind.ggml_type(), rows, cols, &bytes, &device).expect("upload");
         assert_eq!(matrix.device_bytes(), layout::device_bytes(kind, rows * cols / kind.block_elements()));
-        // lavapipe's shape (one unit per output), a GPU's (32), and one in between.
-        for (n, lanes) in [(1, 0), (2, 0), (5, 0), (1, 32), (5, 32), (2, 4)] {
+        // The device's shape, then every shape in `kernels::SHAPES` (lavapipe's, a GPU's, and
+        // those in between), each with one and with several activation rows.
+        let shapes = [None, None, None].into_iter().chain((0..kernels::SHAPES.len()).flat_map(|k| [Some(k), Some(k)]));
+        for (k, shape) in shapes.enumerate() {
+            let n = [1, 2, 5][k % 3];
             let x = random_x(n * cols, &mut rng);
             let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [n, cols]), (&device, DType::F32));
-            let y = matrix.clone().with_lanes_or_default(lanes).matvec_only().forward(xt).expect("forward");
+            let y = matrix.clone().with_matvec_or_default(shape).matvec_only().forward(xt).expect("forward");
             assert_eq!(y.dims(), [n, rows], "{kind:?} {rows} × {cols}, n {n}: the shape fusion recorded");
-            let what = format!("{kind:?} {rows} × {cols}, n {n}, {lanes} lanes");
+            let what = format!("{kind:?} {rows} × {cols}, n {n}, {:?}", shape.map(|k| kernels::SHAPES[k]));
             assert_close(&what, cols, &read(y), &reference(kind, rows, cols, &bytes, &x));
         }
     }
 }
 
 impl DeviceQuantMatrix {
-    fn with_lanes_or_default(self, lanes: usize) -> DeviceQuantMatrix {
-        if lanes == 0 { self } else { self.with_lanes(lanes) }
+    fn with_matvec_or_default(self, shape: Option<usize>) -> DeviceQuantMatrix {
+        match shape {
+            Some(shape) => self.with_matvec(shape),
+            None => self,
+        }
     }
 
     /// The matrix-vector kernel whatever the number of activation rows (the tiled one has
@@ -118,7 +124,7 @@ impl DeviceQuantMatrix {
 }
 
 /// 32-element blocks: 1088 columns are 34 blocks a row, more than a cube's 32 units, so units
-/// take two.
+/// take two; 67 rows are no multiple of any shape's rows per unit.
 const BLOCK_SIZES: [(usize, usize); 4] = [(1, 32), (3, 96), (67, 576), (3, 1088)];
 
 /// K-quant super-blocks: one, three, and nine a row (72 sub-blocks: units take two or three).
@@ -159,11 +165,11 @@ fn matrices_larger_than_a_buffer_go_up_in_shards_of_rows() {
     let mut rng = SplitMix64(24);
     let (kind, rows, cols, n) = (QuantKind::Q6_K, 67, 256, 2);
     let bytes = random_blocks(kind, rows, cols, &mut rng);
-    let limit = 5 * kind.block_bytes() + 4;
+    let limit = 5 * kind.block_bytes() + 16;
     let matrix =
         DeviceQuantMatrix::from_blocks_in_shards(kind.ggml_type(), rows, cols, &bytes, &device, limit).expect("upload");
     assert_eq!(matrix.shards(), 14, "13 shards of 5 rows and one of 2");
-    assert!(matrix.device_bytes() <= bytes.len() + 2 * 14 && matrix.device_bytes() >= bytes.len());
+    assert!(matrix.device_bytes() <= bytes.len() + 14 * 14 && matrix.device_bytes() >= bytes.len());
     let x = random_x(n * cols, &mut rng);
     let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [n, cols]), (&device, DType::F32));
     let y = matrix.forward(xt).expect("forward");
@@ -205,13 +211,13 @@ fn f16_activations_in_and_out() {
         let cols = 3 * kind.block_elements();
         let bytes = random_blocks(kind, rows, cols, &mut rng);
         let matrix = DeviceQuantMatrix::from_blocks(kind.ggml_type(), rows, cols, &bytes, &device).expect("upload");
-        for lanes in [0, 32] {
+        for shape in [None, Some(1)] {
             let x16: Vec<f16> = random_x(n * cols, &mut rng).into_iter().map(f16::from_f32).collect();
             let x: Vec<f32> = x16.iter().map(|v| v.to_f32()).collect();
             let xt = Tensor::<2>::from_data(TensorData::new(x16, [n, cols]), (&device, DType::F16));
-            let y = matrix.clone().with_lanes_or_default(lanes).matvec_only().forward(xt).expect("forward");
+            let y = matrix.clone().with_matvec_or_default(shape).matvec_only().forward(xt).expect("forward");
             assert_eq!(y.dtype(), DType::F16);
-            let what = format!("{kind:?} f16, {lanes} lanes");
+            let what = format!("{kind:?} f16, {:?}", shape.map(|k| kernels::SHAPES[k]));
             assert_close_f16(&what, cols, &read(y), &reference(kind, rows, cols, &bytes, &x));
         }
     }

@@ -93,7 +93,7 @@ fn default_dispatch_shards_and_strided_activations() {
     let mut rng = SplitMix64(38);
     let (kind, rows, cols) = (QuantKind::Q4_1, 67, 576);
     let bytes = random_blocks(kind, rows, cols, &mut rng);
-    let limit = 5 * (cols / 32) * kind.block_bytes() + 4;
+    let limit = 5 * (cols / 32) * kind.block_bytes() + 16;
     let sharded =
         DeviceQuantMatrix::from_blocks_in_shards(kind.ggml_type(), rows, cols, &bytes, &device, limit).expect("upload");
     assert_eq!(sharded.shards(), 14);
@@ -113,9 +113,12 @@ fn default_dispatch_shards_and_strided_activations() {
 }
 
 #[test]
-fn every_tile_shape_divides_among_its_units_and_fits_16_kib() {
+fn every_shape_divides_among_its_units_and_fits_16_kib() {
     for tile in tiled::TILES {
         assert!(tile.is_valid(), "{tile:?}");
+    }
+    for shape in kernels::SHAPES {
+        assert!(shape.is_valid(), "{shape:?}");
     }
     let too_large = tiled::TileShape { x_rows: 64, w_rows: 64, units: 256, per_w: 4, chunks: 2 };
     assert!(!too_large.is_valid(), "32 KiB of shared memory");

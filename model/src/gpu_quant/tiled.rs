@@ -4,7 +4,7 @@
 //!
 //! A cube computes a tile of [`TileShape::x_rows`] activation rows × [`TileShape::w_rows`]
 //! weight rows. Each K step of `32 · chunks` columns, its units decode the tile's weight chunks
-//! once into shared memory as f32 (`super::unpack`), copy the activations' slice there as f32,
+//! once into shared memory as f32 (`super::decode`), copy the activations' slice there as f32,
 //! wait, then each unit accumulates its own outputs (a strided `per_x × per_w` sub-grid, so the
 //! units of one warp read neighbouring shared words) in registers. Both tiles are stored
 //! column-major (element k of row j at `k · tile_rows + j`), so the decoding units, which take
@@ -17,17 +17,14 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::kernels::{KIND_Q4_0, KIND_Q4_1, KIND_Q4_K, KIND_Q5_0, KIND_Q5_K, KIND_Q6_K, kind_code};
+use super::decode::{CHUNK_ELEMENTS, Quads, chunk_values};
+use super::kernels::kind_code;
 use super::layout::{self, QuantKind};
-use super::unpack::{q4_values, q5_0_values, q6_k_values, q8_0_values, q45_k_values};
-
-/// Columns a weight chunk covers (a block, or a K-quant sub-block).
-const CHUNK_ELEMENTS: usize = 32;
 
 #[cube(launch)]
 fn quant_tiled_kernel<F: Float>(
     x: &Tensor<F>,
-    words: &Tensor<u32>,
+    words: &Quads,
     out: &mut Tensor<F>,
     rows: usize,
     chunks_per_row: usize,
@@ -62,6 +59,7 @@ fn quant_tiled_kernel<F: Float>(
     }
     let mut xs = Array::<f32>::new(per_x);
     let mut ws = Array::<f32>::new(per_w);
+    let mut values = Array::<f32>::new(CHUNK_ELEMENTS);
 
     let mut c0 = 0usize;
     while c0 < chunks_per_row {
@@ -72,23 +70,10 @@ fn quant_tiled_kernel<F: Float>(
             let c = c0 + q / w_rows;
             let (r, at) = (first_w + j, (q / w_rows) * 32 * w_rows + j);
             if r < rows && c < chunks_per_row {
-                if comptime![kind == KIND_Q4_K || kind == KIND_Q5_K || kind == KIND_Q6_K] {
-                    // Chunk c of the row is sub-block c % 8 of its super-block c / 8.
-                    let block = r * (chunks_per_row / 8) + c / 8;
-                    if comptime![kind == KIND_Q6_K] {
-                        q6_k_values(words, block, c % 8, scales_at, &mut w_tile, at, w_rows);
-                    } else {
-                        q45_k_values(words, block, c % 8, &mut w_tile, at, w_rows, comptime![kind == KIND_Q5_K]);
-                    }
-                } else {
-                    let block = r * chunks_per_row + c;
-                    if comptime![kind == KIND_Q4_1 || kind == KIND_Q4_0] {
-                        q4_values(words, block, scales_at, &mut w_tile, at, w_rows, comptime![kind == KIND_Q4_1]);
-                    } else if comptime![kind == KIND_Q5_0] {
-                        q5_0_values(words, block, scales_at, &mut w_tile, at, w_rows);
-                    } else {
-                        q8_0_values(words, block, scales_at, &mut w_tile, at, w_rows);
-                    }
+                chunk_values(words, r, c, chunks_per_row, scales_at, &mut values, kind);
+                #[unroll]
+                for l in 0..32usize {
+                    w_tile[at + l * w_rows] = values[l];
                 }
             } else {
                 // Past the last row or chunk: zeros (their products are never written, but
