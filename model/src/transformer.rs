@@ -208,7 +208,12 @@ impl Transformer {
         for (layer, block) in self.blocks.iter().enumerate() {
             let (q, k, v) = block.attention.project(x.clone(), c)?;
             let rope = &self.ropes[block.rope];
-            let (q, k) = (rope.apply(q, &rope_tables[block.rope]), rope.apply(k, &rope_tables[block.rope]));
+            let tables = &rope_tables[block.rope];
+            let (q, k) = if self.plan.host_attention && self.plan.dtype == FloatDType::F32 {
+                (rope.apply_on_host(q, tables)?, rope.apply_on_host(k, tables)?)
+            } else {
+                (rope.apply(q, tables), rope.apply(k, tables))
+            };
             let settings = LayerAttention {
                 layer,
                 shape: AttentionShape {

@@ -29,9 +29,9 @@
 //! - the same panel path with portable, auto-vectorizable Rust (non-x86 targets, CPUs without
 //!   AVX2, and the reference the AVX2 kernels are tested against).
 //!
-//! Work is split over output rows (weight rows) between the calling thread and rayon helpers
-//! (see `parallel`); small products run on the calling thread alone, where waking a helper
-//! would cost more than it saves.
+//! Work is split over output rows (weight rows) between the calling thread and spinning
+//! helper threads (see `parallel`); small products run on the calling thread alone, where
+//! handing work over would cost more than it saves.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -349,7 +349,7 @@ impl QuantMatrix {
         self.split_rows(kernel, x, n, &x_sums, None, y)
     }
 
-    /// Runs `kernel` over all weight rows, on this thread or split with rayon helpers.
+    /// Runs `kernel` over all weight rows, on this thread or split with helper threads.
     fn split_rows(
         &self,
         kernel: Kernel,
@@ -369,8 +369,8 @@ impl QuantMatrix {
         };
 
         let macs = n.saturating_mul(rows).saturating_mul(cols);
-        // The caller works too (see `parallel`), so `threads - 1` helpers fill the pool's cores.
-        let helpers = rayon::current_num_threads().saturating_sub(1);
+        // The caller works too (see `parallel`): `threads - 1` helpers fill the cores.
+        let helpers = parallel::helper_threads();
         let min_chunk = CHUNK_MIN_MACS.div_ceil(n * cols);
         if helpers == 0 || macs < PARALLEL_MIN_MACS || rows < 2 * min_chunk {
             return run(0..rows);

@@ -1,11 +1,16 @@
-//! Splitting one product over the calling thread and rayon helpers.
+//! Splitting one product over the calling thread and helper threads.
 //!
-//! `par_iter` from a thread outside the pool hands all the work to the pool and puts the
-//! caller to sleep until it is done: every product then pays a cross-thread wake-up both
-//! ways, and on a busy 2-core machine waits for pool threads that may not be scheduled.
-//! Here the caller works too: it and the helpers claim chunks of rows from a shared counter,
-//! so a helper that starts late just finds less (or nothing) to do, and the caller waits only
-//! for chunks a helper has already begun.
+//! The caller works too: it and the helpers claim chunks of rows from a shared counter, so a
+//! helper that starts late just finds less (or nothing) to do, and the caller waits only for
+//! chunks a helper has already begun.
+//!
+//! The helpers are our own threads, not rayon's. A decode step runs a few hundred products of
+//! 10–100 µs each with short gaps between them (norms, rope, attention); rayon's idle workers
+//! go to sleep after a few dozen yields, so nearly every product paid a futex wake-up of tens
+//! of microseconds, and a SmolLM2 decode profile had the helper doing under a fifth of the
+//! products' work. Ours spin for [`SPIN`] after each product (yielding the core after
+//! [`SPIN_HARD`], so a busy machine's other runnable threads still get it), which is how
+//! llama.cpp's threads wait between operations, and only then park.
 //!
 //! Chunks shrink as the work runs out ("guided" scheduling): large first chunks keep each
 //! thread streaming through long runs of weights (many small chunks measured slower), small
@@ -13,9 +18,9 @@
 
 use std::hint::spin_loop;
 use std::ops::Range;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::error::ModelError;
 
@@ -126,8 +131,8 @@ struct JobPtr(*const Job<'static>);
 unsafe impl Send for JobPtr {}
 
 /// Runs `task` on disjoint chunks of `0..rows` that together cover it, on the calling thread
-/// and on up to `helpers` rayon threads; returns the first error. Chunks are multiples of
-/// `align` rows (but the last) and at least `min_chunk` rows.
+/// and on up to `helpers` helper threads (see [`helper_threads`]); returns the first error.
+/// Chunks are multiples of `align` rows (but the last) and at least `min_chunk` rows.
 pub(super) fn run_chunks(
     rows: usize,
     align: usize,
@@ -136,6 +141,7 @@ pub(super) fn run_chunks(
     task: &Task<'_>,
 ) -> Result<(), ModelError> {
     let align = align.max(1);
+    let helpers = helpers.min(helper_threads());
     let job = Job {
         task,
         rows,
@@ -148,22 +154,10 @@ pub(super) fn run_chunks(
     let gate = Arc::new(Gate(AtomicUsize::new(0)));
     {
         let wait = CloseAndWait(&gate);
-        // Only the lifetime is erased; helpers dereference it only inside the gate.
-        let ptr = JobPtr((&job as *const Job<'_>).cast::<Job<'static>>());
-        for _ in 0..helpers {
-            let gate = Arc::clone(&gate);
-            rayon::spawn(move || {
-                let ptr = ptr;
-                if !gate.enter() {
-                    return;
-                }
-                let _leave = Leave(&gate);
-                // SAFETY: the gate was open when this helper entered, so the caller has not
-                // passed `CloseAndWait`, which waits for this helper to leave before
-                // `run_chunks` returns (or unwinds) and `job` is dropped.
-                let job = unsafe { &*ptr.0 };
-                job.work();
-            });
+        if helpers > 0 {
+            // Only the lifetime is erased; helpers dereference it only inside the gate.
+            let ptr = JobPtr((&job as *const Job<'_>).cast::<Job<'static>>());
+            pool().post(ptr, Arc::clone(&gate));
         }
         job.work();
         drop(wait);
@@ -171,5 +165,125 @@ pub(super) fn run_chunks(
     match job.error.into_inner() {
         Ok(first) => first.map_or(Ok(()), Err),
         Err(poisoned) => poisoned.into_inner().map_or(Ok(()), Err),
+    }
+}
+
+/// How long a helper spins for the next job after finishing one before it parks. Covers the
+/// gaps between the products of a decode step and between steps (sampling, the engine loop),
+/// not an idle server.
+const SPIN: Duration = Duration::from_millis(3);
+/// How long of [`SPIN`] a helper spins without giving up its core; after that it yields
+/// between checks.
+const SPIN_HARD: Duration = Duration::from_micros(100);
+
+/// Helper threads available to [`run_chunks`]: one fewer than rayon's thread count (which
+/// follows `RAYON_NUM_THREADS`), as the caller works too.
+pub(super) fn helper_threads() -> usize {
+    pool().threads.load(Ordering::Relaxed)
+}
+
+/// The posted job and the helpers that wait for one.
+struct Pool {
+    /// The latest job posted, with its gate. A newer post replaces it: helpers only ever
+    /// help with the newest (concurrent callers each finish their own job anyway).
+    posted: Mutex<Option<(JobPtr, Arc<Gate>)>>,
+    /// Bumped (under `posted`'s lock) by every post.
+    epoch: AtomicU64,
+    /// Helpers parked on `wake`.
+    parked: AtomicUsize,
+    wake: Condvar,
+    /// Helper threads started.
+    threads: AtomicUsize,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<&'static Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let wanted = rayon::current_num_threads().saturating_sub(1);
+        let pool: &'static Pool = Box::leak(Box::new(Pool {
+            posted: Mutex::new(None),
+            epoch: AtomicU64::new(0),
+            parked: AtomicUsize::new(0),
+            wake: Condvar::new(),
+            threads: AtomicUsize::new(0),
+        }));
+        for i in 0..wanted {
+            // A failed spawn only means less help.
+            let spawned = std::thread::Builder::new().name(format!("stellarchat-mm{i}")).spawn(move || pool.serve());
+            if spawned.is_ok() {
+                pool.threads.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        pool
+    })
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, Option<(JobPtr, Arc<Gate>)>> {
+        self.posted.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes `job` the one helpers pick up next, waking parked helpers.
+    fn post(&self, job: JobPtr, gate: Arc<Gate>) {
+        {
+            let mut posted = self.lock();
+            *posted = Some((job, gate));
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        // A helper counts itself parked under the lock before checking the epoch, so either it
+        // sees the bump or it is counted here.
+        if self.parked.load(Ordering::SeqCst) > 0 {
+            self.wake.notify_all();
+        }
+    }
+
+    /// A helper's life: wait for a post, help with it, repeat.
+    fn serve(&self) {
+        let mut seen = self.epoch.load(Ordering::SeqCst);
+        loop {
+            seen = self.next_post(seen);
+            let posted = self.lock().clone();
+            let Some((JobPtr(job), gate)) = posted else { continue };
+            if !gate.enter() {
+                continue; // the caller has finished it alone
+            }
+            let _leave = Leave(&gate);
+            // SAFETY: the gate was open when this helper entered, so the caller has not passed
+            // `CloseAndWait`, which waits for this helper to leave before `run_chunks`
+            // returns (or unwinds) and the job is dropped.
+            unsafe { &*job }.work();
+        }
+    }
+
+    /// Waits until the epoch moves past `seen` and returns it: spinning, then yielding, then
+    /// parked.
+    fn next_post(&self, seen: u64) -> u64 {
+        let start = Instant::now();
+        let mut checks = 0u32;
+        loop {
+            let now = self.epoch.load(Ordering::Acquire);
+            if now != seen {
+                return now;
+            }
+            checks = checks.wrapping_add(1);
+            if checks % 64 == 0 {
+                let waited = start.elapsed();
+                if waited > SPIN {
+                    break;
+                }
+                if waited > SPIN_HARD {
+                    std::thread::yield_now();
+                    continue;
+                }
+            }
+            spin_loop();
+        }
+        let mut posted = self.lock();
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        while self.epoch.load(Ordering::SeqCst) == seen {
+            posted = self.wake.wait(posted).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+        self.epoch.load(Ordering::SeqCst)
     }
 }
