@@ -24,26 +24,44 @@ pub(in crate::quant_matmul) const W_ROWS: usize = 12;
 /// Activation blocks per tile: 4 blocks × 6 weight rows = 24 accumulators (2 × 12 with two
 /// blocks; one block × 12 rows is bound by its 13 loads per 12 multiply-adds).
 const MAX_BLOCKS: usize = 4;
-/// Input elements transposed per pass over the 16 rows of a block, so the written part of
-/// the block (64 bytes per element) stays in L1.
-const TRANSPOSE_COLS: usize = 64;
 
 /// `x[n, cols]` as blocks of [`X_BLOCK`] rows, each `[cols][X_BLOCK]` (element `k` of the
 /// block's rows contiguous), rows past `n` zero: `n.div_ceil(16) × cols × 16` floats.
 pub(in crate::quant_matmul) fn transpose_blocks(_cpu: Avx512, x: &[f32], n: usize, cols: usize, out: &mut Vec<f32>) {
     assert_eq!(x.len(), n * cols, "activations are n × cols");
-    out.clear();
-    out.resize(n.div_ceil(X_BLOCK) * X_BLOCK * cols, 0.0);
+    assert!(X_BLOCK * cols <= i32::MAX as usize, "gather offsets fit in i32");
+    // Every element is written below: no need to clear what a previous call left.
+    let len = n.div_ceil(X_BLOCK) * X_BLOCK * cols;
+    out.truncate(len);
+    out.resize(len, 0.0);
     for (b, block) in out.chunks_exact_mut(X_BLOCK * cols).enumerate() {
         let rows = &x[b * X_BLOCK * cols..((b + 1) * X_BLOCK).min(n) * cols];
-        for k0 in (0..cols).step_by(TRANSPOSE_COLS) {
-            let k1 = (k0 + TRANSPOSE_COLS).min(cols);
-            let dst = &mut block[k0 * X_BLOCK..k1 * X_BLOCK];
-            for (l, row) in rows.chunks_exact(cols).enumerate() {
-                for (d, &v) in dst.chunks_exact_mut(X_BLOCK).zip(&row[k0..k1]) {
-                    d[l] = v;
-                }
-            }
+        // SAFETY: the `Avx512` token proves the CPU has AVX-512F; `rows` holds whole rows
+        // of `cols`, at most 16, and `block` 16 × `cols` floats.
+        unsafe { transpose_block(rows, cols, block) };
+    }
+}
+
+/// One block of [`transpose_blocks`]: `block[k · 16 + l] = rows[l · cols + k]`, zero for
+/// lanes past the rows given. One gather per element `k` (the scalar loop stored every
+/// float on its own, 64 bytes apart).
+///
+/// # Safety
+/// The CPU must have AVX-512F; `rows` must be at most 16 rows of `cols`, `block` 16 × `cols`
+/// floats, and `16 · cols` must fit in an `i32`.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_block(rows: &[f32], cols: usize, block: &mut [f32]) {
+    let lanes = rows.len() / cols;
+    assert!(lanes <= X_BLOCK && rows.len() == lanes * cols && block.len() == X_BLOCK * cols);
+    let step = _mm512_set1_epi32(cols as i32);
+    let index = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), step);
+    let mask: __mmask16 = ((1u32 << lanes) - 1) as __mmask16;
+    for k in 0..cols {
+        // SAFETY: lane `l < lanes` reads `rows[l · cols + k]`, inside `rows`; masked lanes
+        // read nothing; the store writes `block[k · 16..k · 16 + 16]`, inside `block`.
+        unsafe {
+            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, index, rows.as_ptr().add(k));
+            _mm512_storeu_ps(block.as_mut_ptr().add(k * X_BLOCK), v);
         }
     }
 }
@@ -107,17 +125,49 @@ pub(in crate::quant_matmul) fn panel_rows(
             }
         }
     }
-    // Row by row, so each activation row's results are one contiguous run of the output
-    // (element by element, down the columns, every write touched another cache line).
-    let mut run = [0f32; MAX_PANEL_ROWS];
-    let run = &mut run[..rows];
-    for i in 0..n {
-        let (b, l) = (i / X_BLOCK, i % X_BLOCK);
-        for (r, v) in run.iter_mut().enumerate() {
-            let (g, j) = (r / W_ROWS, r % W_ROWS);
-            *v = sums[((g * blocks + b) * W_ROWS + j) * X_BLOCK + l];
+    // Block by block: each group's sums for the block, a `W_ROWS × 16` tile (weight row ×
+    // activation row), are transposed into `stage` (16 activation rows × the panel's
+    // columns), which then goes out as one contiguous run per activation row. (Gathering
+    // every element on its own, down the columns of `sums`, took a tenth of a prefill.)
+    let mut stage = [[0f32; STAGE_WIDTH]; X_BLOCK];
+    for b in 0..blocks {
+        for g in 0..groups {
+            let tile = &sums[(g * blocks + b) * W_ROWS * X_BLOCK..][..W_ROWS * X_BLOCK];
+            // SAFETY: the `Avx512` token proves the CPU has AVX-512F; `g · W_ROWS + 16 ≤
+            // MAX_PANEL_ROWS + 4 ≤ STAGE_WIDTH` (rows ≤ MAX_PANEL_ROWS, asserted above).
+            unsafe { transpose_tile(tile, &mut stage, g * W_ROWS) };
         }
-        out.put_run(i, first_row, run);
+        let lanes = X_BLOCK.min(n - b * X_BLOCK);
+        for (l, staged) in stage.iter().enumerate().take(lanes) {
+            out.put_run(b * X_BLOCK + l, first_row, &staged[..rows]);
+        }
+    }
+}
+
+/// Columns of the staging block of [`panel_rows`]: a panel's rows, plus room for the four
+/// lanes past the last group's [`W_ROWS`] that [`transpose_tile`] stores.
+const STAGE_WIDTH: usize = MAX_PANEL_ROWS + X_BLOCK;
+
+/// `stage[l][at + j] = tile[j · 16 + l]` for the `W_ROWS` weight rows `j` and 16 lanes `l`;
+/// also zeroes `stage[l][at + W_ROWS..at + 16]` (the next group's columns, which it writes
+/// after this one, or columns past the panel's rows).
+///
+/// # Safety
+/// The CPU must have AVX-512F, and `at + 16 ≤ STAGE_WIDTH`.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_tile(tile: &[f32], stage: &mut [[f32; STAGE_WIDTH]; X_BLOCK], at: usize) {
+    const { assert!(W_ROWS <= X_BLOCK) };
+    assert!(tile.len() >= W_ROWS * X_BLOCK && at + X_BLOCK <= STAGE_WIDTH);
+    // Element `j` of the gathered vector is weight row `j`'s sum for one lane.
+    let index = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
+    let rows: __mmask16 = (1 << W_ROWS) - 1;
+    for (l, staged) in stage.iter_mut().enumerate() {
+        // SAFETY: the masked lanes read `tile[j · 16 + l]` for `j < W_ROWS`, inside `tile`
+        // (asserted); the store writes `staged[at..at + 16]`, inside (asserted).
+        unsafe {
+            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), rows, index, tile.as_ptr().add(l));
+            _mm512_storeu_ps(staged.as_mut_ptr().add(at), v);
+        }
     }
 }
 
