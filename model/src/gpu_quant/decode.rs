@@ -63,6 +63,12 @@ fn quad_byte(quad: Vector<u32, Const<4>>, k: usize) -> u32 {
     (quad_word(quad, k / 4) >> (((k % 4) * 8) as u32)) & 0xFF
 }
 
+/// Byte `k` (0..16, known at compile time) of `quad`.
+#[cube]
+fn byte_of(quad: Vector<u32, Const<4>>, #[comptime] k: usize) -> u32 {
+    (quad.extract(k / 4) >> comptime![((k % 4) * 8) as u32]) & 0xFF
+}
+
 /// Word `at` of the packed buffer.
 #[cube]
 pub(super) fn word_at(words: &Quads, at: usize) -> u32 {
@@ -116,15 +122,10 @@ fn q8_0_values(words: &Quads, block: usize, scales_at: usize, values: &mut Array
     for h in 0..2usize {
         let quad = words[block * 2 + h];
         #[unroll]
-        for w in 0..4usize {
-            let word = quad.extract(w);
-            #[unroll]
-            for t in 0..4usize {
-                let q = (word >> ((t * 8) as u32)) & 0xFF;
-                // Sign-extend the byte: (q ^ 0x80) − 128 maps 0..=255 to 0, …, 127, −128, …, −1.
-                let value = f32::cast_from(i32::cast_from(q ^ 0x80) - 128);
-                values[(h * 4 + w) * 4 + t] = value * d;
-            }
+        for b in 0..16usize {
+            // Sign-extend the byte: (q ^ 0x80) − 128 maps 0..=255 to 0, …, 127, −128, …, −1.
+            let value = f32::cast_from(i32::cast_from(byte_of(quad, b) ^ 0x80) - 128);
+            values[h * 16 + b] = value * d;
         }
     }
 }
@@ -149,21 +150,16 @@ fn q4_values(words: &Quads, block: usize, scales_at: usize, values: &mut Array<f
     }
     let quad = words[block];
     #[unroll]
-    for w in 0..4usize {
-        let word = quad.extract(w);
-        #[unroll]
-        for t in 0..4usize {
-            let q = (word >> ((t * 8) as u32)) & 0xFF;
-            let j = w * 4 + t;
-            let low = f32::cast_from(q & 0xF) - offset;
-            let high = f32::cast_from(q >> 4) - offset;
-            if comptime![with_min] {
-                values[j] = low * d + m;
-                values[j + 16] = high * d + m;
-            } else {
-                values[j] = low * d;
-                values[j + 16] = high * d;
-            }
+    for j in 0..16usize {
+        let q = byte_of(quad, j);
+        let low = f32::cast_from(q & 0xF) - offset;
+        let high = f32::cast_from(q >> 4) - offset;
+        if comptime![with_min] {
+            values[j] = low * d + m;
+            values[j + 16] = high * d + m;
+        } else {
+            values[j] = low * d;
+            values[j + 16] = high * d;
         }
     }
 }
