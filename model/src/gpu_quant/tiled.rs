@@ -173,7 +173,7 @@ impl TileShape {
 /// (exactly 16 KiB of shared memory). Not measured on a GPU yet.
 const GPU_TILE: TileShape = TileShape { x_rows: 64, w_rows: 64, units: 256, per_w: 4, chunks: 1 };
 
-/// The tile lavapipe gets (no physical device; see `kernels::default_lanes`): it runs a cube's
+/// The tile lavapipe gets (no physical device; see `kernels::default_shape`): it runs a cube's
 /// units as SIMD lanes of one CPU thread and pays for every barrier, so few units with many
 /// outputs each (8 × 8) and 64-column steps. Measured there on a 1536 × 576 Q4_1 matrix and 94
 /// activation rows (a temporary harness, two busy cores): 131–161 ms against 210–380 ms for
