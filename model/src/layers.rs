@@ -75,6 +75,11 @@ impl<'a> BlockDecls<'a> {
 pub struct RmsNorm {
     /// `[1, dim]`, f32.
     gamma: Tensor<2>,
+    /// The same values in host memory where the plan computes on the host (CPU devices at
+    /// f32): f32 inputs are then normalised in one pass over host rows
+    /// ([`crate::host_ops::rms_norm_row`]) instead of six backend ops, each its own pass and
+    /// allocation (2–3 % of a prefill).
+    host_gamma: Option<Vec<f32>>,
     eps: f64,
 }
 
@@ -83,11 +88,30 @@ impl RmsNorm {
         let (dims, data) = ctx.source.f32_tensor(&decl.name)?;
         expect_dims(&decl.name, &dims, &decl.dims)?;
         let dim = decl.dims.iter().product();
-        Ok(RmsNorm { gamma: upload(data, [1, dim], ctx.device, FloatDType::F32), eps: ctx.eps })
+        let host_gamma = ctx.plan.host_attention.then(|| data.clone());
+        Ok(RmsNorm { gamma: upload(data, [1, dim], ctx.device, FloatDType::F32), host_gamma, eps: ctx.eps })
     }
 
     /// `x: [n, dim]` → `[n, dim]` in `x`'s float type.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        if let Some(gamma) = &self.host_gamma
+            && x.dtype() == DType::F32
+            && let Ok(input) = x.clone().into_data().try_into_vec::<f32>()
+        {
+            let [n, dim] = x.dims();
+            let mut out = vec![0f32; input.len()];
+            if dim > 0 {
+                let eps = self.eps as f32;
+                let norm = |(o, row): (&mut [f32], &[f32])| crate::host_ops::rms_norm_row(row, gamma, eps, o);
+                // Rows split over threads only where there are enough of them (prefill).
+                if n >= 32 {
+                    out.par_chunks_mut(dim).zip(input.par_chunks(dim)).for_each(norm);
+                } else {
+                    out.chunks_mut(dim).zip(input.chunks(dim)).for_each(norm);
+                }
+            }
+            return Tensor::from_data(TensorData::new(out, [n, dim]), (&x.device(), DType::F32));
+        }
         let dtype = x.dtype();
         let x = if dtype == DType::F32 { x } else { x.cast(FloatDType::F32) };
         let rms = (x.clone().square().mean_dim(1) + self.eps).sqrt();
@@ -364,6 +388,27 @@ mod tests {
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{activation:?} [{i}]: host {g}, backend {w}");
+        }
+    }
+
+    /// The host RMSNorm (CPU plans at f32) against the backend ops, over enough rows to be
+    /// split over threads and over a few.
+    #[test]
+    fn host_rms_norm_matches_backend_ops() {
+        let device = burn::tensor::Device::flex();
+        let dim = 37;
+        let gamma: Vec<f32> = (0..dim).map(|i| 0.5 + i as f32 / 20.0).collect();
+        let host = RmsNorm { gamma: upload(gamma.clone(), [1, dim], &device, FloatDType::F32), host_gamma: Some(gamma), eps: 1e-6 };
+        let backend = RmsNorm { host_gamma: None, ..host.clone() };
+        for n in [1, 3, 40] {
+            let x: Vec<f32> = (0..n * dim).map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0).collect();
+            let input = upload(x, [n, dim], &device, FloatDType::F32);
+            let got = host.forward(input.clone()).into_data().try_to_vec::<f32>().expect("f32");
+            let want = backend.forward(input).into_data().try_to_vec::<f32>().expect("f32");
+            assert_eq!(got.len(), n * dim);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 2e-6 * w.abs().max(1.0), "n={n} [{i}]: host {g}, backend {w}");
+            }
         }
     }
 
