@@ -92,7 +92,7 @@ const EXP_MAX: f32 = 88.0;
 /// degree 7 (truncation below 7e-9 relative), and `2^n` built in the exponent bits. No
 /// branches, no table and no libm call, so loops over it vectorise.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4; // 0x3F31_8000, 355/512
     const LN2_LO: f32 = -2.121_944_4e-4;
