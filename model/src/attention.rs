@@ -151,7 +151,7 @@ pub fn attend_on_host(
         views.push(ChunkAttention { first_row, len, start: chunk.cache.len(), keys, values });
         first_row += len;
     }
-    let out = host_attention::attend(&queries, &views, shape);
+    let out = host_attention::attend(&queries, &views, shape)?;
     Ok(Tensor::from_data(TensorData::new(out, [n, shape.heads * shape.head_dim]), (&device, DType::F32)))
 }
 

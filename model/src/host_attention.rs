@@ -5,12 +5,15 @@
 //! sequences decode together: a few dozen small tensor operations per sequence and layer,
 //! each with its own allocation. Here the keys and values live in plain host blocks (see
 //! [`crate::kv_cache`]) read through each sequence's block table, and every (sequence,
-//! head) pair is one rayon task, as llama.cpp does; within a block a head's positions are
-//! contiguous rows.
+//! head) pair is one task, shared by the threads of [`crate::spin_pool`], as llama.cpp shares
+//! heads between its threads; within a block a head's positions are contiguous rows.
 
-use rayon::prelude::*;
+use std::ops::Range;
+use std::sync::Mutex;
 
+use crate::error::ModelError;
 use crate::kv_cache::KV_BLOCK_TOKENS;
+use crate::spin_pool;
 
 /// One sequence's share of a layer's attention.
 pub struct ChunkAttention<'a> {
@@ -26,14 +29,19 @@ pub struct ChunkAttention<'a> {
     pub values: Vec<&'a [f32]>,
 }
 
-/// Rows `first..end` of head `g` in `blocks`: within a block they are contiguous, so each
-/// block's part is one slice cut into rows.
-fn rows<'b>(blocks: &'b [&'b [f32]], g: usize, first: usize, end: usize, d: usize) -> impl Iterator<Item = &'b [f32]> + 'b {
+/// Calls `f` on rows `first..end` of head `g` in `blocks`, in order: within a block they are
+/// contiguous, so each block's part is one slice cut into rows. Plain loops, always inlined,
+/// so that `f` is compiled into the caller's vector width (an iterator adaptor here was
+/// compiled once, generically, with 4-lane vectors).
+#[inline(always)]
+fn for_each_row<'b>(blocks: &[&'b [f32]], g: usize, first: usize, end: usize, d: usize, mut f: impl FnMut(&'b [f32])) {
     const B: usize = KV_BLOCK_TOKENS;
-    (first / B..end.div_ceil(B)).flat_map(move |b| {
+    for b in first / B..end.div_ceil(B) {
         let (lo, hi) = (first.max(b * B) - b * B, end.min((b + 1) * B) - b * B);
-        blocks[b][(g * B + lo) * d..(g * B + hi) * d].chunks_exact(d)
-    })
+        for row in blocks[b][(g * B + lo) * d..(g * B + hi) * d].chunks_exact(d) {
+            f(row);
+        }
+    }
 }
 
 /// Shapes and settings shared by every chunk of one layer.
@@ -48,25 +56,51 @@ pub struct AttentionShape {
     pub window: Option<usize>,
 }
 
+/// Below this many multiply-adds (scores and weighted sums of all heads) a layer's attention
+/// runs on the calling thread alone: handing heads to a helper costs about a microsecond.
+const PARALLEL_MIN_MACS: usize = 1 << 16;
+
 /// `queries: [n, heads, head_dim]` → `[n, heads * head_dim]`, each chunk attending causally
 /// (and within the window, if any) to its own cache, with grouped-query heads sharing K/V
 /// (`heads / kv_heads` per group).
-pub fn attend(queries: &[f32], chunks: &[ChunkAttention<'_>], shape: AttentionShape) -> Vec<f32> {
+///
+/// Every (chunk, head) pair is a task, shared between the calling thread and the helpers of
+/// [`crate::spin_pool`], which have just run the layer's q/k/v product and are still spinning:
+/// rayon's workers would have gone to sleep between layers, and waking them (and blocking
+/// the caller until they finish) cost two context switches a layer, a tenth of a decode step.
+pub fn attend(queries: &[f32], chunks: &[ChunkAttention<'_>], shape: AttentionShape) -> Result<Vec<f32>, ModelError> {
     let AttentionShape { heads, head_dim: d, .. } = shape;
     let n: usize = chunks.iter().map(|c| c.len).sum();
     debug_assert_eq!(queries.len(), n * heads * d);
     let tasks: Vec<(usize, usize)> = (0..chunks.len()).flat_map(|c| (0..heads).map(move |h| (c, h))).collect();
-    let results: Vec<Vec<f32>> =
-        tasks.par_iter().map(|&(c, h)| attend_head(&chunks[c], queries, h, shape)).collect();
+    let results: Mutex<Vec<Option<Vec<f32>>>> = Mutex::new(vec![None; tasks.len()]);
+    let run = |range: Range<usize>| {
+        let done: Vec<Vec<f32>> = tasks[range.clone()].iter().map(|&(c, h)| attend_head(&chunks[c], queries, h, shape)).collect();
+        let mut results = results.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (slot, result) in results[range].iter_mut().zip(done) {
+            *slot = Some(result);
+        }
+        Ok(())
+    };
+    // Scores and weighted sums: each query row against every key it sees, per head.
+    let macs: usize = chunks.iter().map(|c| c.len * (c.start + c.len)).sum::<usize>() * heads * d * 2;
+    let helpers = spin_pool::helper_threads();
+    if helpers == 0 || tasks.len() < 2 || macs < PARALLEL_MIN_MACS {
+        run(0..tasks.len())?;
+    } else {
+        spin_pool::run_chunks(tasks.len(), 1, 1, helpers, &run)?;
+    }
+    let results = results.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut output = vec![0f32; n * heads * d];
     for (&(c, h), result) in tasks.iter().zip(results) {
         let chunk = &chunks[c];
+        let result = result.ok_or_else(|| ModelError::Internal(format!("attention head {h} of chunk {c} was not run")))?;
         for (i, src) in result.chunks_exact(d).enumerate() {
             let at = ((chunk.first_row + i) * heads + h) * d;
             output[at..at + d].copy_from_slice(src);
         }
     }
-    output
+    Ok(output)
 }
 
 /// One (chunk, head) task of [`attend`]: `[chunk.len, head_dim]`, compiled for the widest
@@ -117,16 +151,18 @@ fn head_body(chunk: &ChunkAttention<'_>, queries: &[f32], h: usize, shape: Atten
         // Query at position p sees keys p - window < j <= p.
         let first = window.map_or(0, |w| visible.saturating_sub(w));
         scores.clear();
-        scores.extend(rows(&chunk.keys, g, first, visible, d).map(|k| dot(q, k) * scale));
+        for_each_row(&chunk.keys, g, first, visible, d, |k| scores.push(dot(q, k) * scale));
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         // `host_ops::exp` vectorises (libm's did not); arguments are ≤ 0, where its clamp
         // below e^-87 is far under a rounding of the sum (≥ 1).
         scores.iter_mut().for_each(|s| *s = crate::host_ops::exp(*s - max));
         let sum: f32 = scores.iter().sum();
         let o = &mut out[i * d..(i + 1) * d];
-        for (w, v) in scores.iter().zip(rows(&chunk.values, g, first, visible, d)) {
+        let mut weights = scores.iter();
+        for_each_row(&chunk.values, g, first, visible, d, |v| {
+            let w = weights.next().copied().unwrap_or(0.0);
             o.iter_mut().zip(v).for_each(|(acc, x)| *acc += w * x);
-        }
+        });
         let inv = 1.0 / sum;
         o.iter_mut().for_each(|x| *x *= inv);
     }
@@ -208,7 +244,7 @@ mod tests {
                 chunk
             })
             .collect();
-        let got = attend(&queries, &chunks, shape);
+        let got = attend(&queries, &chunks, shape).expect("attention runs");
         for chunk in &chunks {
             for i in 0..chunk.len {
                 let row = chunk.first_row + i;

@@ -331,10 +331,18 @@ fn gate_host(joined: &[f32], ff: usize, activation: Activation) -> Vec<f32> {
     if ff == 0 {
         return gated;
     }
-    gated.par_chunks_mut(ff).zip(joined.par_chunks(2 * ff)).for_each(|(out, row)| {
+    let gate = |(out, row): (&mut [f32], &[f32])| {
         let (gate, up) = row.split_at(ff);
         crate::host_ops::gated(activation, gate, up, out);
-    });
+    };
+    // Rows split over threads only where there are enough of them (prefill): a decode step's
+    // row takes about a microsecond, and handing it to rayon's pool woke a sleeping worker and
+    // blocked this thread until it finished, two context switches a layer.
+    if gated.len() / ff >= 32 {
+        gated.par_chunks_mut(ff).zip(joined.par_chunks(2 * ff)).for_each(gate);
+    } else {
+        gated.chunks_mut(ff).zip(joined.chunks(2 * ff)).for_each(gate);
+    }
     gated
 }
 

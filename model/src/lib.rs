@@ -48,6 +48,7 @@ pub mod quant_matmul;
 pub mod rng;
 pub mod rope;
 pub mod sampler;
+mod spin_pool;
 pub mod stop;
 pub mod synthetic;
 pub mod tokenizer;

@@ -30,7 +30,7 @@
 //!   AVX2, and the reference the AVX2 kernels are tested against).
 //!
 //! Work is split over output rows (weight rows) between the calling thread and spinning
-//! helper threads (see `parallel`); small products run on the calling thread alone, where
+//! helper threads (see `spin_pool`); small products run on the calling thread alone, where
 //! handing work over would cost more than it saves.
 
 #[cfg(target_arch = "x86_64")]
@@ -39,7 +39,6 @@ mod generic;
 mod int8;
 mod output;
 mod panel;
-mod parallel;
 mod parts;
 mod scratch;
 #[cfg(test)]
@@ -51,6 +50,7 @@ use std::ops::Range;
 
 use crate::error::ModelError;
 use crate::gguf::{GgmlType, TensorBytes};
+use crate::spin_pool;
 use crate::gguf::dequant::is_supported;
 use output::{OutColumns, SharedOut, Tile};
 use parts::RowPart;
@@ -369,14 +369,14 @@ impl QuantMatrix {
         };
 
         let macs = n.saturating_mul(rows).saturating_mul(cols);
-        // The caller works too (see `parallel`): `threads - 1` helpers fill the cores.
-        let helpers = parallel::helper_threads();
+        // The caller works too (see `spin_pool`): `threads - 1` helpers fill the cores.
+        let helpers = spin_pool::helper_threads();
         let min_chunk = CHUNK_MIN_MACS.div_ceil(n * cols);
         if helpers == 0 || macs < PARALLEL_MIN_MACS || rows < 2 * min_chunk {
             return run(0..rows);
         }
         // Whole tiles per chunk, so only the last chunk has ragged tiles.
-        parallel::run_chunks(rows, TILE_X * TILE_W, min_chunk, helpers, &run)
+        spin_pool::run_chunks(rows, TILE_X * TILE_W, min_chunk, helpers, &run)
     }
 
     /// Resolves a strategy into a kernel this CPU and type have.

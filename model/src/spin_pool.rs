@@ -1,4 +1,6 @@
-//! Splitting one product over the calling thread and helper threads.
+//! Splitting one piece of host work over the calling thread and helper threads: the
+//! quantized matrix products ([`crate::quant_matmul`]) and host attention
+//! ([`crate::host_attention`]), the work of a CPU decode step.
 //!
 //! The caller works too: it and the helpers claim chunks of rows from a shared counter, so a
 //! helper that starts late just finds less (or nothing) to do, and the caller waits only for
@@ -133,7 +135,7 @@ unsafe impl Send for JobPtr {}
 /// Runs `task` on disjoint chunks of `0..rows` that together cover it, on the calling thread
 /// and on up to `helpers` helper threads (see [`helper_threads`]); returns the first error.
 /// Chunks are multiples of `align` rows (but the last) and at least `min_chunk` rows.
-pub(super) fn run_chunks(
+pub(crate) fn run_chunks(
     rows: usize,
     align: usize,
     min_chunk: usize,
@@ -178,7 +180,7 @@ const SPIN_HARD: Duration = Duration::from_micros(100);
 
 /// Helper threads available to [`run_chunks`]: one fewer than rayon's thread count (which
 /// follows `RAYON_NUM_THREADS`), as the caller works too.
-pub(super) fn helper_threads() -> usize {
+pub(crate) fn helper_threads() -> usize {
     pool().threads.load(Ordering::Relaxed)
 }
 
@@ -187,7 +189,7 @@ struct Pool {
     /// The latest job posted, with its gate. A newer post replaces it: helpers only ever
     /// help with the newest (concurrent callers each finish their own job anyway).
     posted: Mutex<Option<(JobPtr, Arc<Gate>)>>,
-    /// Bumped (under `posted`'s lock) by every post.
+    /// Bumped by every post, just after it stored the job in `posted`.
     epoch: AtomicU64,
     /// Helpers parked on `wake`.
     parked: AtomicUsize,
@@ -225,14 +227,17 @@ impl Pool {
 
     /// Makes `job` the one helpers pick up next, waking parked helpers.
     fn post(&self, job: JobPtr, gate: Arc<Gate>) {
-        {
-            let mut posted = self.lock();
-            *posted = Some((job, gate));
-            self.epoch.fetch_add(1, Ordering::SeqCst);
-        }
-        // A helper counts itself parked under the lock before checking the epoch, so either it
-        // sees the bump or it is counted here.
+        *self.lock() = Some((job, gate));
+        // Bumped after the lock is released: a spinning helper that sees the bump takes the
+        // lock at once, and finding it still held cost the helper a futex sleep and the caller
+        // a futex wake-up (a system call) per product, as a decode profile showed.
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        // A helper counts itself parked, then checks the epoch, both under the lock, so either
+        // it sees the bump or it is counted here.
         if self.parked.load(Ordering::SeqCst) > 0 {
+            // Taking the lock orders the notification after a counted helper's `wait` began
+            // (it holds the lock from its check until it waits).
+            drop(self.lock());
             self.wake.notify_all();
         }
     }
