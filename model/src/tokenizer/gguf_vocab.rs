@@ -2,9 +2,10 @@
 //! that it produces the same ids as llama.cpp.
 //!
 //! Two vocabulary kinds are supported:
-//! - `gpt2`: a `tokenizers::Tokenizer` with byte-level BPE from `tokens` + `merges`,
-//!   pre-split by the regexes llama.cpp uses for the file's `tokenizer.ggml.pre` (see
-//!   [`pre_tokenizer_regexes`]);
+//! - `gpt2`: our byte-level BPE encoder (see `bpe`) over `tokens` + `merges`, pre-split by
+//!   the regexes llama.cpp uses for the file's `tokenizer.ggml.pre` (see
+//!   [`pre_tokenizer_regexes`]); the same vocabulary as a `tokenizers::Tokenizer` is built
+//!   only on request ([`byte_level_library`]: export, tests);
 //! - `llama`: our own SentencePiece encoder over `tokens` + `scores` (see `spm`). The same
 //!   vocabulary as a `tokenizers::Tokenizer`, converted the way Hugging Face's
 //!   `LlamaConverter` does it (merges derived from the scores, byte fallback, `▁` for
@@ -19,11 +20,10 @@ use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::normalizers::prepend::Prepend;
 use tokenizers::normalizers::replace::Replace;
 use tokenizers::normalizers::utils::Sequence as NormalizerSequence;
-use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
+use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper};
 
 use super::Pipeline;
+use super::bpe::ByteLevelBpe;
 use super::spm::SentencePiece;
 use super::token_texts::TokenTexts;
 use crate::error::{ModelError, Result};
@@ -123,11 +123,10 @@ pub(crate) fn build(metadata: &Metadata) -> Result<Built> {
                 ModelError::Tokenizer(format!("unsupported pre-tokenizer type tokenizer.ggml.pre = `{pre}`"))
             })?;
             let merges = metadata
-                .opt_string_array("tokenizer.ggml.merges")?
+                .opt_str_list("tokenizer.ggml.merges")?
                 .ok_or_else(|| ModelError::Tokenizer("a gpt2 vocabulary needs tokenizer.ggml.merges".into()))?;
-            let mut tokenizer = byte_level_bpe(vocab_of(texts.iter().map(str::to_owned).collect()), merges, &spec)?;
-            add_special_tokens(&mut tokenizer, &texts, &token_types)?;
-            (Pipeline::library(tokenizer), spec.add_bos_default, None)
+            let add_bos_default = spec.add_bos_default;
+            (Pipeline::ByteLevel(ByteLevelBpe::new(&texts, &merges, &token_types, spec)?), add_bos_default, None)
         }
         "llama" => {
             let scores = metadata.opt_f32_array("tokenizer.ggml.scores")?.unwrap_or_default();
@@ -201,7 +200,7 @@ pub(crate) fn synthetic_metadata(vocab_size: usize) -> Result<Metadata> {
 
 /// The char GPT-2's byte-level alphabet (`bytes_to_unicode`) uses for byte `b`: printable
 /// Latin-1 bytes stand for themselves, the others are numbered from U+0100 in byte order.
-fn byte_level_char(b: u8) -> char {
+pub(super) fn byte_level_char(b: u8) -> char {
     let printable = |b: u8| matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF);
     if printable(b) {
         return char::from(b);
@@ -221,20 +220,31 @@ fn vocab_of(tokens: Vec<String>) -> Vocab {
     vocab
 }
 
+/// A `gpt2` vocabulary as a Hugging Face pipeline: what [`ByteLevelBpe`] encodes, at the
+/// cost of the BPE model's tables (see `bpe`).
+pub(crate) fn byte_level_library(
+    texts: &TokenTexts,
+    merges: Vec<String>,
+    token_types: &[i64],
+    spec: &PreTokenizerSpec,
+) -> Result<tokenizers::Tokenizer> {
+    let mut tokenizer = byte_level_bpe(vocab_of(texts.iter().map(str::to_owned).collect()), merges, spec)?;
+    add_special_tokens(&mut tokenizer, texts, token_types)?;
+    Ok(tokenizer)
+}
+
 fn byte_level_bpe(vocab: Vocab, merges: Vec<String>, spec: &PreTokenizerSpec) -> Result<tokenizers::Tokenizer> {
     let mut pairs = Vec::with_capacity(merges.len());
     let mut skipped = 0usize;
     for merge in merges {
-        // Split at the first space after the first character, as llama.cpp does: a merge of
-        // two space-like pieces is written "Ġ Ġ" and the first piece may itself be a space.
+        // Split at the first space after the first character, as llama.cpp does (see `bpe`).
         let split = merge.char_indices().skip(1).find(|&(_, c)| c == ' ').map(|(i, _)| i);
         let Some(at) = split else {
             skipped += 1;
             continue;
         };
         let (left, right) = (&merge[..at], &merge[at + 1..]);
-        // The BPE model rejects merges that name or create unknown tokens; llama.cpp would
-        // fall back to bytes for those, so dropping them changes nothing that can be encoded.
+        // The BPE model rejects merges that name or create unknown tokens.
         if vocab.contains_key(left) && vocab.contains_key(right) && vocab.contains_key(&format!("{left}{right}")) {
             pairs.push((left.to_string(), right.to_string()));
         } else {
@@ -249,18 +259,8 @@ fn byte_level_bpe(vocab: Vocab, merges: Vec<String>, spec: &PreTokenizerSpec) ->
         .ignore_merges(spec.ignore_merges)
         .build()
         .map_err(|e| ModelError::Tokenizer(format!("cannot build the BPE model: {e}")))?;
-
-    let mut pieces = Vec::with_capacity(spec.regexes.len() + 1);
-    for regex in spec.regexes {
-        let split = Split::new(SplitPattern::Regex((*regex).to_string()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| ModelError::Tokenizer(format!("bad pre-tokenizer regex {regex:?}: {e}")))?;
-        pieces.push(PreTokenizerWrapper::Split(split));
-    }
-    // Splitting is done above; ByteLevel only maps bytes to its printable alphabet.
-    pieces.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)));
-
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
-    tokenizer.with_pre_tokenizer(Some(PreTokenizerSequence::new(pieces)));
+    tokenizer.with_pre_tokenizer(Some(super::bpe::pre_tokenizer(spec)?));
     tokenizer.with_decoder(Some(ByteLevel::new(false, false, false)));
     Ok(tokenizer)
 }

@@ -51,13 +51,18 @@ impl Tokenizer {
     /// The vocabulary's figures, when its pipeline keeps every byte it can spell.
     fn length_bound(&self) -> Option<LengthBound> {
         // Our SentencePiece pipeline only prepends `▁` and writes spaces as `▁`.
-        if let Pipeline::Library { tokenizer, .. } = &self.inner.pipeline {
-            let json = |v: Option<Value>| v.unwrap_or(Value::Null);
-            let normalizer = json(tokenizer.get_normalizer().and_then(|n| serde_json::to_value(n).ok()));
-            let pre_tokenizer = json(tokenizer.get_pre_tokenizer().and_then(|p| serde_json::to_value(p).ok()));
-            if !normalizer_keeps_bytes(&normalizer) || drops_characters(&pre_tokenizer) {
-                return None;
-            }
+        let json = |v: Option<Value>| v.unwrap_or(Value::Null);
+        let (normalizer, pre_tokenizer) = match &self.inner.pipeline {
+            Pipeline::Library { tokenizer, .. } => (
+                json(tokenizer.get_normalizer().and_then(|n| serde_json::to_value(n).ok())),
+                json(tokenizer.get_pre_tokenizer().and_then(|p| serde_json::to_value(p).ok())),
+            ),
+            // No normalizer: the added-token split, then these pre-tokenizers.
+            Pipeline::ByteLevel(encoder) => (Value::Null, json(serde_json::to_value(encoder.pre_tokenizer()).ok())),
+            Pipeline::SentencePiece(_) => (Value::Null, Value::Null),
+        };
+        if !normalizer_keeps_bytes(&normalizer) || drops_characters(&pre_tokenizer) {
+            return None;
         }
         let mut spelled = [false; 256];
         let mut longest = 1;

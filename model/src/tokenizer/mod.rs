@@ -8,6 +8,9 @@
 //! [`IncrementalDecoder`] turns a stream of generated ids into UTF-8 text pieces.
 
 mod added_tokens;
+mod bpe;
+#[cfg(test)]
+mod bpe_tests;
 #[cfg(test)]
 mod gemma_tests;
 mod gguf_vocab;
@@ -33,6 +36,7 @@ use std::sync::{Arc, OnceLock};
 pub use incremental::IncrementalDecoder;
 use rendered::SpecialTexts;
 pub use rendered::{PartKind, RenderedPrompt};
+use bpe::ByteLevelBpe;
 use spm::SentencePiece;
 use token_texts::TokenTexts;
 use tokenizers::{Model, PreTokenizer};
@@ -69,6 +73,8 @@ pub(crate) enum Pipeline {
         /// for a second whole tokenizer.
         plain_added: tokenizers::AddedVocabulary,
     },
+    /// Our byte-level BPE encoder (`gpt2` GGUF vocabularies) over the packed token texts.
+    ByteLevel(ByteLevelBpe),
     /// Our SentencePiece encoder (`llama` GGUF vocabularies), which needs no BPE merges.
     SentencePiece(SentencePiece),
 }
@@ -198,6 +204,7 @@ impl Tokenizer {
     fn library_tokenizer(&self) -> Result<std::borrow::Cow<'_, tokenizers::Tokenizer>> {
         Ok(match &self.inner.pipeline {
             Pipeline::Library { tokenizer, .. } => std::borrow::Cow::Borrowed(tokenizer),
+            Pipeline::ByteLevel(encoder) => std::borrow::Cow::Owned(encoder.library_tokenizer(&self.inner.tokens)?),
             Pipeline::SentencePiece(encoder) => std::borrow::Cow::Owned(encoder.library_tokenizer(&self.inner.tokens)?),
         })
     }
@@ -211,12 +218,8 @@ impl Tokenizer {
                 .filter(|(_, t)| t.special)
                 .map(|(id, t)| (t.content, id))
                 .collect(),
-            Pipeline::SentencePiece(encoder) => encoder
-                .added_ids()
-                .iter()
-                .filter(|&&(_, special)| special)
-                .map(|&(id, _)| (tokens.get(id as usize).unwrap_or_default().to_owned(), id))
-                .collect(),
+            Pipeline::ByteLevel(encoder) => special_added(encoder.added_ids(), &tokens),
+            Pipeline::SentencePiece(encoder) => special_added(encoder.added_ids(), &tokens),
         };
         let special: HashSet<u32> = special_tokens.iter().map(|&(_, id)| id).collect();
         let special_texts = SpecialTexts::new(special_tokens);
@@ -254,6 +257,7 @@ impl Tokenizer {
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
         let (tokenizer, plain_added) = match &self.inner.pipeline {
             Pipeline::Library { tokenizer, plain_added } => (tokenizer, plain_added),
+            Pipeline::ByteLevel(encoder) => return encoder.encode(&self.inner.tokens, text, parse_special),
             Pipeline::SentencePiece(encoder) => return Ok(encoder.encode(&self.inner.tokens, text, parse_special)),
         };
         let encoding =
@@ -291,6 +295,9 @@ impl Tokenizer {
             Pipeline::Library { tokenizer, .. } => tokenizer
                 .decode(ids, skip_special)
                 .map_err(|e| ModelError::Tokenizer(format!("cannot decode tokens: {e}"))),
+            Pipeline::ByteLevel(encoder) => {
+                Ok(encoder.decode(&self.inner.tokens, &self.inner.special, ids, skip_special))
+            }
             Pipeline::SentencePiece(encoder) => {
                 Ok(encoder.decode(&self.inner.tokens, &self.inner.special, ids, skip_special))
             }
@@ -347,6 +354,7 @@ impl Tokenizer {
     pub fn token_id(&self, text: &str) -> Option<u32> {
         match &self.inner.pipeline {
             Pipeline::Library { tokenizer, .. } => tokenizer.token_to_id(text),
+            Pipeline::ByteLevel(encoder) => encoder.token_id(&self.inner.tokens, text),
             Pipeline::SentencePiece(encoder) => encoder.token_id(&self.inner.tokens, text),
         }
     }
@@ -384,4 +392,13 @@ fn encode_plain(
     tokenizer.get_model().tokenize_in_pretokenized(&mut pieces, None)?;
     let encoding = pieces.into_encoding(None, 0, tokenizers::OffsetType::None)?;
     tokenizer.post_process(encoding, None, false)
+}
+
+/// The special ones among an encoder's added tokens, with their texts.
+fn special_added(added: &[(u32, bool)], tokens: &TokenTexts) -> Vec<(String, u32)> {
+    added
+        .iter()
+        .filter(|&&(_, special)| special)
+        .map(|&(id, _)| (tokens.get(id as usize).unwrap_or_default().to_owned(), id))
+        .collect()
 }
