@@ -169,6 +169,7 @@ impl ModelLoader {
         let config = arch::config_from_gguf(&file.metadata, &|name| file.tensor_info(name).is_some())?;
         let tokenizer = Tokenizer::from_gguf(&file.metadata)?;
         let chat_template = ChatTemplate::from_gguf(&file.metadata, &tokenizer)?;
+        file.release_metadata_pages();
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
         let info = ModelInfo {
             name,

@@ -88,9 +88,12 @@ impl GgufFile {
         let path = path.as_ref().to_path_buf();
         let io_err = |source| ModelError::Io { path: path.clone(), source };
         let file = std::fs::File::open(&path).map_err(io_err)?;
+        // Populated (`MAP_POPULATE`, as llama.cpp maps model files): the pages are mapped now,
+        // at load, instead of one fault per 64 KiB on the first forward pass, which made a
+        // fresh model's first prefill 10-20 % slower than its next (Gemma 3: 253 MB).
         // SAFETY: the map is read-only; a file truncated underneath us by another process
         // would fault, which is the documented, accepted risk of every mmap-based loader.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(io_err)?;
         Self::parse(path, Backing::Mapped(map))
     }
 
@@ -202,6 +205,14 @@ impl GgufFile {
     pub fn tensor_window(&self, info: &TensorInfo) -> Result<TensorBytes> {
         let (start, end) = self.extent(info)?;
         Ok(TensorBytes::window(self.map.clone(), start..end))
+    }
+
+    /// Tells the kernel this process is done with the header and metadata (once the tokenizer,
+    /// chat template and configuration are built from them: the token texts and merges are
+    /// 2-5 MB of a file): the pages wholly before the tensor data leave the resident set.
+    /// Reading the metadata again stays correct (the pages come back from the file).
+    pub fn release_metadata_pages(&self) {
+        TensorBytes::window(self.map.clone(), 0..self.data_start.min(self.map.len())).release_pages();
     }
 
     /// Tells the kernel this process is done with a tensor's data (after copying it): the pages
