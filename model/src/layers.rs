@@ -8,7 +8,6 @@ use std::collections::HashMap;
 
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
-use rayon::prelude::*;
 
 use crate::arch::{Role, TensorDecl};
 use crate::config::{Activation, ModelConfig};
@@ -102,12 +101,15 @@ impl RmsNorm {
             let mut out = vec![0f32; input.len()];
             if dim > 0 {
                 let eps = self.eps as f32;
-                let norm = |(o, row): (&mut [f32], &[f32])| crate::host_ops::rms_norm_row(row, gamma, eps, o);
+                let norm = |first: usize, out: &mut [f32]| {
+                    let rows = out.chunks_mut(dim).zip(input[first * dim..].chunks(dim));
+                    rows.for_each(|(o, row)| crate::host_ops::rms_norm_row(row, gamma, eps, o));
+                };
                 // Rows split over threads only where there are enough of them (prefill).
                 if n >= 32 {
-                    out.par_chunks_mut(dim).zip(input.par_chunks(dim)).for_each(norm);
+                    crate::spin_pool::for_row_chunks(&mut out, dim, 8, &norm);
                 } else {
-                    out.chunks_mut(dim).zip(input.chunks(dim)).for_each(norm);
+                    norm(0, &mut out);
                 }
             }
             return Tensor::from_data(TensorData::new(out, [n, dim]), (&x.device(), DType::F32));
@@ -331,17 +333,20 @@ fn gate_host(joined: &[f32], ff: usize, activation: Activation) -> Vec<f32> {
     if ff == 0 {
         return gated;
     }
-    let gate = |(out, row): (&mut [f32], &[f32])| {
-        let (gate, up) = row.split_at(ff);
-        crate::host_ops::gated(activation, gate, up, out);
+    let gate = |first: usize, out: &mut [f32]| {
+        for (o, row) in out.chunks_mut(ff).zip(joined[first * 2 * ff..].chunks(2 * ff)) {
+            let (gate, up) = row.split_at(ff);
+            crate::host_ops::gated(activation, gate, up, o);
+        }
     };
-    // Rows split over threads only where there are enough of them (prefill): a decode step's
-    // row takes about a microsecond, and handing it to rayon's pool woke a sleeping worker and
-    // blocked this thread until it finished, two context switches a layer.
+    // Rows split over threads only where there are enough of them (prefill), and over the
+    // products' spinning helpers (`spin_pool`), not rayon's pool: a decode step's row takes
+    // about a microsecond, and handing work to rayon woke a sleeping worker and blocked this
+    // thread until it finished, two context switches a layer.
     if gated.len() / ff >= 32 {
-        gated.par_chunks_mut(ff).zip(joined.par_chunks(2 * ff)).for_each(gate);
+        crate::spin_pool::for_row_chunks(&mut gated, ff, 4, &gate);
     } else {
-        gated.chunks_mut(ff).zip(joined.chunks(2 * ff)).for_each(gate);
+        gate(0, &mut gated);
     }
     gated
 }

@@ -170,6 +170,43 @@ pub(crate) fn run_chunks(
     }
 }
 
+/// Runs `f(first_row, rows)` over disjoint chunks of the rows of `out` (each `row_len`
+/// values; at least `min_rows` rows a chunk) that together cover it, on the calling thread
+/// and the helpers: row-wise host work between the products (norms, gated activations of a
+/// prefill), which on rayon's pool woke sleeping workers while these helpers spun.
+pub(crate) fn for_row_chunks(out: &mut [f32], row_len: usize, min_rows: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    if row_len == 0 || out.is_empty() {
+        return;
+    }
+    let rows = out.len() / row_len;
+    let base = RowsPtr(out.as_mut_ptr());
+    let task = |range: Range<usize>| {
+        // SAFETY: `run_chunks` hands out disjoint ranges within `0..rows`, each once, so the
+        // slices never overlap, and it returns only after every task has finished, while
+        // `out` is still mutably borrowed here.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(base.at(range.start * row_len), range.len() * row_len) };
+        f(range.start, chunk);
+        Ok(())
+    };
+    // The task returns no error.
+    let _ = run_chunks(rows, 1, min_rows.max(1), helper_threads(), &task);
+}
+
+/// The rows' base address, shared with the helpers of [`for_row_chunks`].
+struct RowsPtr(*mut f32);
+
+// SAFETY: the helpers write disjoint ranges through it (see `for_row_chunks`).
+unsafe impl Sync for RowsPtr {}
+
+impl RowsPtr {
+    /// The address `offset` values in (a method, so closures capture the wrapper, not the
+    /// raw pointer).
+    fn at(&self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets within the slice the pointer came from.
+        unsafe { self.0.add(offset) }
+    }
+}
+
 /// How long a helper spins for the next job after finishing one before it parks. Covers the
 /// gaps between the products of a decode step and between steps (sampling, the engine loop),
 /// not an idle server.
