@@ -29,19 +29,16 @@ pub struct ChunkAttention<'a> {
     pub values: Vec<&'a [f32]>,
 }
 
-/// Calls `f` on rows `first..end` of head `g` in `blocks`, in order: within a block they are
-/// contiguous, so each block's part is one slice cut into rows. Plain loops, always inlined,
-/// so that `f` is compiled into the caller's vector width (an iterator adaptor here was
-/// compiled once, generically, with 4-lane vectors).
-#[inline(always)]
-fn for_each_row<'b>(blocks: &[&'b [f32]], g: usize, first: usize, end: usize, d: usize, mut f: impl FnMut(&'b [f32])) {
+/// Rows `first..end` of head `g` in `blocks`, as one contiguous slice per block (within a
+/// block a head's positions are consecutive rows of `d` values). Callers loop over each
+/// slice's rows themselves: a closure called per row was compiled on its own, with 4-lane
+/// vectors and its sums in memory, instead of into the caller's AVX-512 body.
+fn row_blocks<'b>(blocks: &'b [&'b [f32]], g: usize, first: usize, end: usize, d: usize) -> impl Iterator<Item = &'b [f32]> + 'b {
     const B: usize = KV_BLOCK_TOKENS;
-    for b in first / B..end.div_ceil(B) {
+    (first / B..end.div_ceil(B)).map(move |b| {
         let (lo, hi) = (first.max(b * B) - b * B, end.min((b + 1) * B) - b * B);
-        for row in blocks[b][(g * B + lo) * d..(g * B + hi) * d].chunks_exact(d) {
-            f(row);
-        }
-    }
+        &blocks[b][(g * B + lo) * d..(g * B + hi) * d]
+    })
 }
 
 /// Shapes and settings shared by every chunk of one layer.
@@ -88,7 +85,12 @@ pub fn attend(queries: &[f32], chunks: &[ChunkAttention<'_>], shape: AttentionSh
     if helpers == 0 || tasks.len() < 2 || macs < PARALLEL_MIN_MACS {
         run(0..tasks.len())?;
     } else {
-        spin_pool::run_chunks(tasks.len(), 1, 1, helpers, &run)?;
+        // Whole groups of heads that share K/V per chunk of tasks (heads of a group are
+        // consecutive tasks): the group's keys and values, read from memory by its first
+        // head, are still in this core's cache for the others (decode attention is bound by
+        // those reads).
+        let group = (heads / shape.kv_heads.max(1)).max(1);
+        spin_pool::run_chunks(tasks.len(), group, group, helpers, &run)?;
     }
     let results = results.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut output = vec![0f32; n * heads * d];
@@ -151,22 +153,55 @@ fn head_body(chunk: &ChunkAttention<'_>, queries: &[f32], h: usize, shape: Atten
         // Query at position p sees keys p - window < j <= p.
         let first = window.map_or(0, |w| visible.saturating_sub(w));
         scores.clear();
-        for_each_row(&chunk.keys, g, first, visible, d, |k| scores.push(dot(q, k) * scale));
+        for part in row_blocks(&chunk.keys, g, first, visible, d) {
+            for k in part.chunks_exact(d) {
+                scores.push(dot(q, k) * scale);
+            }
+        }
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         // `host_ops::exp` vectorises (libm's did not); arguments are ≤ 0, where its clamp
         // below e^-87 is far under a rounding of the sum (≥ 1).
         scores.iter_mut().for_each(|s| *s = crate::host_ops::exp(*s - max));
         let sum: f32 = scores.iter().sum();
         let o = &mut out[i * d..(i + 1) * d];
-        let mut weights = scores.iter();
-        for_each_row(&chunk.values, g, first, visible, d, |v| {
-            let w = weights.next().copied().unwrap_or(0.0);
-            o.iter_mut().zip(v).for_each(|(acc, x)| *acc += w * x);
-        });
+        weighted_sum(&chunk.values, g, first, visible, &scores, o);
         let inv = 1.0 / sum;
         o.iter_mut().for_each(|x| *x *= inv);
     }
     out
+}
+
+/// `o = Σ_j weights[j] · v_j` over the value rows `first..end` of head `g`, `LANES` columns at
+/// a time: each group's sums stay in registers over all rows, where a whole-row `o += w · v`
+/// loaded and stored `o` once per row (the largest cost of decode attention in a profile).
+#[inline(always)]
+fn weighted_sum(values: &[&[f32]], g: usize, first: usize, end: usize, weights: &[f32], o: &mut [f32]) {
+    const LANES: usize = 32;
+    let d = o.len();
+    let (groups, tail) = o.as_chunks_mut::<LANES>();
+    for (c, group) in groups.iter_mut().enumerate() {
+        let mut acc = [0f32; LANES];
+        let mut w = weights.iter();
+        for part in row_blocks(values, g, first, end, d) {
+            for (v, &w) in part.chunks_exact(d).zip(&mut w) {
+                let v = &v[c * LANES..][..LANES];
+                for k in 0..LANES {
+                    acc[k] += w * v[k];
+                }
+            }
+        }
+        *group = acc;
+    }
+    if !tail.is_empty() {
+        let start = d - tail.len();
+        tail.fill(0.0);
+        let mut w = weights.iter();
+        for part in row_blocks(values, g, first, end, d) {
+            for (v, &w) in part.chunks_exact(d).zip(&mut w) {
+                tail.iter_mut().zip(&v[start..]).for_each(|(acc, x)| *acc += w * x);
+            }
+        }
+    }
 }
 
 /// Eight partial sums, so the compiler keeps them in vector registers.
