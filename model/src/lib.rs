@@ -34,6 +34,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gguf;
+mod heap;
 #[cfg(feature = "gpu-kernels")]
 pub mod gpu_attention;
 #[cfg(feature = "gpu-kernels")]

@@ -251,9 +251,18 @@ impl Transformer {
             .into_data()
             .try_into_vec::<f32>()
             .map_err(|e| ModelError::Internal(format!("reading logits back: {e:?}")))?;
+        if n >= TRIM_AFTER_ROWS {
+            // A prefill's activations and products (0.1-1 MB a layer) are free now and decode
+            // steps need none of that size: give the pages back (see `heap`).
+            crate::quant_matmul::release_batch_buffers();
+            crate::heap::return_freed_pages();
+        }
         Ok(Logits { data, vocab: c.vocab_size, chunk_starts })
     }
 }
+
+/// Forwards of at least this many rows (prefills) hand their freed memory back.
+const TRIM_AFTER_ROWS: usize = 32;
 
 /// The output projection of a model without `output.weight`: the embedding table, kept
 /// quantized when the plan and its type allow, else transposed into a dense `[hidden, vocab]`.

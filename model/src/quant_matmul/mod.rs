@@ -83,6 +83,12 @@ const PARALLEL_MIN_MACS: usize = 1 << 18;
 /// Each chunk of output rows handed to a thread has at least this many multiply-adds.
 const CHUNK_MIN_MACS: usize = 1 << 16;
 
+/// Frees the calling thread's buffers of large-batch products (see `scratch::release`), after
+/// a prefill.
+pub fn release_batch_buffers() {
+    scratch::release();
+}
+
 /// A weight matrix kept in its GGUF block encoding: `rows` outputs × `cols` inputs, each row
 /// `cols / block_size` consecutive blocks (GGUF's layout of a `[out, in]` linear weight).
 pub struct QuantMatrix {

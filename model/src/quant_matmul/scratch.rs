@@ -48,3 +48,22 @@ pub(super) fn with_panel<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
     })
 }
 
+
+/// Frees this thread's activation buffers (transposed or rounded copies of a prefill's
+/// activations, up to a few hundred kB), which decode steps do not use; the next large
+/// product allocates them again.
+pub(super) fn release() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        TRANSPOSED_X.with(|x_t| {
+            if let Ok(mut x_t) = x_t.try_borrow_mut() {
+                *x_t = Vec::new();
+            }
+        });
+        Q8_ACTIVATIONS.with(|acts| {
+            if let Ok(mut acts) = acts.try_borrow_mut() {
+                *acts = int8::Q8Activations::default();
+            }
+        });
+    }
+}

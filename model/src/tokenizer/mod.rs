@@ -114,25 +114,6 @@ struct Specials {
     extra_stop: Vec<u32>,
 }
 
-/// Gives the pages that building a tokenizer freed back to the OS. `tokenizers` takes BPE
-/// merges only as owned string pairs (hundreds of thousands of small blocks for a large
-/// `gpt2` vocabulary; a million for Gemma 3 before it had its own encoder), and glibc keeps
-/// the holes they leave between live blocks resident (~34 MB for Gemma 3); weights load on
-/// another thread, whose arena cannot reuse them.
-fn return_freed_heap_pages() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn malloc_trim(pad: usize) -> std::ffi::c_int;
-        }
-        // SAFETY: glibc's malloc_trim takes no pointers and locks each arena itself; it only
-        // releases pages that hold no allocated block.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
-}
-
 impl fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tokenizer")
@@ -248,7 +229,10 @@ impl Tokenizer {
             encoding: OnceLock::new(),
             length_bound: OnceLock::new(),
         };
-        return_freed_heap_pages();
+        // Building the tables left many small holes between live blocks (hundreds of
+        // thousands of merge strings), which glibc keeps resident; weights load on another
+        // thread, whose arena cannot reuse them.
+        crate::heap::return_freed_pages();
         Tokenizer { inner: Arc::new(inner) }
     }
 
