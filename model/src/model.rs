@@ -219,6 +219,12 @@ impl ModelLoader {
         let plan = options.plan(spec)?;
         let device = spec.open()?;
         options.precision.check_supported(&device, spec)?;
+        if let Source::Gguf(file) = &self.source
+            && plan.quantized_linear
+        {
+            // The products read the weights from the map: fault it in now, not mid-prefill.
+            file.populate_tensor_pages();
+        }
         let source: &dyn WeightSource = match &self.source {
             Source::Gguf(file) => file,
             Source::Hf(weights) => weights,

@@ -88,12 +88,9 @@ impl GgufFile {
         let path = path.as_ref().to_path_buf();
         let io_err = |source| ModelError::Io { path: path.clone(), source };
         let file = std::fs::File::open(&path).map_err(io_err)?;
-        // Populated (`MAP_POPULATE`, as llama.cpp maps model files): the pages are mapped now,
-        // at load, instead of one fault per 64 KiB on the first forward pass, which made a
-        // fresh model's first prefill 10-20 % slower than its next (Gemma 3: 253 MB).
         // SAFETY: the map is read-only; a file truncated underneath us by another process
         // would fault, which is the documented, accepted risk of every mmap-based loader.
-        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(io_err)?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
         Self::parse(path, Backing::Mapped(map))
     }
 
@@ -205,6 +202,23 @@ impl GgufFile {
     pub fn tensor_window(&self, info: &TensorInfo) -> Result<TensorBytes> {
         let (start, end) = self.extent(info)?;
         Ok(TensorBytes::window(self.map.clone(), start..end))
+    }
+
+    /// Maps every page of the tensor data now (`MADV_POPULATE_READ`; llama.cpp maps model
+    /// files with `MAP_POPULATE`), for weights used in place from the map: otherwise the first
+    /// forward pass takes a page fault per 64 KiB of weights, which made a fresh model's first
+    /// prefill 10-20 % slower than its next (Gemma 3, 253 MB). Not for weights copied out at
+    /// load (dense or device), whose pages are released tensor by tensor and would otherwise
+    /// all be resident at once. Failure (a kernel before 5.14) only leaves the faults.
+    pub fn populate_tensor_pages(&self) {
+        #[cfg(target_os = "linux")]
+        if let Backing::Mapped(map) = &*self.map {
+            const PAGE: usize = 4096;
+            let start = self.data_start / PAGE * PAGE;
+            if start < map.len() {
+                let _ = map.advise_range(memmap2::Advice::PopulateRead, start, map.len() - start);
+            }
+        }
     }
 
     /// Tells the kernel this process is done with the header and metadata (once the tokenizer,
