@@ -93,6 +93,12 @@ impl QuantMatrix {
     /// Dequantizes whole weight rows into `out` (`rows.len() / row_bytes × cols` floats).
     fn decode_rows(&self, kernel: Kernel, rows: &[u8], out: &mut [f32]) -> Result<(), ModelError> {
         #[cfg(target_arch = "x86_64")]
+        if let Kernel::Panel512(cpu, wide) = kernel
+            && avx2::decode_rows_512(cpu, wide, self.ggml_type, rows, out)
+        {
+            return Ok(());
+        }
+        #[cfg(target_arch = "x86_64")]
         if let Kernel::Panel(cpu) | Kernel::Fused(cpu, _) | Kernel::Panel512(cpu, _) = kernel
             && avx2::decode_rows(cpu, self.ggml_type, rows, out)
         {

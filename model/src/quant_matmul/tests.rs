@@ -267,6 +267,13 @@ fn check_avx2_kernels(
     for (k, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         assert_eq!(a.to_bits(), b.to_bits(), "{t} {rows}×{cols}: AVX2 decoder differs at {k}: {a} vs {b}");
     }
+    if let Some(wide) = avx2::Avx512::detect() {
+        let mut wide_out = vec![0f32; rows * cols];
+        assert!(avx2::decode_rows_512(cpu, wide, t, &m.bytes(), &mut wide_out), "{t} has a decoder");
+        for (k, (a, b)) in wide_out.iter().zip(&theirs).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "{t} {rows}×{cols}: AVX-512 decoder differs at {k}: {a} vs {b}");
+        }
+    }
 
     for n in ns {
         let x = random_x(n * cols, rng);
@@ -330,10 +337,17 @@ fn avx2_decoders_are_exact_at_the_edges() {
                 let (mut ours, mut theirs) = (vec![0f32; elems], vec![0f32; elems]);
                 assert!(avx2::decode_rows(cpu, t, &block, &mut ours), "{t} has an AVX2 decoder");
                 dequantize(t, &block, &mut theirs).expect("valid");
+                let mut wide_out = vec![0f32; elems];
+                let wide = avx2::Avx512::detect().map(|wide| avx2::decode_rows_512(cpu, wide, t, &block, &mut wide_out));
                 for (k, (a, b)) in ours.iter().zip(&theirs).enumerate() {
                     // A scale of 65504 overflows to inf, and inf · 0 is a NaN (of any payload).
                     let same = a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
                     assert!(same, "{t} fill {fill:#x} scale {scale}: element {k}: {a} vs {b}");
+                    if wide == Some(true) {
+                        let w = wide_out[k];
+                        let same = w.to_bits() == b.to_bits() || (w.is_nan() && b.is_nan());
+                        assert!(same, "{t} fill {fill:#x} scale {scale}: AVX-512 element {k}: {w} vs {b}");
+                    }
                 }
             }
         }

@@ -21,6 +21,12 @@ use std::array;
 
 pub(super) use avx512::Avx512;
 pub(super) use panel::{decode_rows, dot_tile};
+
+/// [`decode_rows`] with the 16-lane decoders where a type has one (the 32-element block
+/// types), the 8-lane ones otherwise.
+pub(super) fn decode_rows_512(cpu: Avx2, wide: Avx512, ggml_type: GgmlType, rows: &[u8], out: &mut [f32]) -> bool {
+    avx512_blocks::decode_rows(wide, ggml_type, rows, out) || decode_rows(cpu, ggml_type, rows, out)
+}
 pub(super) use panel512::{MAX_PANEL_ROWS, W_ROWS, panel_rows as panel512_rows, transpose_blocks};
 
 use super::{OutColumns, Tile};
