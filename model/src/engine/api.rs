@@ -113,6 +113,9 @@ pub enum GenerationEvent {
 #[derive(Debug, Clone, Copy)]
 pub struct Timings {
     pub submitted: Instant,
+    /// The engine's step count when the request reached the engine thread: comparable with
+    /// [`GenerationEvent::Token::step`], so a test or trace can tell how many steps it waited.
+    pub arrived_step: u64,
     /// When the scheduler first gave it a prefill slot (end of queueing).
     pub scheduled: Option<Instant>,
     pub first_token: Option<Instant>,

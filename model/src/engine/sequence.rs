@@ -101,7 +101,7 @@ impl Sequence {
             cache,
             events,
             cancelled,
-            timings: Timings { submitted, scheduled: Some(now), first_token: None, finished: now },
+            timings: Timings { submitted, arrived_step, scheduled: Some(now), first_token: None, finished: now },
             final_event: None,
         }
     }
