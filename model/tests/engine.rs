@@ -208,7 +208,9 @@ fn a_long_prompt_is_prefilled_in_chunks_while_streams_keep_flowing() {
     let chunk = 32;
     let engine = start("synthetic:tiny", EngineConfig { max_prefill_tokens: chunk, ..EngineConfig::default() });
     let stream_request = || {
-        let mut r = GenerateRequest::greedy(vec![1, 2, 3], 150);
+        // Nearly the whole 512-token context: the long prompt must arrive while the streams
+        // still run, even when a loaded machine deschedules this thread for a while.
+        let mut r = GenerateRequest::greedy(vec![1, 2, 3], 490);
         r.ignore_eos = true;
         r
     };
@@ -223,6 +225,8 @@ fn a_long_prompt_is_prefilled_in_chunks_while_streams_keep_flowing() {
     let (a, b) = (collect(short_a), collect(short_b));
     let first_long_step = long_out.steps[0];
     let prefill_steps = prompt.len().div_ceil(chunk) as u64;
+    let last_stream_step = a.steps.last().copied().unwrap_or_default().min(b.steps.last().copied().unwrap_or_default());
+    assert!(first_long_step <= last_stream_step, "the streams ended before the long prompt was prefilled");
     for out in [&a, &b] {
         // Every step while the long prompt was prefilled also produced a token for each stream.
         let during: Vec<u64> = out
