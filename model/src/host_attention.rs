@@ -69,20 +69,21 @@ pub fn attend(queries: &[f32], chunks: &[ChunkAttention<'_>], shape: AttentionSh
     let AttentionShape { heads, head_dim: d, .. } = shape;
     let n: usize = chunks.iter().map(|c| c.len).sum();
     debug_assert_eq!(queries.len(), n * heads * d);
-    let tasks: Vec<(usize, usize)> = (0..chunks.len()).flat_map(|c| (0..heads).map(move |h| (c, h))).collect();
+    // Scores and weighted sums: each query row against every key it sees, per head.
+    let macs: usize = chunks.iter().map(|c| c.len * (c.start + c.len)).sum::<usize>() * heads * d * 2;
+    let helpers = if macs < PARALLEL_MIN_MACS { 0 } else { spin_pool::helper_threads() };
+    let tasks = tasks(chunks, shape, helpers + 1);
     let results: Mutex<Vec<Option<Vec<f32>>>> = Mutex::new(vec![None; tasks.len()]);
     let run = |range: Range<usize>| {
-        let done: Vec<Vec<f32>> = tasks[range.clone()].iter().map(|&(c, h)| attend_head(&chunks[c], queries, h, shape)).collect();
+        let done: Vec<Vec<f32>> =
+            tasks[range.clone()].iter().map(|t| attend_head(&chunks[t.chunk], queries, t.head, t.rows.clone(), shape)).collect();
         let mut results = results.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for (slot, result) in results[range].iter_mut().zip(done) {
             *slot = Some(result);
         }
         Ok(())
     };
-    // Scores and weighted sums: each query row against every key it sees, per head.
-    let macs: usize = chunks.iter().map(|c| c.len * (c.start + c.len)).sum::<usize>() * heads * d * 2;
-    let helpers = spin_pool::helper_threads();
-    if helpers == 0 || tasks.len() < 2 || macs < PARALLEL_MIN_MACS {
+    if helpers == 0 || tasks.len() < 2 {
         run(0..tasks.len())?;
     } else {
         // Whole groups of heads that share K/V per chunk of tasks (heads of a group are
@@ -94,59 +95,135 @@ pub fn attend(queries: &[f32], chunks: &[ChunkAttention<'_>], shape: AttentionSh
     }
     let results = results.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut output = vec![0f32; n * heads * d];
-    for (&(c, h), result) in tasks.iter().zip(results) {
-        let chunk = &chunks[c];
+    for (task, result) in tasks.iter().zip(results) {
+        let (c, h) = (task.chunk, task.head);
         let result = result.ok_or_else(|| ModelError::Internal(format!("attention head {h} of chunk {c} was not run")))?;
+        let first_row = chunks[c].first_row + task.rows.start;
         for (i, src) in result.chunks_exact(d).enumerate() {
-            let at = ((chunk.first_row + i) * heads + h) * d;
+            let at = ((first_row + i) * heads + h) * d;
             output[at..at + d].copy_from_slice(src);
         }
     }
     Ok(output)
 }
 
-/// One (chunk, head) task of [`attend`]: `[chunk.len, head_dim]`, compiled for the widest
+/// One head of one chunk's query rows `rows` (indices within the chunk).
+#[derive(Debug, Clone, PartialEq)]
+struct HeadTask {
+    chunk: usize,
+    head: usize,
+    rows: Range<usize>,
+}
+
+/// Query rows below which a chunk's rows are not split between threads.
+const MIN_SPLIT_ROWS: usize = 8;
+
+/// The tasks of [`attend`] for `threads` threads, ordered chunk, row part, head (so a group
+/// of heads sharing K/V stays consecutive). A chunk's rows are split into parts only when
+/// its (chunk, K/V group) tasks alone could not keep the threads busy: a prefill of a model
+/// with one K/V head (Gemma 3 270M) was one group, attended by one thread while the others
+/// spun. Causal rows cost more the later they come, so the parts hold equal sums of visible
+/// keys, not equal numbers of rows.
+fn tasks(chunks: &[ChunkAttention<'_>], shape: AttentionShape, threads: usize) -> Vec<HeadTask> {
+    let groups = chunks.len() * shape.kv_heads.max(1);
+    // `run_chunks` deals out about two pieces a thread.
+    let wanted_parts = (2 * threads).div_ceil(groups.max(1));
+    let mut tasks = Vec::new();
+    for (c, chunk) in chunks.iter().enumerate() {
+        let parts = if threads > 1 { wanted_parts.min(chunk.len / MIN_SPLIT_ROWS).max(1) } else { 1 };
+        for rows in split_rows(chunk, shape.window, parts) {
+            tasks.extend((0..shape.heads).map(|head| HeadTask { chunk: c, head, rows: rows.clone() }));
+        }
+    }
+    tasks
+}
+
+/// `chunk`'s rows in `parts` consecutive ranges of about equal cost (keys seen), none empty.
+fn split_rows(chunk: &ChunkAttention<'_>, window: Option<usize>, parts: usize) -> Vec<Range<usize>> {
+    if parts <= 1 {
+        return vec![0..chunk.len];
+    }
+    let cost = |i: usize| {
+        let visible = chunk.start + i + 1;
+        window.map_or(visible, |w| visible.min(w))
+    };
+    let total: usize = (0..chunk.len).map(cost).sum();
+    let mut ranges = Vec::with_capacity(parts);
+    let (mut start, mut sum) = (0, 0);
+    for i in 0..chunk.len {
+        sum += cost(i);
+        // Close part `k` once its share of the total is reached, leaving a row for each
+        // part still to come.
+        let k = ranges.len() + 1;
+        if k < parts && sum * parts >= total * k && chunk.len - (i + 1) >= parts - k {
+            ranges.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    ranges.push(start..chunk.len);
+    ranges
+}
+
+/// One task of [`attend`]: `[rows.len(), head_dim]`, compiled for the widest
 /// vectors this CPU has (the dot products, the exponentials and the weighted sums all
 /// vectorise; the baseline build had 4 lanes and a libm `exp` per score).
-fn attend_head(chunk: &ChunkAttention<'_>, queries: &[f32], h: usize, shape: AttentionShape) -> Vec<f32> {
+fn attend_head(chunk: &ChunkAttention<'_>, queries: &[f32], h: usize, rows: Range<usize>, shape: AttentionShape) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F (checked above).
-            return unsafe { attend_head_avx512(chunk, queries, h, shape) };
+            return unsafe { attend_head_avx512(chunk, queries, h, rows, shape) };
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { attend_head_avx2(chunk, queries, h, shape) };
+            return unsafe { attend_head_avx2(chunk, queries, h, rows, shape) };
         }
     }
-    head_body(chunk, queries, h, shape)
+    head_body(chunk, queries, h, rows, shape)
 }
 
 /// # Safety
 /// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn attend_head_avx512(chunk: &ChunkAttention<'_>, queries: &[f32], h: usize, shape: AttentionShape) -> Vec<f32> {
-    head_body(chunk, queries, h, shape)
+unsafe fn attend_head_avx512(
+    chunk: &ChunkAttention<'_>,
+    queries: &[f32],
+    h: usize,
+    rows: Range<usize>,
+    shape: AttentionShape,
+) -> Vec<f32> {
+    head_body(chunk, queries, h, rows, shape)
 }
 
 /// # Safety
 /// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_head_avx2(chunk: &ChunkAttention<'_>, queries: &[f32], h: usize, shape: AttentionShape) -> Vec<f32> {
-    head_body(chunk, queries, h, shape)
+unsafe fn attend_head_avx2(
+    chunk: &ChunkAttention<'_>,
+    queries: &[f32],
+    h: usize,
+    rows: Range<usize>,
+    shape: AttentionShape,
+) -> Vec<f32> {
+    head_body(chunk, queries, h, rows, shape)
 }
 
 /// [`attend_head`]'s body, inlined into each compiled version.
 #[inline(always)]
-fn head_body(chunk: &ChunkAttention<'_>, queries: &[f32], h: usize, shape: AttentionShape) -> Vec<f32> {
+fn head_body(
+    chunk: &ChunkAttention<'_>,
+    queries: &[f32],
+    h: usize,
+    rows: Range<usize>,
+    shape: AttentionShape,
+) -> Vec<f32> {
     let AttentionShape { heads, kv_heads, head_dim: d, scale, window } = shape;
     let g = h / (heads / kv_heads);
-    let mut out = vec![0f32; chunk.len * d];
-    let mut scores = Vec::with_capacity(chunk.start + chunk.len);
-    for i in 0..chunk.len {
+    let mut out = vec![0f32; rows.len() * d];
+    let mut scores = Vec::with_capacity(chunk.start + rows.end);
+    for (o, i) in out.chunks_exact_mut(d).zip(rows) {
         let row = chunk.first_row + i;
         let q = &queries[(row * heads + h) * d..(row * heads + h + 1) * d];
         let visible = chunk.start + i + 1;
@@ -163,7 +240,6 @@ fn head_body(chunk: &ChunkAttention<'_>, queries: &[f32], h: usize, shape: Atten
         // below e^-87 is far under a rounding of the sum (≥ 1).
         scores.iter_mut().for_each(|s| *s = crate::host_ops::exp(*s - max));
         let sum: f32 = scores.iter().sum();
-        let o = &mut out[i * d..(i + 1) * d];
         weighted_sum(&chunk.values, g, first, visible, &scores, o);
         let inv = 1.0 / sum;
         o.iter_mut().for_each(|x| *x *= inv);
@@ -237,6 +313,48 @@ mod tests {
         ((seed.wrapping_mul(2654435761) % 1000) as f32 / 500.0) - 1.0
     }
 
+    fn chunk(start: usize, len: usize) -> ChunkAttention<'static> {
+        ChunkAttention { first_row: 0, len, start, keys: Vec::new(), values: Vec::new() }
+    }
+
+    #[test]
+    fn one_kv_group_splits_its_rows_by_cost_and_keeps_heads_together() {
+        let shape = AttentionShape { heads: 4, kv_heads: 1, head_dim: 8, scale: 1.0, window: None };
+        // One chunk, one K/V group, two threads: four parts of the 64 rows (two a thread).
+        let tasks = tasks(&[chunk(0, 64)], shape, 2);
+        assert_eq!(tasks.len(), 16);
+        let parts: Vec<Range<usize>> = tasks.chunks(4).map(|g| g[0].rows.clone()).collect();
+        for (group, rows) in tasks.chunks(4).zip(&parts) {
+            assert!(group.iter().enumerate().all(|(h, t)| t.head == h && t.rows == *rows), "{group:?}");
+        }
+        assert_eq!(parts.first().map(|r| r.start), Some(0));
+        assert_eq!(parts.last().map(|r| r.end), Some(64));
+        assert!(parts.windows(2).all(|w| w[0].end == w[1].start && !w[0].is_empty()), "{parts:?}");
+        // Causal rows cost more later on: the first part holds more rows than the last, and
+        // the parts' costs (keys seen) are within a row's cost of a quarter.
+        assert!(parts[0].len() > parts[3].len(), "{parts:?}");
+        let cost = |r: &Range<usize>| r.clone().map(|i| i + 1).sum::<usize>();
+        let total = cost(&(0..64));
+        assert!(parts.iter().all(|r| cost(r).abs_diff(total / 4) <= 64), "{parts:?}");
+        // Under a sliding window every row costs the same once the window is full.
+        let windowed = split_rows(&chunk(1000, 64), Some(16), 4);
+        assert!(windowed.iter().all(|r| r.len() == 16), "{windowed:?}");
+    }
+
+    #[test]
+    fn rows_stay_whole_when_groups_are_enough_or_chunks_short() {
+        let shape = AttentionShape { heads: 8, kv_heads: 4, head_dim: 8, scale: 1.0, window: None };
+        // Four K/V groups already give two tasks a thread.
+        assert!(tasks(&[chunk(0, 64)], shape, 2).iter().all(|t| t.rows == (0..64)));
+        // Decode rows (one a chunk) and one thread never split.
+        assert!(tasks(&[chunk(9, 1), chunk(3, 1)], shape, 2).iter().all(|t| t.rows == (0..1)));
+        let one_group = AttentionShape { kv_heads: 1, ..shape };
+        assert!(tasks(&[chunk(0, 64)], one_group, 1).iter().all(|t| t.rows == (0..64)));
+        // Every row of a short chunk is a part of its own at most.
+        let parts = split_rows(&chunk(0, 3), None, 8);
+        assert_eq!(parts, vec![0..3]);
+    }
+
     #[test]
     fn matches_reference_with_gqa_cache_and_two_chunks() {
         check(AttentionShape { heads: 4, kv_heads: 2, head_dim: 12, scale: 1.0 / 12f32.sqrt(), window: None });
@@ -253,8 +371,10 @@ mod tests {
     fn check(shape: AttentionShape) {
         let (heads, kv_heads, d) = (shape.heads, shape.kv_heads, shape.head_dim);
         // Chunk 0: 3 new tokens on 70 cached (two blocks); chunk 1: one decode token on 2
-        // cached. Each chunk's blocks are separate buffers, as the pool holds them.
-        let specs = [(70usize, 3usize), (2, 1)];
+        // cached; chunk 2: a prefill of 40 tokens on 5 cached, long enough for its rows to be
+        // split between threads. Each chunk's blocks are separate buffers, as the pool holds
+        // them.
+        let specs = [(70usize, 3usize), (2, 1), (5, 40)];
         let block = kv_heads * KV_BLOCK_TOKENS * d;
         let caches: Vec<(Vec<Vec<f32>>, Vec<Vec<f32>>)> = specs
             .iter()

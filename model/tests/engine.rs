@@ -468,3 +468,42 @@ fn a_short_prompt_behind_a_long_one_is_prefilled_first_unless_fifo() {
     let (short_first, long_first) = (short.steps[0], long.steps[0]);
     assert!(short_first >= long_first, "fifo: short prompt's first token at {short_first}, long one's at {long_first}");
 }
+
+/// Prints a model file's 64-token prefill time, many times in one process (a noisy shared
+/// machine moves single runs by 30 %): `STELLARCHAT_TIMING_MODEL=weights/… cargo test ...
+/// --test engine -- --ignored --nocapture prefill_time` (default: Gemma 3 270M, when fetched).
+#[test]
+#[ignore = "a measurement, not a check"]
+fn prefill_time_of_a_64_token_prompt() {
+    let model = std::env::var("STELLARCHAT_TIMING_MODEL")
+        .unwrap_or_else(|_| repo_root().join("weights/gemma-3-270m-q4_k_m.gguf").to_string_lossy().into_owned());
+    let engine = start(&model, EngineConfig { prefix_cache: false, ..EngineConfig::default() });
+    // Distinct ids a round, so nothing could be reused even by mistake.
+    let prompt = |round: u32| (0..64).map(|i| 1000 + (round * 64 + i) % 5000).collect::<Vec<u32>>();
+    let mut times = Vec::new();
+    for round in 0..30 {
+        let mut stream = engine.submit(GenerateRequest::greedy(prompt(round), 1)).expect("submit");
+        loop {
+            match stream.blocking_recv() {
+                Some(GenerationEvent::Finished { timings, .. }) => {
+                    let first = timings.first_token.expect("a token");
+                    times.push((first - timings.scheduled.unwrap_or(timings.submitted)).as_secs_f64() * 1e3);
+                    break;
+                }
+                Some(GenerationEvent::Error(e)) => panic!("{e}"),
+                Some(_) => {}
+                None => panic!("stream ended early"),
+            }
+        }
+        wait_idle(&engine);
+    }
+    // The first prefill also faults in the buffers; the rest are steady state.
+    let first = times.remove(0);
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "{model}: first {first:.1} ms; then min {:.1} ms, median {median:.1} ms ({:.0} tok/s)",
+        times[0],
+        64.0 / median * 1e3
+    );
+}

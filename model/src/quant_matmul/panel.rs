@@ -79,13 +79,17 @@ impl QuantMatrix {
         debug_assert!(panel_rows <= avx2::MAX_PANEL_ROWS);
         panel.resize(panel_rows * cols, 0.0);
         let mut sums = Vec::new();
-        for (p, rows) in weights.chunks(panel_rows * self.row_bytes).enumerate() {
+        let panel_bytes = panel_rows * self.row_bytes;
+        for (p, rows) in weights.chunks(panel_bytes).enumerate() {
             let count = rows.len() / self.row_bytes;
             let padded = count.next_multiple_of(avx2::W_ROWS);
             self.decode_rows(kernel, rows, &mut panel[..count * cols])?;
             panel[count * cols..padded * cols].fill(0.0);
             let row0 = first_row + p * panel_rows;
-            avx2::panel512_rows(wide, x_t, n, cols, &panel[..padded * cols], count, row0, &mut sums, out);
+            // The next panel's encoded rows, fetched while this one's tiles run.
+            let next = weights.get((p + 1) * panel_bytes..).unwrap_or_default();
+            let next = &next[..next.len().min(panel_bytes)];
+            avx2::panel512_rows(wide, x_t, n, cols, &panel[..padded * cols], count, row0, next, &mut sums, out);
         }
         Ok(())
     }

@@ -85,3 +85,35 @@ fn panel_kernels_timing() {
         }
     }
 }
+
+/// Not a test: a Gemma 3 270M prefill's products (18 layers of q‖k‖v, o, gate‖up and down in
+/// the file's types, 64 rows) with every matrix distinct, as in a prefill, whose weights
+/// stream from memory, and with one layer's matrices over and over (warm caches).
+/// `--lib gemma_prefill_products_timing -- --ignored --nocapture`.
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore]
+fn gemma_prefill_products_timing() {
+    let mut rng = Rng(SplitMix64(13));
+    let shapes = [(GgmlType::Q5_0, 1536, 640), (GgmlType::Q4_K, 640, 1024), (GgmlType::Q5_0, 4096, 640), (GgmlType::Q6_K, 640, 2048)];
+    let layers: Vec<Vec<QuantMatrix>> = (0..18)
+        .map(|_| shapes.iter().map(|&(t, r, c)| QuantMatrix::new(t, r, c, random_matrix(t, r, c, &mut rng)).expect("valid")).collect())
+        .collect();
+    let n = 64;
+    let xs: Vec<Vec<f32>> = shapes.iter().map(|&(_, _, c)| random_x(n * c, &mut rng)).collect();
+    let macs: usize = 18 * shapes.iter().map(|&(_, r, c)| n * r * c).sum::<usize>();
+    let mut y = vec![0.0; n * 4096];
+    for round in 0..5 {
+        for (label, warm) in [("distinct", false), ("warm", true)] {
+            let start = std::time::Instant::now();
+            for l in 0..18 {
+                let layer = &layers[if warm { 0 } else { l }];
+                for (m, x) in layer.iter().zip(&xs) {
+                    m.matmul(x, n, &mut y[..n * m.rows()]);
+                }
+            }
+            let secs = start.elapsed().as_secs_f64();
+            eprintln!("round {round} {label}: {:.1} ms, {:.1} GMAC/s", secs * 1e3, macs as f64 / secs / 1e9);
+        }
+    }
+}
