@@ -12,6 +12,10 @@
 # Our rows per file: flex with quantized weights (f32 activations, the default; then
 # --activations q8, llama.cpp's scheme), and one dense row (flex, dequantized, f32).
 #
+# Both programs are measured the same way: warm (llama-bench runs a warm-up first, each of
+# our runs passes `generate --warmup`) and best of REPEATS (llama-bench's best repetition,
+# our best process). Peak RSS is each program's whole run, warm-up included.
+#
 # With RELEASE_BIN set (`just bench-model` sets it), each file gains a row for that binary in
 # the default configuration: the release build with only `flex`, which is what the CPU Docker
 # image ships (its code pages are a third of the dev build's, which shows in the peak RSS).
@@ -99,8 +103,9 @@ bench_file() { # label, file, prompt, expected `tokenize` count (text only, no B
   echo "llama.cpp: llama-bench -p $PROMPT_TOKENS -n $DECODE -r $REPEATS ($(nproc) threads) ..." >&2
   local peer peer_pp=0 peer_tg=0
   if peer=$(/usr/bin/time -f '%M' -o "$tmp/peer.rss" "$PEER" bench "$model" -p "$PROMPT_TOKENS" -n "$DECODE" -r "$REPEATS" -o json 2> "$tmp/peer.err"); then
-    peer_pp=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(next(x["avg_ts"] for x in r if x["n_prompt"]>0))' "$peer")
-    peer_tg=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(next(x["avg_ts"] for x in r if x["n_gen"]>0))' "$peer")
+    # Best of its repetitions, as ours are best of REPEATS runs.
+    peer_pp=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(next(max(x["samples_ts"]) for x in r if x["n_prompt"]>0))' "$peer")
+    peer_tg=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(next(max(x["samples_ts"]) for x in r if x["n_gen"]>0))' "$peer")
   else
     echo "llama-bench failed on $model:" >&2; tail -5 "$tmp/peer.err" >&2
   fi
@@ -126,7 +131,7 @@ run() { # model, prompt, peer prefill t/s, peer decode t/s, label, extra generat
   local dir=$tmp/run; rm -rf "$dir"; mkdir -p "$dir"
   for i in $(seq "$REPEATS"); do
     if ! /usr/bin/time -f '%M' -o "$dir/rss.$i" "$BIN" generate --model "$model" --prompt "$prompt" \
-      --max-tokens "$DECODE" --ignore-eos --json "$@" > "$dir/out.$i" 2> "$dir/err.$i"; then
+      --max-tokens "$DECODE" --ignore-eos --json --warmup "$@" > "$dir/out.$i" 2> "$dir/err.$i"; then
       printf '%-34s failed: %s\n' "$label" "$(grep -v '^Command exited' "$dir/err.$i" | tail -1)"
       return 0
     fi

@@ -75,6 +75,12 @@ pub struct GenerateArgs {
     /// the span of the decodes).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     parallel: u32,
+    /// First run one throwaway request, as llama-bench does before it measures: the prompt
+    /// rotated by one token (so it shares no prefix) and two generated tokens. The speeds are
+    /// then those of a warm process (code paths, buffers and helper threads in use), not of
+    /// its very first prefill.
+    #[arg(long)]
+    warmup: bool,
 }
 
 #[derive(Serialize)]
@@ -173,9 +179,15 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
     });
     let options =
         LoadOptions { device: args.device, precision: args.dtype, weights: args.weights, activations: args.activations };
-    // No constraint is ever compiled here: no grammar tables competing with the prefill.
-    let config =
-        EngineConfig { prepare_grammar_tables: false, gpu_memory_limit: args.gpu_memory_limit, ..EngineConfig::default() };
+    // No constraint is ever compiled here: no grammar tables competing with the prefill. No
+    // prefix cache either: the prompts of one run share no prefix (`--parallel` and
+    // `--warmup` rotate them), and a warm-up's blocks are then reused, not kept.
+    let config = EngineConfig {
+        prepare_grammar_tables: false,
+        prefix_cache: false,
+        gpu_memory_limit: args.gpu_memory_limit,
+        ..EngineConfig::default()
+    };
     let engine = Engine::spawn(loader, options, config, progress);
     while !engine.is_ready() {
         if let Some(error) = engine.failure() {
@@ -196,6 +208,12 @@ pub fn run(args: GenerateArgs) -> Result<(), GenerateError> {
         logprobs: args.logprobs,
         ..GenerateRequest::greedy(prompt_ids.clone(), args.max_tokens)
     };
+    if args.warmup {
+        let mut rotated = prompt_ids.clone();
+        rotated.rotate_left(1);
+        let warmup = GenerateRequest { prompt_ids: rotated, max_tokens: 2, ..request.clone() };
+        drain(&mut engine.submit(warmup)?)?;
+    }
     // The other sequences first, so the batch forms before the first one's prefill ends.
     let mut others = Vec::new();
     for i in 1..args.parallel as usize {
