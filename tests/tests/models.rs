@@ -106,7 +106,7 @@ async fn a_request_loads_its_model_and_admins_load_and_unload() {
 async fn the_least_recently_used_idle_model_makes_room_and_keep_alive_unloads_idle_ones() {
     let server = Server::start(&[
         "--model", "synthetic:tiny", "--model", "synthetic:tiny:2", "--model", "synthetic:tiny:3",
-        "--served-model-name", "a,b,c", "--max-loaded-models", "2", "--keep-alive", "2", "--pin", "a",
+        "--served-model-name", "a,b,c", "--max-loaded-models", "2", "--keep-alive", "8", "--pin", "a",
         "--api-key", KEY,
     ])
     .await;
@@ -118,8 +118,10 @@ async fn the_least_recently_used_idle_model_makes_room_and_keep_alive_unloads_id
     assert_eq!(states, vec!["loaded", "unloaded", "loaded"]);
     assert_eq!(metric(&server, r#"stellarchat:model_unloads_total{model="b",reason="capacity"}"#).await, Some(1.0));
 
-    // Idle for the keep-alive: `c` goes, the pinned `a` stays.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // Idle for the keep-alive: `c` goes, the pinned `a` stays. (8 s: long enough that `b`
+    // leaves for `c`'s room, not its own idleness, however slow the machine is between the
+    // requests above.)
+    let deadline = Instant::now() + Duration::from_secs(30);
     while state_of(&server, "c").await != "unloaded" {
         assert!(Instant::now() < deadline, "keep-alive did not unload c: {:?}", listed(&server).await);
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -270,10 +270,12 @@ async fn validation_statuses() {
 
 #[tokio::test]
 async fn full_queue_is_429_with_retry_after() {
-    // Room for one sequence: the second choice of n = 2 finds the engine full.
+    // Room for one sequence: the second choice of n = 2 finds the engine full. The first runs
+    // 400 tokens, so it still holds its slot however long this thread waits between the two
+    // submits on a loaded machine (5 tokens of the tiny model took a few milliseconds).
     let app = app(&["--max-num-seqs", "1", "--max-queue", "0"]).await;
-    let mut res =
-        TestClient::post(url(routes::CHAT_COMPLETIONS)).json(&chat_body(json!({"n": 2}))).send(&app.service).await;
+    let body = chat_body(json!({"n": 2, "max_tokens": 400, "ignore_eos": true}));
+    let mut res = TestClient::post(url(routes::CHAT_COMPLETIONS)).json(&body).send(&app.service).await;
     if res.headers().get("retry-after").is_none() {
         let status = res.status_code;
         panic!("no Retry-After: {status:?} {:?}", res.take_string().await);

@@ -97,26 +97,28 @@ async fn room_is_made_by_unloading_the_least_recently_used_idle_model() {
 #[tokio::test]
 async fn keep_alive_unloads_idle_models_but_not_pinned_or_busy_ones() {
     let mut a = spec("a", "synthetic:tiny");
-    a.keep_alive = Some(Duration::from_millis(100));
+    // Long enough that loading `b` and `c` on a loaded machine never makes `a` idle for it
+    // before the first reap: the reaps below pass their own instants.
+    a.keep_alive = Some(Duration::from_secs(60));
     let mut b = a.clone();
     b.id = "b".into();
     b.pinned = true;
     let mut c = a.clone();
     c.id = "c".into();
     let (registry, _events) = registry(vec![a, b, c], 0);
-    assert_eq!(registry.reap_interval(), Some(Duration::from_millis(50)));
+    assert_eq!(registry.reap_interval(), Some(Duration::from_secs(1)), "a quarter of the keep-alive, at most 1 s");
     drop(registry.acquire("a").await.expect("a"));
     drop(registry.acquire("b").await.expect("b"));
     let busy = registry.acquire("c").await.expect("c");
 
     registry.reap(Instant::now());
     assert_eq!(state_of(&registry, "a"), LoadState::Loaded, "not idle long enough yet");
-    registry.reap(Instant::now() + Duration::from_millis(150));
+    registry.reap(Instant::now() + Duration::from_secs(61));
     assert_eq!(state_of(&registry, "a"), LoadState::Unloaded);
     assert_eq!(state_of(&registry, "b"), LoadState::Loaded, "pinned");
     assert_eq!(state_of(&registry, "c"), LoadState::Loaded, "in use");
     drop(busy);
-    registry.reap(Instant::now() + Duration::from_millis(150));
+    registry.reap(Instant::now() + Duration::from_secs(61));
     assert_eq!(state_of(&registry, "c"), LoadState::Unloaded);
     registry.shutdown();
 }
