@@ -88,8 +88,10 @@ def test_streamed_answer_with_stats_and_model_picker(context, server):
     options = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
     assert options == [MODEL], "the server serves one model; the picker lists exactly it"
     page.select_option("#model", MODEL)
-    set_max_tokens(page, 24)
-    send(page, "Say hello in one short sentence.")
+    # A long answer: with a short one, a renderer starved on a loaded machine could handle
+    # every streamed message, the last included, before it painted a frame.
+    set_max_tokens(page, 120)
+    send(page, "Write a long story about a lighthouse keeper.")
     # Streaming: text appears while the stop button is up.
     page.wait_for_function(
         f"() => !document.getElementById('stop').hidden && "
@@ -98,7 +100,7 @@ def test_streamed_answer_with_stats_and_model_picker(context, server):
     page.wait_for_selector("#send:not([hidden])")
     stats = page.text_content(".msg.assistant:last-child .stats")
     assert "TTFT" in stats and "tok/s" in stats, stats
-    assert page.text_content(".msg.user .content").strip() == "Say hello in one short sentence."
+    assert page.text_content(".msg.user .content").strip() == "Write a long story about a lighthouse keeper."
     assert page.errors == []
 
 
