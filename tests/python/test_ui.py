@@ -219,19 +219,29 @@ def test_screenshots_desktop_and_phone(browser, server, tmp_path):
         assert (out / name).stat().st_size > 10_000
 
 
+def wait_for_new_answer(page, old_answer):
+    """Waits until the answer node `old_answer` is gone (the page re-renders only once the
+    server has truncated the conversation, so until then the old answer and its Regenerate
+    button are still there) and the new answer has ended (its Regenerate button is up)."""
+    page.wait_for_function("el => !el.isConnected", arg=old_answer)
+    page.wait_for_selector(".msg.assistant .role button >> text=Regenerate")
+
+
 def test_regenerate_edit_and_export(context, server):
     page = open_chat(context, server)
     set_max_tokens(page, 6)
     send(page, "Name a fruit.")
     page.wait_for_selector(".msg.assistant .role button >> text=Regenerate")
+    old = page.query_selector(".msg.assistant")
     page.click(".msg.assistant .role button >> text=Regenerate")
-    page.wait_for_selector(".msg.assistant .role button >> text=Regenerate")
+    wait_for_new_answer(page, old)
     assert page.locator(".msg").count() == 2, "regenerate replaces the answer"
     page.click(".msg.user .role button >> text=Edit")
     assert page.input_value("#input") == "Name a fruit."
     page.fill("#input", "Name a vegetable.")
+    old = page.query_selector(".msg.assistant")
     page.press("#input", "Enter")
-    page.wait_for_selector(".msg.assistant .role button >> text=Regenerate")
+    wait_for_new_answer(page, old)
     assert page.locator(".msg").count() == 2, "editing replaces the message and what follows"
     assert page.text_content(".msg.user .content").strip() == "Name a vegetable."
     with page.expect_download() as download:
